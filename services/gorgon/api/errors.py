@@ -1,0 +1,106 @@
+"""Errors in OpenAI's shape: {"error": {"message", "type", "param", "code"}}, for everything the API answers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gorgon.core.errors import GorgonError
+from gorgon.core.protocol import WireError
+
+log = logging.getLogger(__name__)
+
+
+class OpenAIError(Exception):
+    """An error answered to the client with `status` (and optional extra headers, e.g. Retry-After)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    @classmethod
+    def from_wire(cls, error: WireError) -> OpenAIError:
+        return cls(error.status, error.message, type_=error.type, code=error.code)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> Response:
+        return Response(
+            orjson.dumps(self.body()),
+            status_code=self.status,
+            headers=self.headers,
+            media_type="application/json",
+        )
+
+
+def _field_path(location: tuple[Any, ...] | list[Any]) -> str | None:
+    parts = [str(part) for part in location if part != "body"]
+    return ".".join(parts) or None
+
+
+def validation_error(exc: RequestValidationError | ValidationError) -> OpenAIError:
+    first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": (), "type": ""}
+    if first.get("type") == "json_invalid":
+        return OpenAIError(400, "the request body is not valid JSON", code="invalid_json")
+    param = _field_path(first.get("loc", ()))
+    message = str(first.get("msg", "invalid request"))
+    if param:
+        message = f"{param}: {message}"
+    return OpenAIError(400, message, param=param, code="invalid_value")
+
+
+_STATUS_TYPES = {401: "authentication_error", 404: "invalid_request_error", 405: "invalid_request_error"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OpenAIError)
+    async def _openai_error(_: Request, exc: OpenAIError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, exc: RequestValidationError) -> Response:
+        return validation_error(exc).response()
+
+    @app.exception_handler(GorgonError)
+    async def _gorgon_error(_: Request, exc: GorgonError) -> Response:
+        return OpenAIError(400, str(exc), code=exc.code, param=exc.param).response()
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(_: Request, exc: RedisError) -> Response:
+        log.warning("Redis error while serving a request: %s", exc)
+        return OpenAIError(
+            503, "the queue is unavailable; retry shortly", type_="server_error", code="redis_unavailable"
+        ).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        type_ = _STATUS_TYPES.get(exc.status_code, "invalid_request_error")
+        return OpenAIError(exc.status_code, str(exc.detail), type_=type_).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unexpected error while serving a request", exc_info=exc)
+        return OpenAIError(500, "internal error", type_="server_error", code="internal_error").response()

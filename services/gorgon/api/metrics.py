@@ -1,0 +1,113 @@
+"""The API's Prometheus metrics (GET /metrics). docs/observability.md lists them with their vLLM and
+OpenTelemetry GenAI equivalents.
+
+One API process per pod (`gorgon api` runs a single uvicorn process; scale with replicas), so the default
+registry is the whole truth of the process and no multiprocess collector is needed.
+
+Requests, latency and rejections are recorded for every HTTP request by `gorgon.api.telemetry.RequestTelemetry`
+(an ASGI middleware); time to first token and inter-token latency by `observed_stream`, around the chunks of a
+streaming request.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from gorgon.core.protocol import Chunk
+
+STARTED_AT = "gorgon.started_at"
+"""ASGI scope key: perf_counter() when the request arrived (set by RequestTelemetry)."""
+UNMATCHED_ENDPOINT = "other"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40)
+TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 1, 2.5)
+
+REQUESTS = Counter(
+    "gorgon_api_requests_total",
+    "HTTP requests answered, by endpoint (route template) and status",
+    ["endpoint", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "gorgon_api_request_seconds",
+    "End-to-end latency: request arrival to the last byte of the response (a stream's [DONE]), by endpoint",
+    ["endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge("gorgon_api_requests_in_flight", "HTTP requests being served, open streams included")
+STREAMS_IN_FLIGHT = Gauge("gorgon_api_streams_in_flight", "Streaming (SSE) generations being relayed")
+REJECTED = Counter(
+    "gorgon_api_rejected_requests_total",
+    "Requests refused with a 4xx or 503 before any output, by reason (the OpenAI error code)",
+    ["reason"],
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "gorgon_api_time_to_first_token_seconds",
+    "Streaming requests: request arrival to the first chunk with tokens, by endpoint",
+    ["endpoint"],
+    buckets=TTFT_BUCKETS,
+)
+INTER_TOKEN_LATENCY = Histogram(
+    "gorgon_api_inter_token_latency_seconds",
+    "Streaming requests: time between consecutive output tokens (a chunk's gap spread over its tokens)",
+    ["endpoint"],
+    buckets=TOKEN_GAP_BUCKETS,
+)
+PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
+@functools.cache
+def requests_counter(endpoint: str, status: int) -> Counter:
+    """The request counter of one endpoint and status (cached: label lookups cost more than the increment)."""
+    return REQUESTS.labels(endpoint, str(status))
+
+
+@functools.cache
+def latency_histogram(endpoint: str) -> Histogram:
+    return REQUEST_SECONDS.labels(endpoint)
+
+
+def endpoint_of(scope: MutableMapping[str, Any]) -> str:
+    """The route template that served the request (bounded label values), or `other`."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or UNMATCHED_ENDPOINT
+
+
+def is_rejection(status: int) -> bool:
+    """Refused without generating: a client error (not 499, the client hanging up) or 503 (no capacity)."""
+    return (400 <= status < 500 and status != 499) or status == 503
+
+
+async def observed_stream(
+    chunks: AsyncIterator[Chunk], scope: MutableMapping[str, Any]
+) -> AsyncIterator[Chunk]:
+    """Pass a streaming request's chunks through, recording time to first token and inter-token latency."""
+    endpoint = endpoint_of(scope)
+    previous = scope.get(STARTED_AT) or time.perf_counter()
+    first = True
+    STREAMS_IN_FLIGHT.inc()
+    try:
+        async for chunk in chunks:
+            if chunk.token_ids:
+                now = time.perf_counter()
+                _observe_gap(endpoint, now - previous, len(chunk.token_ids), first=first)
+                previous, first = now, False
+            yield chunk
+    finally:
+        STREAMS_IN_FLIGHT.dec()
+        await chunks.aclose()
+
+
+def _observe_gap(endpoint: str, gap_s: float, tokens: int, *, first: bool) -> None:
+    """The first chunk gives the time to first token; a later chunk of n tokens after a gap g counts as n
+    tokens g/n apart (a Medusa step emits several tokens at once)."""
+    if first:
+        TIME_TO_FIRST_TOKEN.labels(endpoint).observe(gap_s)
+        return
+    latency = INTER_TOKEN_LATENCY.labels(endpoint)
+    for _ in range(tokens):
+        latency.observe(gap_s / tokens)

@@ -1,0 +1,41 @@
+"""`gorgon api`: the API service (uvicorn, one process; scale with replicas)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="listen address (GORGON_API_HOST)")
+    parser.add_argument("--port", type=int, help="listen port (GORGON_API_PORT)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn  # noqa: PLC0415 - keeps `gorgon --help` fast
+
+    from gorgon.api.app import create_app  # noqa: PLC0415
+    from gorgon.api.config import ApiSettings  # noqa: PLC0415
+    from gorgon.core.config import get_redis_settings  # noqa: PLC0415
+    from gorgon.core.streams import require_redis_url  # noqa: PLC0415
+    from gorgon.core.tracing import configure_tracing  # noqa: PLC0415
+
+    configure_tracing("gorgon-api")
+
+    require_redis_url(get_redis_settings().url)
+    overrides = {"host": args.host, "port": args.port}
+    settings = ApiSettings(**{key: value for key, value in overrides.items() if value is not None})
+    log.info("API on http://%s:%d", settings.host, settings.port)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=5,
+    )
+    return 0

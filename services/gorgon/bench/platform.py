@@ -1,0 +1,395 @@
+"""`gorgon bench platform`: the platform's own overhead, measured with the echo engine on this machine.
+
+It starts a private Redis (unless REDIS_URL is set), one API process and one echo worker, then measures:
+
+    throughput   closed loop, --concurrency keep-alive connections, non-streaming: requests/s sustained, next to
+                 the same loop against a constant FastAPI route (bench/ceiling.py) and Redis PING round trips,
+                 which show what this machine allows at the moment of the run
+    latency      open loop at --rate requests/s, non-streaming: end-to-end latency next to the latency of the
+                 same request run on an in-process echo engine (the difference is what the platform adds)
+    sse          streaming at --sse-rate streams/s on a worker with a --sse-step-delay per step: the delay from
+                 the worker publishing a chunk to the client reading it as an SSE event
+
+and prints a Markdown table (the figures for docs/benchmarks.md); --output also writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gorgon.local.processes import LocalServices
+
+log = logging.getLogger(__name__)
+
+PROMPT = "Write a short history of the internet:"
+
+
+@dataclass
+class Figures:
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
+    parser.add_argument("--concurrency", type=int, default=32, help="connections for throughput (default 32)")
+    parser.add_argument(
+        "--rate", type=float, default=100.0, help="requests/s for the latency run (default 100)"
+    )
+    parser.add_argument("--max-tokens", type=int, default=16, help="tokens per request (default 16)")
+    parser.add_argument("--sse-rate", type=float, default=20.0, help="streams/s for the SSE run (default 20)")
+    parser.add_argument("--sse-step-delay", type=float, default=0.02, help="echo step delay in the SSE run")
+    parser.add_argument("--output", type=Path, help="also write the figures to this JSON file")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def figures(latencies_s: list[float], errors: int, seconds: float) -> Figures:
+    return Figures(
+        len(latencies_s),
+        errors,
+        seconds,
+        percentile(latencies_s, 0.5) * 1e3,
+        percentile(latencies_s, 0.99) * 1e3,
+    )
+
+
+def _exit_on_sigterm(signum: int, _: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gorgon.core.config import get_redis_settings  # noqa: PLC0415
+    from gorgon.local.processes import LocalServices  # noqa: PLC0415
+    from gorgon.local.redis_server import start_private_redis  # noqa: PLC0415
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the finally below stops the child processes
+    url = get_redis_settings().url
+    embedded = None if url else start_private_redis()
+    services = LocalServices(url or embedded.url, f"gorgon-bench-{uuid.uuid4().hex[:8]}")  # type: ignore[union-attr]
+    try:
+        results = asyncio.run(_measure_all(services, args))
+    finally:
+        services.stop(grace_s=10)
+        if embedded is not None:
+            embedded.stop()
+    report = render(results, args)
+    sys.stdout.write(report + "\n")
+    if args.output:
+        serialisable = {
+            name: asdict(value) if isinstance(value, Figures) else value for name, value in results.items()
+        }
+        args.output.write_text(json.dumps(serialisable, indent=2))
+    return 0
+
+
+async def _measure_all(services: LocalServices, args: argparse.Namespace) -> dict[str, Any]:
+    from gorgon.local.processes import stop_all  # noqa: PLC0415
+
+    worker = services.start_worker("echo", 0.0)
+    api = await asyncio.to_thread(services.start_api, expose_timing="true")
+    api_process = services.processes[-1]
+    host, port = api.removeprefix("http://").split(":")
+    body = json.dumps({"prompt": PROMPT, "max_tokens": args.max_tokens, "temperature": 0}).encode()
+    results: dict[str, Any] = {}
+    await closed_loop(host, int(port), body, args.concurrency, 1.0, "warm-up")
+    before = await cpu_seconds(services.redis_url, api_process.pid, worker.pid)
+    results["throughput"] = await closed_loop(
+        host, int(port), body, args.concurrency, args.duration, "throughput"
+    )
+    after = await cpu_seconds(services.redis_url, api_process.pid, worker.pid)
+    results["cpu_ms_per_request"] = {
+        name: (after[name] - before[name]) * 1e3 / max(1, results["throughput"].requests) for name in after
+    }
+    results["http_ceiling"] = await http_ceiling(body, args.concurrency, args.duration)
+    results["redis_round_trip"] = await redis_round_trips(services.redis_url, args.duration)
+    results["latency"] = await open_loop(host, int(port), body, args.rate, args.duration)
+    results["engine_in_process"] = in_process_engine(args.max_tokens, int(args.rate * args.duration))
+    await asyncio.to_thread(stop_all, [worker])
+    sse_worker = services.start_worker("echo", args.sse_step_delay)
+    stream_body = json.dumps(
+        {"prompt": PROMPT, "max_tokens": args.max_tokens, "stream": True, "use_speculative": False}
+    ).encode()
+    await asyncio.to_thread(_wait_for_a_model, api, sse_worker)
+    results["sse_delivery"] = await sse_delivery(host, int(port), stream_body, args.sse_rate, args.duration)
+    return results
+
+
+def _wait_for_a_model(api: str, worker: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
+    import httpx  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout_s
+    while not httpx.get(f"{api}/v1/models", timeout=5).json()["data"]:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the SSE worker exited with status {worker.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the SSE worker did not register")
+        time.sleep(0.2)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_seconds(redis_url: str, api_pid: int, worker_pid: int) -> dict[str, float]:
+    """CPU time used so far by the API process, the worker process and the Redis server."""
+    from redis.asyncio import Redis as AsyncRedis  # noqa: PLC0415
+
+    client = AsyncRedis.from_url(redis_url)
+    try:
+        info = await client.info("cpu")
+    finally:
+        await client.aclose()
+    return {
+        "api": process_cpu_seconds(api_pid),
+        "worker": process_cpu_seconds(worker_pid),
+        "redis": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+    }
+
+
+async def closed_loop(
+    host: str, port: int, body: bytes, concurrency: int, duration: float, label: str
+) -> Figures:
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from gorgon.bench.http_client import Connection, encode_post  # noqa: PLC0415
+
+    request = encode_post(host, port, "/v1/completions", body)
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + duration
+    bar = tqdm(desc=label, unit=" req", leave=False)
+
+    async def client() -> None:
+        nonlocal errors
+        connection = await Connection.open(host, port)
+        try:
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                status, _ = await connection.post(request)
+                if status == 200:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    errors += 1
+                bar.update(1)
+        finally:
+            await connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    bar.close()
+    return figures(latencies, errors, time.perf_counter() - started)
+
+
+async def open_loop(host: str, port: int, body: bytes, rate: float, duration: float) -> Figures:
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from gorgon.bench.http_client import Connection, encode_post  # noqa: PLC0415
+
+    request = encode_post(host, port, "/v1/completions", body)
+    pool: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(max(4, int(rate // 10))):
+        pool.put_nowait(await Connection.open(host, port))
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(scheduled: float) -> None:
+        nonlocal errors
+        connection = await pool.get()
+        status, _ = await connection.post(request)
+        (latencies.append(time.perf_counter() - scheduled) if status == 200 else None)
+        errors += status != 200
+        pool.put_nowait(connection)
+
+    total = int(rate * duration)
+    start = time.perf_counter()
+    tasks = []
+    for index in tqdm(range(total), desc=f"latency at {rate:.0f}/s", unit=" req", leave=False):
+        scheduled = start + index / rate
+        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    while not pool.empty():
+        await pool.get_nowait().close()
+    return figures(latencies, errors, elapsed)
+
+
+async def http_ceiling(body: bytes, concurrency: int, duration: float) -> Figures:
+    """The same closed loop against a constant FastAPI route served the same way (see bench/ceiling.py)."""
+    from gorgon.local.processes import free_port, spawn, stop_all  # noqa: PLC0415
+
+    port = free_port()
+    server = spawn(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "gorgon.bench.ceiling:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+        ],
+        os.environ,
+    )
+    try:
+        await _wait_for_port("127.0.0.1", port)
+        await closed_loop("127.0.0.1", port, body, concurrency, 1.0, "ceiling warm-up")
+        return await closed_loop("127.0.0.1", port, body, concurrency, duration, "HTTP ceiling")
+    finally:
+        await asyncio.to_thread(stop_all, [server], 10)
+
+
+async def _wait_for_port(host: str, port: int) -> None:
+    for _ in range(300):
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return
+    raise TimeoutError(f"nothing listens on {host}:{port}")
+
+
+async def redis_round_trips(redis_url: str, duration: float) -> Figures:
+    """PING round trips from this process: the floor under every Redis step of a request."""
+    from redis.asyncio import Redis as AsyncRedis  # noqa: PLC0415
+
+    client = AsyncRedis.from_url(redis_url)
+    latencies = []
+    started_all = time.perf_counter()
+    try:
+        while time.perf_counter() - started_all < min(duration, 3.0):
+            started = time.perf_counter()
+            await client.ping()
+            latencies.append(time.perf_counter() - started)
+    finally:
+        await client.aclose()
+    return figures(latencies, 0, time.perf_counter() - started_all)
+
+
+def in_process_engine(max_tokens: int, repeats: int) -> Figures:
+    """The same request on an echo engine in this process: encode, add, step to the end."""
+    from gorgon.engine.echo import EchoEngine  # noqa: PLC0415
+    from gorgon.engine.interface import GenerationRequest, SamplingParams  # noqa: PLC0415
+
+    engine = EchoEngine()
+    latencies = []
+    started_all = time.perf_counter()
+    for index in range(repeats):
+        started = time.perf_counter()
+        params = SamplingParams(max_new_tokens=max_tokens)
+        engine.add(GenerationRequest(f"r{index}", tuple(engine.encode(PROMPT)), params))
+        while engine.num_active:
+            engine.step()
+        latencies.append(time.perf_counter() - started)
+    return figures(latencies, 0, time.perf_counter() - started_all)
+
+
+async def sse_delivery(host: str, port: int, body: bytes, rate: float, duration: float) -> Figures:
+    """Per SSE event: client receive time minus the worker's publish time (same machine clock)."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from gorgon.bench.http_client import Connection, encode_post  # noqa: PLC0415
+
+    request = encode_post(host, port, "/v1/completions", body)
+    delays: list[float] = []
+    errors = 0
+
+    async def one_stream() -> None:
+        nonlocal errors
+        connection = await Connection.open(host, port)
+        buffer = b""
+        try:
+            async for piece in connection.post_stream(request):
+                received = time.time()
+                *events, buffer = (buffer + piece).split(b"\n\n")
+                for event in events:
+                    if event.startswith(b"data: {"):
+                        published = json.loads(event[6:]).get("gorgon_published_at")
+                        if published:
+                            delays.append(received - published)
+        except (RuntimeError, OSError, ValueError) as exc:
+            log.warning("a stream failed: %s", exc)
+            errors += 1
+        finally:
+            await connection.close()
+
+    total = int(rate * duration)
+    start = time.perf_counter()
+    tasks = []
+    for index in tqdm(range(total), desc=f"SSE at {rate:.0f} streams/s", unit=" stream", leave=False):
+        await asyncio.sleep(max(0.0, start + index / rate - time.perf_counter()))
+        tasks.append(asyncio.create_task(one_stream()))
+    await asyncio.gather(*tasks)
+    return figures(delays, errors, time.perf_counter() - start)
+
+
+def render(results: dict[str, Any], args: argparse.Namespace) -> str:
+    ceiling, redis_rtt, cpu = (
+        results["http_ceiling"],
+        results["redis_round_trip"],
+        results["cpu_ms_per_request"],
+    )
+    throughput, latency, engine, sse = (
+        results["throughput"],
+        results["latency"],
+        results["engine_in_process"],
+        results["sse_delivery"],
+    )
+    rows = [
+        "| measurement | figure | target |",
+        "|---|---|---|",
+        f"| API throughput, non-streaming, {args.concurrency} connections, {args.max_tokens} tokens | "
+        f"{throughput.per_second:.0f} req/s ({throughput.errors} errors) | ≥ 1000 req/s |",
+        f"| HTTP ceiling: constant FastAPI route, same server and client | {ceiling.per_second:.0f} req/s | |",
+        f"| platform throughput / HTTP ceiling | {throughput.per_second / ceiling.per_second:.2f} | |",
+        f"| CPU per request: API / worker / Redis | {cpu['api']:.2f} / {cpu['worker']:.2f} / {cpu['redis']:.2f} ms"
+        " | |",
+        f"| one API process's capacity on a core of its own (1000 / API CPU ms) | {1000 / cpu['api']:.0f} req/s"
+        " | ≥ 1000 req/s |",
+        f"| Redis round trip (PING), p50 / p99 | {redis_rtt.p50_ms:.3f} / {redis_rtt.p99_ms:.3f} ms | |",
+        f"| end-to-end latency at {args.rate:.0f} req/s, p50 / p99 | {latency.p50_ms:.2f} / {latency.p99_ms:.2f} ms"
+        f" ({latency.errors} errors) | |",
+        f"| same request on the engine in-process, p50 / p99 | {engine.p50_ms:.3f} / {engine.p99_ms:.3f} ms | |",
+        f"| added latency (end-to-end percentile − in-process p50), p50 / p99 | {latency.p50_ms - engine.p50_ms:.2f} / "
+        f"{latency.p99_ms - engine.p50_ms:.2f}"
+        " ms | ≤ 2 / ≤ 5 ms |",
+        f"| SSE chunk delivery (worker publish → client), p50 / p99, {args.sse_rate:.0f} streams/s | "
+        f"{sse.p50_ms:.2f} / {sse.p99_ms:.2f} ms ({sse.requests} chunks, {sse.errors} failed streams) | p99 ≤ 2 ms |",
+    ]
+    return "\n".join(rows)

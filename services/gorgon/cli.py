@@ -1,0 +1,99 @@
+"""The `gorgon` command. Each subcommand lives in its own module exposing
+
+    add_arguments(parser: argparse.ArgumentParser) -> None
+    run(args: argparse.Namespace) -> int
+
+Command modules keep their top-level imports light (no torch) so `gorgon --help` stays fast; heavy imports go
+inside `run`. A GorgonError raised by a command is printed as one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from gorgon import __version__
+from gorgon.core.errors import GorgonError
+from gorgon.core.logs import configure_logging
+
+# (command words, module, one-line help)
+COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("up",), "gorgon.local.up", "run the whole platform locally: Redis, API, worker(s), autoscaler"),
+    (("api",), "gorgon.api.serve", "run the API service"),
+    (("worker",), "gorgon.worker.serve", "run one worker"),
+    (("bench", "engine"), "gorgon.engine.bench", "benchmark HF generate vs plain vs Medusa decoding"),
+    (("bench", "platform"), "gorgon.bench.platform", "benchmark the API + queue overhead on the echo engine"),
+    (("bench", "telemetry"), "gorgon.bench.telemetry", "cost of the API's per-request metrics and spans"),
+    (("train-heads",), "gorgon.training.cli", "train Medusa heads by self-distillation"),
+    (
+        ("autoscale", "simulate"),
+        "gorgon_operator.simulate",
+        "replay a backlog trace through the scaling policy",
+    ),
+    (("operator",), "gorgon_operator.cli", "run the kopf operator"),
+    (("loadtest",), "gorgon_loadtest.cli", "drive the OpenAI endpoints with load and write reports"),
+)
+
+log = logging.getLogger("gorgon")
+
+
+def _command_parser(
+    groups: dict[tuple[str, ...], argparse._SubParsersAction], words: tuple[str, ...], help_text: str
+) -> argparse.ArgumentParser:
+    parent = groups[words[:-1]]
+    return parent.add_parser(words[-1], help=help_text, description=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gorgon", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"gorgon {__version__}")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ... (default: INFO)")
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(dest="command")}
+    for words, module_name, help_text in COMMANDS:
+        for depth in range(1, len(words)):
+            prefix = words[:depth]
+            if prefix not in groups:
+                group_parser = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
+                groups[prefix] = group_parser.add_subparsers(dest=f"command_{depth}")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            log.debug("command %s unavailable: %s", " ".join(words), exc)
+            continue
+        sub = _command_parser(groups, words, help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def _settings_errors(exc: ValidationError) -> str:
+    """Settings errors on one line: which setting, what is wrong (never its value: it may be a secret)."""
+    return "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except GorgonError as exc:
+        sys.stderr.write(f"gorgon: error: {exc}\n")
+        return 2
+    except ValidationError as exc:
+        sys.stderr.write(f"gorgon: error: invalid settings: {_settings_errors(exc)}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Typed, versioned messages that cross Redis between the API and the workers.
+
+    RequestPayload   API → worker, one request-stream entry (field `p`, JSON)
+    Chunk            worker → API, one pub/sub message on the reply channel of the API process (JSON)
+
+Both carry `v` = PROTOCOL_VERSION; a reader refuses any other version with ProtocolError, so a mixed rollout
+fails loudly instead of misreading fields. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+PROTOCOL_VERSION = 1
+PAYLOAD_FIELD = b"p"
+
+
+class ProtocolError(ValueError):
+    """A message that is not a valid gorgon message of this protocol version."""
+
+
+@dataclass(frozen=True, slots=True)
+class WireSampling:
+    """Decoding parameters as they travel; mirrors engine.interface.SamplingParams."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    use_speculative: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPayload:
+    """One generation request. Exactly one of `prompt` (completion) and `messages` (chat) is set.
+
+    `deadline` is a Unix time (seconds): past it the worker drops the job and reports a timeout.
+    `reply_to` is the pub/sub channel of the API process waiting for the chunks.
+    `stream` tells the worker whether the client wants every step (else only the final result is published).
+    """
+
+    request_id: str
+    model: str
+    sampling: WireSampling
+    deadline: float
+    stream: bool
+    reply_to: str
+    prompt: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None
+    traceparent: str | None = None
+    v: int = PROTOCOL_VERSION
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self)
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> RequestPayload:
+        body = _load_versioned(raw)
+        try:
+            raw_sampling = body.pop("sampling")
+            sampling = WireSampling(**{**raw_sampling, "stop": tuple(raw_sampling.get("stop", ()))})
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ProtocolError(f"bad sampling parameters: {exc}") from exc
+        messages = body.pop("messages", None)
+        try:
+            return cls(
+                sampling=sampling,
+                messages=tuple((role, content) for role, content in messages) if messages else None,
+                **body,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad request payload: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class WireError:
+    """An error for the client, in OpenAI's vocabulary (`type`, `code`) plus the HTTP status to answer with."""
+
+    message: str
+    type: str
+    code: str
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """What a worker publishes for one request.
+
+    `attempt` fences redeliveries: the API ignores chunks of an attempt older than the newest it has seen, and
+    the worker's publish script refuses chunks from a superseded attempt. `seq` numbers chunks from 0 across
+    attempts (a resumed attempt continues the count). The last chunk has `final` set; for a non-streaming
+    request it is the only chunk and carries the whole text. `published_at` is the worker's Unix time.
+    """
+
+    request_id: str
+    attempt: int
+    seq: int
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+    final: bool = False
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: WireError | None = None
+    published_at: float = 0.0
+    v: int = PROTOCOL_VERSION
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self)
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Chunk:
+        body = _load_versioned(raw)
+        error = body.pop("error", None)
+        try:
+            return cls(
+                error=WireError(**error) if error else None,
+                token_ids=tuple(body.pop("token_ids", ())),
+                **body,
+            )
+        except TypeError as exc:
+            raise ProtocolError(f"bad chunk: {exc}") from exc
+
+
+def _load_versioned(raw: bytes | str) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ProtocolError("message is not a JSON object")
+    version = body.pop("v", None)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r}, this process speaks {PROTOCOL_VERSION}")
+    return body

@@ -1,0 +1,571 @@
+"""Every Redis name gorgon uses, and every stream, channel and key operation on them.
+
+Layout (namespace `gorgon` by default):
+
+    {ns}:requests:{model}          stream of request entries, consumer group `workers`
+    {ns}:dead:{model}              dead-letter stream: entries delivered too often
+    {ns}:replies:{listener}        pub/sub channel of one API process: seq-numbered chunks of its requests
+    {ns}:result:{request_id}       final result, short TTL (recovery for missed finals and non-streaming waiters)
+    {ns}:progress:{request_id}     list of the chunks published so far (a redelivered request resumes from it)
+    {ns}:attempt:{request_id}      fencing token: the attempt allowed to publish (absent = first attempt)
+    {ns}:cancel:{request_id}       cancel flag set by the API when the client goes away
+    {ns}:workers:{model}:{worker}  worker registration (model info) kept alive by a heartbeat TTL
+    {ns}:ratelimit:{key}:{window}  per-API-key request counter of one rate-limit window
+
+Delivery is at-least-once (consumer group + XAUTOCLAIM); the client still sees each token exactly once because
+publishing goes through a script that refuses any attempt but the current one (`publish_chunk`), and a new
+attempt resumes from the chunks already published (`claim_attempt`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import ConnectionPool
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.client import PubSub
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from gorgon.core.errors import ConfigurationError
+from gorgon.core.protocol import PAYLOAD_FIELD, Chunk, ProtocolError, RequestPayload
+
+CONSUMER_GROUP = "workers"
+SUBSCRIBE_TIMEOUT_S = 5.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisNames:
+    """Redis key, stream and channel names under one namespace."""
+
+    namespace: str = "gorgon"
+
+    def request_stream(self, model: str) -> str:
+        return f"{self.namespace}:requests:{model}"
+
+    def dead_letter_stream(self, model: str) -> str:
+        return f"{self.namespace}:dead:{model}"
+
+    def reply_channel(self, listener_id: str) -> str:
+        return f"{self.namespace}:replies:{listener_id}"
+
+    def result_key(self, request_id: str) -> str:
+        return f"{self.namespace}:result:{request_id}"
+
+    def progress_key(self, request_id: str) -> str:
+        return f"{self.namespace}:progress:{request_id}"
+
+    def attempt_key(self, request_id: str) -> str:
+        return f"{self.namespace}:attempt:{request_id}"
+
+    def cancel_key(self, request_id: str) -> str:
+        return f"{self.namespace}:cancel:{request_id}"
+
+    def worker_key(self, model: str, worker_id: str) -> str:
+        return f"{self.namespace}:workers:{model}:{worker_id}"
+
+    def worker_pattern(self, model: str | None = None) -> str:
+        return f"{self.namespace}:workers:{model or '*'}:*"
+
+    def rate_limit_key(self, key_id: str, window: int) -> str:
+        return f"{self.namespace}:ratelimit:{key_id}:{window}"
+
+
+async def backlog(redis: AsyncRedis, names: RedisNames, model: str) -> int:
+    """Requests not yet finished for `model`: undelivered + pending.
+
+    Workers XACK and XDEL an entry once its final result is published, so the stream length is exactly the
+    backlog (Redis 6.2 has no `lag` in XINFO GROUPS). A missing stream means no backlog.
+    """
+    return int(await redis.xlen(names.request_stream(model)))
+
+
+class LuaScript:
+    """A server-side script called by its SHA (loaded on first use and again if the server forgot it)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def run(self, redis: AsyncRedis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(self.source)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def run_many(
+        self, redis: AsyncRedis, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Several calls in one round trip (a non-transactional pipeline)."""
+        for _ in range(2):
+            async with redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(self.sha, len(keys), *keys, *args)
+                try:
+                    return await pipe.execute()
+                except NoScriptError:
+                    await redis.script_load(self.source)
+        raise NoScriptError(f"script {self.sha} could not be loaded")
+
+
+# --- API side: enqueue, cancel, rate limits -------------------------------------------------------------------
+
+# XADD only while the stream is shorter than the limit: one round trip, exact across API replicas.
+_ENQUEUE_SCRIPT = """
+local limit = tonumber(ARGV[1])
+if limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then return false end
+return redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
+"""
+_ENQUEUE = LuaScript(_ENQUEUE_SCRIPT)
+
+
+async def enqueue(
+    redis: AsyncRedis, names: RedisNames, payload: RequestPayload, max_backlog: int
+) -> str | None:
+    """Append a request to its model's stream; None when the backlog is at `max_backlog` (0 = no limit)."""
+    entry_id = await _ENQUEUE.run(
+        redis, [names.request_stream(payload.model)], [max_backlog, PAYLOAD_FIELD, payload.encode()]
+    )
+    return _text(entry_id) if entry_id else None
+
+
+async def request_cancel(redis: AsyncRedis, names: RedisNames, request_id: str, ttl_s: int) -> None:
+    """Ask whichever worker holds `request_id` to drop it."""
+    await redis.set(names.cancel_key(request_id), b"1", ex=max(1, ttl_s))
+
+
+async def read_result(redis: AsyncRedis, names: RedisNames, request_id: str) -> Chunk | None:
+    """The stored final chunk of a finished request (whole text), if it is still there."""
+    raw = await redis.get(names.result_key(request_id))
+    return Chunk.decode(raw) if raw else None
+
+
+async def read_progress(redis: AsyncRedis, names: RedisNames, request_id: str, start: int) -> list[Chunk]:
+    """Chunks published for a streaming request from seq `start` on (to fill a gap in what pub/sub delivered)."""
+    raws = await redis.lrange(names.progress_key(request_id), start, -1)
+    return [Chunk.decode(raw) for raw in raws]
+
+
+async def count_request(redis: AsyncRedis, names: RedisNames, key_id: str, window_s: int, now: float) -> int:
+    """Count one request against `key_id` in the current fixed window; returns the count so far."""
+    window = int(now // window_s)
+    key = names.rate_limit_key(key_id, window)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.incr(key)
+        pipe.expire(key, window_s * 2)
+        count, _ = await pipe.execute()
+    return int(count)
+
+
+# --- worker registration --------------------------------------------------------------------------------------
+
+
+async def register_worker(
+    redis: AsyncRedis, names: RedisNames, model: str, worker_id: str, info: dict[str, Any], ttl_s: float
+) -> None:
+    """Announce (or keep announcing) a live worker and its model info; it vanishes `ttl_s` after the last call."""
+    await redis.set(names.worker_key(model, worker_id), orjson.dumps(info), px=int(ttl_s * 1000))
+
+
+async def unregister_worker(redis: AsyncRedis, names: RedisNames, model: str, worker_id: str) -> None:
+    await redis.delete(names.worker_key(model, worker_id))
+
+
+async def live_workers(
+    redis: AsyncRedis, names: RedisNames, model: str | None = None
+) -> list[dict[str, Any]]:
+    """Registration records of the live workers (of `model`, or all)."""
+    keys = [key async for key in redis.scan_iter(match=names.worker_pattern(model), count=500)]
+    if not keys:
+        return []
+    values = await redis.mget(keys)
+    return [orjson.loads(value) for value in values if value]
+
+
+# --- worker side: consumer group ------------------------------------------------------------------------------
+
+StreamEntry = tuple[str, RequestPayload | None]
+"""(entry id, payload or None when the entry is not a valid payload of this protocol version)."""
+
+
+async def ensure_group(redis: AsyncRedis, names: RedisNames, model: str) -> None:
+    """Create the stream and its consumer group if missing (reading from the start: nothing is skipped)."""
+    try:
+        await redis.xgroup_create(names.request_stream(model), CONSUMER_GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def read_entries(
+    redis: AsyncRedis,
+    names: RedisNames,
+    model: str,
+    consumer: str,
+    count: int,
+    block_ms: int | None,
+    *,
+    own: bool,
+) -> list[StreamEntry]:
+    """Entries for `consumer`: its own pending ones (`own`, after a restart) or new ones (">")."""
+    stream = names.request_stream(model)
+    reply = await redis.xreadgroup(
+        CONSUMER_GROUP, consumer, {stream: "0" if own else ">"}, count=count, block=None if own else block_ms
+    )
+    if not reply:
+        return []
+    return [_parse_entry(entry_id, fields) for entry_id, fields in reply[0][1]]
+
+
+async def autoclaim_stale(
+    redis: AsyncRedis, names: RedisNames, model: str, consumer: str, lease_ms: int, count: int
+) -> list[StreamEntry]:
+    """Take over entries idle for longer than the lease: their consumer stopped heartbeating (it died)."""
+    reply = await redis.xautoclaim(
+        names.request_stream(model),
+        CONSUMER_GROUP,
+        consumer,
+        min_idle_time=lease_ms,
+        start_id="0-0",
+        count=count,
+    )
+    claimed = reply[1] if len(reply) > 1 else []
+    return [_parse_entry(entry_id, fields) for entry_id, fields in claimed if fields]
+
+
+async def heartbeat_entries(
+    redis: AsyncRedis, names: RedisNames, model: str, consumer: str, entry_ids: Sequence[str]
+) -> None:
+    """Reset the idle time of in-flight entries (XCLAIM to ourselves, JUSTID) so nobody takes them over."""
+    if entry_ids:
+        await redis.xclaim(
+            names.request_stream(model), CONSUMER_GROUP, consumer, 0, list(entry_ids), justid=True
+        )
+
+
+async def hand_back(
+    redis: AsyncRedis, names: RedisNames, model: str, consumer: str, entry_ids: Sequence[str], idle_ms: int
+) -> None:
+    """Mark entries as idle for `idle_ms` so another worker's next XAUTOCLAIM takes them over at once."""
+    if entry_ids:
+        await redis.xclaim(
+            names.request_stream(model),
+            CONSUMER_GROUP,
+            consumer,
+            0,
+            list(entry_ids),
+            idle=idle_ms,
+            justid=True,
+        )
+
+
+async def finish_entries(redis: AsyncRedis, names: RedisNames, model: str, entry_ids: Sequence[str]) -> None:
+    """XACK and XDEL finished entries (only after their final result is published and stored)."""
+    if not entry_ids:
+        return
+    stream = names.request_stream(model)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xack(stream, CONSUMER_GROUP, *entry_ids)
+        pipe.xdel(stream, *entry_ids)
+        await pipe.execute()
+
+
+async def dead_letter(
+    redis: AsyncRedis, names: RedisNames, model: str, entry_id: str, raw_payload: bytes, reason: str
+) -> None:
+    """Move an entry to the dead-letter stream, then acknowledge and delete it from the request stream."""
+    await redis.xadd(
+        names.dead_letter_stream(model), {PAYLOAD_FIELD: raw_payload, b"reason": reason, b"entry": entry_id}
+    )
+    await finish_entries(redis, names, model, [entry_id])
+
+
+async def cancelled_requests(redis: AsyncRedis, names: RedisNames, request_ids: Sequence[str]) -> set[str]:
+    """Which of `request_ids` have a cancel flag set."""
+    if not request_ids:
+        return set()
+    flags = await redis.mget([names.cancel_key(request_id) for request_id in request_ids])
+    return {request_id for request_id, flag in zip(request_ids, flags, strict=True) if flag}
+
+
+# --- fencing: attempts and publishing -------------------------------------------------------------------------
+
+# A redelivered request starts a new attempt. Returns {attempt, finished, cancelled, chunks published so far}.
+_CLAIM_SCRIPT = """
+local attempt = tonumber(redis.call('GET', KEYS[1]) or '1') + 1
+redis.call('SET', KEYS[1], attempt, 'EX', ARGV[1])
+return {attempt, redis.call('EXISTS', KEYS[3]), redis.call('EXISTS', KEYS[4]), redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
+
+# Publish only if ARGV[1] is the current attempt (absent key = attempt 1). Streaming chunks are also appended to
+# the progress list; the final one is stored under the result key. Returns 1 if published, 0 if fenced out.
+_PUBLISH_SCRIPT = """
+if (redis.call('GET', KEYS[1]) or '1') ~= ARGV[1] then return 0 end
+if ARGV[4] == '1' then
+  if redis.call('RPUSH', KEYS[2], ARGV[3]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[7]) end
+end
+if ARGV[5] == '1' then redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[7]) end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+_CLAIM = LuaScript(_CLAIM_SCRIPT)
+_PUBLISH = LuaScript(_PUBLISH_SCRIPT)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The state of a redelivered request as the claiming worker finds it."""
+
+    attempt: int
+    finished: bool
+    cancelled: bool
+    published: list[Chunk]
+
+
+async def claim_attempt(redis: AsyncRedis, names: RedisNames, request_id: str, ttl_s: int) -> Claim:
+    """Start a new attempt of `request_id`: from now on only this attempt may publish."""
+    keys = [
+        names.attempt_key(request_id),
+        names.progress_key(request_id),
+        names.result_key(request_id),
+        names.cancel_key(request_id),
+    ]
+    attempt, finished, cancelled, raws = await _CLAIM.run(redis, keys, [max(1, ttl_s)])
+    return Claim(int(attempt), bool(finished), bool(cancelled), [Chunk.decode(raw) for raw in raws])
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One chunk to publish. `result` (the whole-text final chunk) is stored when the chunk is final;
+    `keep_progress` appends the chunk to the progress list (streaming requests)."""
+
+    chunk: Chunk
+    keep_progress: bool
+    result: Chunk | None
+    ttl_s: int
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepWork:
+    publications: Sequence[Publication]
+    ack_ids: Sequence[str]
+    running_ids: Sequence[str]
+    read_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepReply:
+    published: list[bool]
+    cancelled: set[str]
+    new_entries: list[StreamEntry]
+
+
+class Publisher:
+    """Publishes chunks through the fencing script, many per round trip."""
+
+    def __init__(self, redis: AsyncRedis, names: RedisNames) -> None:
+        self._redis = redis
+        self._names = names
+
+    async def publish(self, publications: Sequence[Publication]) -> list[bool]:
+        """Publish in order; one flag per publication: False when the attempt was fenced out."""
+        if not publications:
+            return []
+        calls = [self._call(publication) for publication in publications]
+        replies = await _PUBLISH.run_many(self._redis, calls)
+        return [bool(reply) for reply in replies]
+
+    async def load(self) -> None:
+        """Load the publish script ahead of the first step (a pipeline cannot load it halfway)."""
+        await self._redis.script_load(_PUBLISH.source)
+
+    async def sync_step(self, model: str, consumer: str, work: StepWork) -> StepReply:
+        """Everything a worker sends to Redis after one engine step, in one round trip, in this order:
+        publish the chunks, acknowledge and delete entries finished before, read the cancel flags of the
+        running requests, and read up to `work.read_count` new entries (without blocking)."""
+        stream = self._names.request_stream(model)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for publication in work.publications:
+                keys, args = self._call(publication)
+                pipe.evalsha(_PUBLISH.sha, len(keys), *keys, *args)
+            if work.ack_ids:
+                pipe.xack(stream, CONSUMER_GROUP, *work.ack_ids)
+                pipe.xdel(stream, *work.ack_ids)
+            if work.running_ids:
+                pipe.mget([self._names.cancel_key(request_id) for request_id in work.running_ids])
+            if work.read_count > 0:
+                pipe.xreadgroup(CONSUMER_GROUP, consumer, {stream: ">"}, count=work.read_count)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                raise reply
+        published = replies[: len(work.publications)]
+        if any(isinstance(reply, NoScriptError) for reply in published):
+            log.warning("the publish script was missing (Redis restarted?); publishing again")
+            published = await self.publish(work.publications)
+        return self._step_reply(work, [bool(reply) for reply in published], replies)
+
+    def _step_reply(self, work: StepWork, published: list[bool], replies: list[Any]) -> StepReply:
+        rest = replies[len(work.publications) + (2 if work.ack_ids else 0) :]
+        cancelled: set[str] = set()
+        if work.running_ids:
+            flags = rest.pop(0)
+            cancelled = {rid for rid, flag in zip(work.running_ids, flags, strict=True) if flag}
+        entries: list[StreamEntry] = []
+        if work.read_count > 0 and rest and rest[0]:
+            entries = [_parse_entry(entry_id, fields) for entry_id, fields in rest[0][0][1]]
+        return StepReply(published, cancelled, entries)
+
+    def _call(self, publication: Publication) -> tuple[list[str], list[Any]]:
+        chunk = publication.chunk
+        names = self._names
+        keys = [
+            names.attempt_key(chunk.request_id),
+            names.progress_key(chunk.request_id),
+            names.result_key(chunk.request_id),
+        ]
+        args = [
+            chunk.attempt,
+            publication.channel,
+            chunk.encode(),
+            int(publication.keep_progress),
+            int(publication.result is not None),
+            publication.result.encode() if publication.result is not None else b"",
+            max(1, publication.ttl_s),
+        ]
+        return keys, args
+
+
+# --- API side: one pub/sub connection for all requests of a process ------------------------------------------
+
+
+class TokenSubscriber:
+    """Receives the chunks of all requests of one API process on its own reply channel (one subscription,
+    confirmed by Redis in `start` before any request is enqueued: pub/sub drops messages nobody hears) and
+    routes them to per-request queues by request id."""
+
+    def __init__(self, redis: AsyncRedis, names: RedisNames, listener_id: str | None = None) -> None:
+        self.channel = names.reply_channel(listener_id or uuid.uuid4().hex)
+        self._pubsub: PubSub = redis.pubsub()
+        self._queues: dict[str, asyncio.Queue[Chunk]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        """Subscribe and wait for Redis to confirm, then start routing."""
+        await self._pubsub.subscribe(self.channel)
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+            while True:
+                reply = await self._pubsub.parse_response(block=True)
+                if reply and reply[0] == b"subscribe":
+                    break
+        self._reader = asyncio.create_task(self._read_forever(), name="token-subscriber")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._pubsub.aclose()
+
+    def register(self, request_id: str) -> asyncio.Queue[Chunk]:
+        """The queue that will receive `request_id`'s chunks."""
+        queue: asyncio.Queue[Chunk] = asyncio.Queue()
+        self._queues[request_id] = queue
+        return queue
+
+    def unregister(self, request_id: str) -> None:
+        self._queues.pop(request_id, None)
+
+    async def _read_forever(self) -> None:
+        while True:
+            try:
+                reply = await self._pubsub.parse_response(block=True)
+            except (RedisError, OSError) as exc:
+                if self._closing:
+                    return
+                log.warning("token subscriber lost its connection (%s); reconnecting", exc)
+                await asyncio.sleep(0.1)
+                continue
+            if reply and reply[0] == b"message":
+                self._route(reply[2])
+
+    def _route(self, data: bytes) -> None:
+        try:
+            chunk = Chunk.decode(data)
+        except ProtocolError as exc:
+            log.warning("ignored a message that is not a chunk: %s", exc)
+            return
+        queue = self._queues.get(chunk.request_id)
+        if queue is not None:
+            queue.put_nowait(chunk)
+
+
+def _parse_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEntry:
+    raw = fields.get(PAYLOAD_FIELD)
+    if raw is None:
+        return _text(entry_id), None
+    try:
+        return _text(entry_id), RequestPayload.decode(raw)
+    except ValueError:
+        log.warning("entry %s is not a valid request payload; it will be dead-lettered", _text(entry_id))
+        return _text(entry_id), None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def entry_ids(entries: Iterable[StreamEntry]) -> list[str]:
+    return [entry_id for entry_id, _ in entries]
+
+
+def require_redis_url(url: str | None) -> str:
+    """The configured Redis URL, or a ConfigurationError saying how to set it."""
+    if not url:
+        raise ConfigurationError("REDIS_URL is not set: point it at a Redis server (redis://host:6379/0)")
+    return url
+
+
+class WaitingConnectionPool(ConnectionPool):
+    """A pool of at most `max_connections` whose callers wait for a free connection instead of failing.
+
+    redis-py's BlockingConnectionPool does the same with a condition variable and a timeout around every
+    checkout, which costs about 70 µs of CPU per command; a semaphore costs next to nothing when a slot is free.
+    """
+
+    def __init__(self, *, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(max_connections=max_connections, **kwargs)
+        self._slots = asyncio.Semaphore(max_connections)
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        await self._slots.acquire()
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def release(self, connection: Any) -> None:
+        try:
+            await super().release(connection)
+        finally:
+            self._slots.release()
+
+
+def open_redis(url: str | None, max_connections: int = 64) -> AsyncRedis:
+    """An asyncio client whose pool makes callers wait for a free connection instead of failing."""
+    pool = WaitingConnectionPool.from_url(require_redis_url(url), max_connections=max_connections)
+    return AsyncRedis(connection_pool=pool)

@@ -1,0 +1,120 @@
+"""The running batch: per-request state plus the tensors one step needs, as a value (TGI-style).
+
+`from_requests` allocates a cache for new rows (the engine prefills them), `filter` keeps some rows, and
+`concatenate` joins batches between steps — that is how requests join and leave a running batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from gorgon.engine.decode import RowSampling
+from gorgon.engine.detok import IncrementalDetokenizer, StopSequenceFilter
+from gorgon.engine.interface import GenerationRequest
+from gorgon.engine.kv import RowKVCache
+
+CAPACITY_ROUNDING = 64
+
+
+@dataclass(slots=True)
+class ActiveRequest:
+    """Everything about one admitted request that is not a tensor."""
+
+    request: GenerationRequest
+    sampling: RowSampling
+    detokenizer: IncrementalDetokenizer
+    stop_filter: StopSequenceFilter
+    generated: list[int] = field(default_factory=list)
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.request.prompt_ids)
+
+    @property
+    def remaining_tokens(self) -> int:
+        return self.request.params.max_new_tokens - len(self.generated)
+
+
+@dataclass(slots=True)
+class CacheLayout:
+    """What a KV cache for this model looks like (from the model config)."""
+
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device
+    spare_slots: int  # room for the largest tree written past a row's accepted tokens
+
+
+@dataclass(slots=True)
+class Batch:
+    rows: list[ActiveRequest]
+    cache: RowKVCache
+    next_tokens: torch.Tensor  # [B] long: chosen last step, not yet in the cache
+    draft_topk: torch.Tensor | None  # [B, K, topk] long: the heads' drafts for the next step
+
+    @classmethod
+    def from_requests(cls, rows: Sequence[ActiveRequest], layout: CacheLayout) -> Batch:
+        """A batch of new rows with an empty cache sized for their prompts + max_new_tokens + a tree."""
+        needed = (
+            max(row.prompt_tokens + row.request.params.max_new_tokens for row in rows) + layout.spare_slots
+        )
+        capacity = -(-needed // CAPACITY_ROUNDING) * CAPACITY_ROUNDING
+        cache = RowKVCache.allocate(
+            num_layers=layout.num_layers,
+            batch=len(rows),
+            kv_heads=layout.kv_heads,
+            head_dim=layout.head_dim,
+            capacity=capacity,
+            dtype=layout.dtype,
+            device=layout.device,
+        )
+        next_tokens = torch.zeros(len(rows), dtype=torch.long, device=layout.device)
+        return cls(list(rows), cache, next_tokens, None)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def request_ids(self) -> list[str]:
+        return [row.request_id for row in self.rows]
+
+    def filter(self, request_ids: Iterable[str]) -> Batch | None:
+        """The rows whose ids are in `request_ids`, in batch order; None when no row is left."""
+        wanted = set(request_ids)
+        keep = [index for index, row in enumerate(self.rows) if row.request_id in wanted]
+        if not keep:
+            return None
+        if len(keep) == len(self.rows):
+            return self
+        index = torch.tensor(keep, dtype=torch.long, device=self.next_tokens.device)
+        drafts = self.draft_topk.index_select(0, index) if self.draft_topk is not None else None
+        return Batch(
+            [self.rows[position] for position in keep],
+            self.cache.select_rows(index),
+            self.next_tokens.index_select(0, index),
+            drafts,
+        )
+
+    @classmethod
+    def concatenate(cls, batches: Sequence[Batch]) -> Batch:
+        """All rows of `batches` in order. Drafts survive only when every batch has them."""
+        if len(batches) == 1:
+            return batches[0]
+        drafts = [batch.draft_topk for batch in batches]
+        return cls(
+            [row for batch in batches for row in batch.rows],
+            RowKVCache.concatenate([batch.cache for batch in batches]),
+            torch.cat([batch.next_tokens for batch in batches]),
+            None if any(draft is None for draft in drafts) else torch.cat(drafts),
+        )

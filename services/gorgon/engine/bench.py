@@ -1,0 +1,122 @@
+"""`gorgon bench engine`: HF generate vs the engine's plain path vs its Medusa path, side by side in one process.
+
+Greedy decoding on a fixed prompt set. With `--json`, exactly one JSON object goes to stdout:
+{"model", "device", "dtype", "results": [{"mode", "batch", "tokens_per_s", "tokens_per_step",
+"identical_to_plain"}]}. Progress and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_NEW_TOKENS = 128
+DEFAULT_BATCH_SIZES = (1, 4, 16)
+QUICK_MAX_NEW_TOKENS = 32
+QUICK_BATCH_SIZES = (1, 4)
+BENCH_PROMPTS = (
+    "Explain how a hash map works.",
+    "Write a short poem about the sea.",
+    "What are the main causes of inflation?",
+    "Give three tips for learning a new language.",
+    "Describe the water cycle for a ten-year-old.",
+    "How does a bicycle stay upright?",
+    "Summarise the plot of Romeo and Juliet.",
+    "What is the difference between a virus and a bacterium?",
+    "Write a Python function that reverses a string.",
+    "Why is the sky blue?",
+    "List the planets of the solar system in order.",
+    "How do vaccines train the immune system?",
+    "What makes a good team leader?",
+    "Explain recursion with an example.",
+    "How do plants make their food?",
+    "What should I pack for a weekend hiking trip?",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchResult:
+    mode: str
+    batch: int
+    tokens_per_s: float
+    tokens_per_step: float
+    identical_to_plain: bool | None
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    from gorgon.core.errors import ConfigurationError  # noqa: PLC0415 - keep `gorgon --help` light
+
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigurationError(f"--batch-sizes must be comma-separated integers, got {text!r}") from exc
+    if not sizes or min(sizes) < 1:
+        raise ConfigurationError(f"--batch-sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default=None, help="HF dir, hub id or .gguf (default: SmolLM2-135M-Instruct)"
+    )
+    parser.add_argument(
+        "--heads", default=None, help="Medusa heads directory (default: the engine's heads_path)"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=None, help=f"default {DEFAULT_MAX_NEW_TOKENS}")
+    parser.add_argument("--batch-sizes", default=None, help="comma-separated, default 1,4,16")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    parser.add_argument("--no-deepspeed", action="store_true", help="run the bare HF model")
+    parser.add_argument("--medusa-choices", default=None, help="tree name (see gorgon.engine.tree.TREES)")
+    parser.add_argument("--quick", action="store_true", help="batch 1,4 and 32 new tokens: under two minutes")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    quick = args.quick
+    max_new_tokens = args.max_new_tokens or (QUICK_MAX_NEW_TOKENS if quick else DEFAULT_MAX_NEW_TOKENS)
+    if args.batch_sizes:
+        batch_sizes = _batch_sizes(args.batch_sizes)
+    else:
+        batch_sizes = QUICK_BATCH_SIZES if quick else DEFAULT_BATCH_SIZES
+    from gorgon.engine.bench_runner import run_benchmark  # noqa: PLC0415 - torch loads only here
+
+    report = run_benchmark(
+        args, max_new_tokens=max_new_tokens, batch_sizes=batch_sizes, prompts=BENCH_PROMPTS
+    )
+    if args.json:
+        payload = {key: value for key, value in report.items() if key != "results"}
+        payload["results"] = [asdict(result) for result in report["results"]]
+        sys.stdout.write(json.dumps(payload) + "\n")
+    else:
+        _print_table(report)
+    return 0
+
+
+def _print_table(report: dict) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"{report['model']} on {report['device']} ({report['dtype']})")
+    for column in ("mode", "batch", "tokens/s", "tokens/step", "identical to plain", "× plain"):
+        table.add_column(column, justify="right")
+    plain_rate = {r.batch: r.tokens_per_s for r in report["results"] if r.mode == "plain"}
+    for result in report["results"]:
+        ratio = (
+            result.tokens_per_s / plain_rate[result.batch] if plain_rate.get(result.batch) else float("nan")
+        )
+        identical = "" if result.identical_to_plain is None else str(result.identical_to_plain)
+        table.add_row(
+            result.mode,
+            str(result.batch),
+            f"{result.tokens_per_s:.1f}",
+            f"{result.tokens_per_step:.2f}",
+            identical,
+            f"{ratio:.2f}",
+        )
+    Console().print(table)

@@ -1,0 +1,150 @@
+"""The measuring half of `gorgon bench engine` (imports torch; bench.py stays light for `gorgon --help`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from gorgon.engine.bench import BenchResult
+from gorgon.engine.config import EngineSettings
+from gorgon.engine.interface import ChatMessage, GenerationRequest, SamplingParams
+from gorgon.engine.loader import LoadedModel, load_model_and_tokenizer
+from gorgon.engine.medusa import MedusaHeads
+from gorgon.engine.medusa_engine import MedusaEngine, load_heads_for
+
+log = logging.getLogger(__name__)
+
+UNTRAINED_HEADS = 4
+WARMUP_TOKENS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutput:
+    token_ids: list[list[int]]
+    seconds: float
+    tokens_per_step: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return sum(len(tokens) for tokens in self.token_ids) / self.seconds
+
+
+def settings_from_args(args: argparse.Namespace) -> EngineSettings:
+    overrides: dict[str, object] = {"device": args.device, "dtype": args.dtype}
+    if args.model:
+        overrides["model"] = args.model
+    if args.heads:
+        overrides["heads_path"] = args.heads
+    if args.no_deepspeed:
+        overrides["use_deepspeed"] = False
+    if args.medusa_choices:
+        overrides["medusa_choices"] = args.medusa_choices
+    return EngineSettings(**overrides)
+
+
+def untrained_heads(loaded: LoadedModel) -> MedusaHeads:
+    """Heads that reuse lm_head with identity ResBlocks: they draft the base model's own next-token guess."""
+    config = loaded.model.config
+    heads = MedusaHeads(config.hidden_size, config.vocab_size, UNTRAINED_HEADS, own_lm_heads=False)
+    return heads.to(device=loaded.device, dtype=loaded.dtype).eval().requires_grad_(False)
+
+
+def run_engine(engine: MedusaEngine, prompts: Sequence[list[int]], max_new_tokens: int) -> RunOutput:
+    """Generate greedily for all prompts as one batch; tokens per forward pass averaged over sequences."""
+    params = SamplingParams(max_new_tokens=max_new_tokens)
+    started = time.perf_counter()
+    for index, prompt in enumerate(prompts):
+        engine.add(GenerationRequest(f"bench-{index}", tuple(prompt), params))
+    tokens: dict[str, list[int]] = {f"bench-{index}": [] for index in range(len(prompts))}
+    steps = dict.fromkeys(tokens, 0)
+    while engine.num_active:
+        for event in engine.step():
+            tokens[event.request_id].extend(event.token_ids)
+            steps[event.request_id] += 1
+    seconds = time.perf_counter() - started
+    per_step = sum(len(tokens[key]) / steps[key] for key in tokens) / len(tokens)
+    return RunOutput(list(tokens.values()), seconds, per_step)
+
+
+def run_hf_generate(loaded: LoadedModel, prompts: Sequence[list[int]], max_new_tokens: int) -> RunOutput:
+    """HF `generate`, greedy, left-padded batch, same model and dtype; tokens counted up to each row's EOS."""
+    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    longest = max(len(prompt) for prompt in prompts)
+    input_ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, longest - len(prompt) :] = torch.tensor(prompt)
+        attention_mask[row, longest - len(prompt) :] = 1
+    eos = loaded.model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    started = time.perf_counter()
+    with torch.inference_mode():
+        output = loaded.model.generate(
+            input_ids=input_ids.to(loaded.device),
+            attention_mask=attention_mask.to(loaded.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+    seconds = time.perf_counter() - started
+    generated = [_until_eos(row[longest:].tolist(), eos_ids) for row in output]
+    return RunOutput(generated, seconds, 1.0)
+
+
+def _until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
+    for index, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[: index + 1]
+    return tokens
+
+
+def run_benchmark(
+    args: argparse.Namespace, *, max_new_tokens: int, batch_sizes: Sequence[int], prompts: Sequence[str]
+) -> dict:
+    settings = settings_from_args(args)
+    loaded = load_model_and_tokenizer(settings)
+    heads = load_heads_for(loaded, settings)
+    if heads is None:
+        log.warning(
+            "no Medusa heads at %s: benchmarking untrained heads (they accept little)", settings.heads_path
+        )
+        heads = untrained_heads(loaded)
+    plain_engine = MedusaEngine(loaded, None, settings)
+    medusa_engine = MedusaEngine(loaded, heads, settings)
+    encoded = [plain_engine.encode([ChatMessage("user", prompt)]) for prompt in prompts]
+    for engine in (plain_engine, medusa_engine):
+        run_engine(engine, encoded[:1], WARMUP_TOKENS)
+    results: list[BenchResult] = []
+    with tqdm(total=3 * len(batch_sizes), desc="bench engine", unit="run") as progress:
+        for batch in batch_sizes:
+            batch_prompts = [encoded[index % len(encoded)] for index in range(batch)]
+            hf = run_hf_generate(loaded, batch_prompts, max_new_tokens)
+            progress.update()
+            plain = run_engine(plain_engine, batch_prompts, max_new_tokens)
+            progress.update()
+            medusa = run_engine(medusa_engine, batch_prompts, max_new_tokens)
+            progress.update()
+            results += [
+                BenchResult("hf_generate", batch, hf.tokens_per_s, hf.tokens_per_step, None),
+                BenchResult("plain", batch, plain.tokens_per_s, plain.tokens_per_step, None),
+                BenchResult(
+                    "medusa",
+                    batch,
+                    medusa.tokens_per_s,
+                    medusa.tokens_per_step,
+                    medusa.token_ids == plain.token_ids,
+                ),
+            ]
+            log.info("batch %d: hf identical to plain: %s", batch, hf.token_ids == plain.token_ids)
+    return {
+        "model": loaded.name,
+        "device": str(loaded.device),
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "results": results,
+    }

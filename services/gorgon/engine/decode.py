@@ -1,0 +1,276 @@
+"""One decoding step over a batch, as Medusa's five named steps:
+
+    candidates → tree forward → evaluate → accept → update KV
+
+Plain decoding is the same step with a one-node tree (the root only), so there is a single code path for plain,
+chain and tree shapes. Greedy rows accept a drafted token when it equals the base model's argmax (output identical
+to plain greedy); sampled rows use typical acceptance and sample the bonus token with temperature / top_p.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gorgon.engine.config import DEFAULT_TYPICAL_ALPHA, DEFAULT_TYPICAL_EPSILON
+from gorgon.engine.kv import RowKVCache
+from gorgon.engine.tree import TreeBuffers
+
+WINDOW_ROUNDING = 32  # attention window rounded up so SDPA sees few distinct shapes
+DRAFT_TOPK = 10  # top-k kept per Medusa head (the widest shipped tree uses rank 9)
+
+
+@dataclass(frozen=True, slots=True)
+class RowSampling:
+    """How one row picks tokens. temperature == 0 is greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    speculative: bool = True
+    generator: torch.Generator | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TypicalAcceptance:
+    """Accept x when p(x) > min(epsilon, alpha * exp(-H(p))); defaults live in engine/config.py."""
+
+    epsilon: float = DEFAULT_TYPICAL_EPSILON
+    alpha: float = DEFAULT_TYPICAL_ALPHA
+
+
+@dataclass(slots=True)
+class StepOutcome:
+    """Per row: the accepted drafted tokens plus the new next token, and the heads' drafts for the next step."""
+
+    emitted: list[list[int]]  # per row, 1..depth+1 tokens
+    accepted_drafts: list[int]  # per row
+    next_tokens: torch.Tensor  # [B] long
+    draft_topk: torch.Tensor | None  # [B, K, DRAFT_TOPK] long
+
+
+@dataclass(frozen=True, slots=True)
+class ModelParts:
+    """The pieces of a causal LM the engine calls: decoder body, vocabulary projection, Medusa heads."""
+
+    decoder: nn.Module
+    lm_head: nn.Module
+    heads: nn.Module | None
+
+
+def attention_mask(lengths: torch.Tensor, tree_mask: torch.Tensor, window: int) -> torch.Tensor:
+    """[B, 1, T, window] bool: query i of row b sees the row's accepted slots and its tree ancestors."""
+    num_nodes = tree_mask.shape[0]
+    slots = torch.arange(window, device=lengths.device)
+    if num_nodes == 1:  # plain decoding: the accepted slots and the new token's own slot
+        return (slots[None, :] <= lengths[:, None])[:, None, None]
+    relative = slots[None, :] - lengths[:, None]  # [B, W]
+    seen_past = relative < 0
+    in_tree = (relative >= 0) & (relative < num_nodes)
+    tree_columns = relative.clamp(0, num_nodes - 1)[:, None, :].expand(-1, num_nodes, -1)  # [B, T, W]
+    tree_part = tree_mask[None].expand(lengths.shape[0], -1, -1).gather(2, tree_columns)
+    return (seen_past[:, None, :] | (in_tree[:, None, :] & tree_part))[:, None]
+
+
+def forward_tokens(
+    parts: ModelParts,
+    cache: RowKVCache,
+    input_ids: torch.Tensor,
+    depths: torch.Tensor,
+    tree_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Run input_ids [B, T] written at slots lengths + arange(T), positions lengths + depths. -> hidden [B, T, H]."""
+    num_nodes = input_ids.shape[1]
+    longest = int(cache.lengths.max()) + num_nodes
+    window = -(-longest // WINDOW_ROUNDING) * WINDOW_ROUNDING
+    window = min(window, cache.capacity)
+    offsets = torch.arange(num_nodes, device=input_ids.device).expand(input_ids.shape[0], -1)
+    cache.plan_forward(offsets, window)
+    mask = attention_mask(cache.lengths, tree_mask, cache.plan.window)
+    positions = cache.lengths[:, None] + depths[None, :]
+    output = parts.decoder(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return output.last_hidden_state
+
+
+def draft(parts: ModelParts, hidden: torch.Tensor) -> torch.Tensor | None:
+    """hidden: [B, H] at each row's last accepted token -> the heads' top-k drafts [B, K, DRAFT_TOPK]."""
+    if parts.heads is None:
+        return None
+    logits = parts.heads(hidden[:, None, :], parts.lm_head)  # [K, B, 1, V]
+    return logits[:, :, 0].topk(DRAFT_TOPK, dim=-1).indices.permute(1, 0, 2).contiguous()
+
+
+def generate_candidates(
+    next_tokens: torch.Tensor, draft_topk: torch.Tensor | None, tree: TreeBuffers
+) -> torch.Tensor:
+    """Step 1: the tree's tokens per row, [B, T]; node 0 is the token chosen last step."""
+    if tree.num_nodes == 1 or draft_topk is None:
+        return next_tokens[:, None]
+    drafts = draft_topk[:, : tree.max_depth, : tree.topk].reshape(next_tokens.shape[0], -1)
+    flat = torch.cat([next_tokens[:, None], drafts], dim=1)
+    return flat[:, tree.tree_indices]
+
+
+def sample_token(logits: torch.Tensor, sampling: RowSampling) -> int:
+    """One token from logits [V] with temperature and nucleus (top_p) filtering."""
+    probs = filtered_probabilities(logits, sampling)
+    return int(torch.multinomial(probs, 1, generator=sampling.generator))
+
+
+def filtered_probabilities(logits: torch.Tensor, sampling: RowSampling) -> torch.Tensor:
+    """softmax(logits / T) with the tail beyond top_p cumulative mass removed (renormalised). [V] float32."""
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p >= 1.0:
+        return probs
+    sorted_probs, order = probs.sort(descending=True)
+    outside = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p
+    sorted_probs[outside] = 0.0
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_probs) / sorted_probs.sum()
+
+
+def typical_accept(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float, rule: TypicalAcceptance
+) -> torch.Tensor:
+    """logits [N, V] at parent nodes, tokens [N] drafted children -> accepted [N] bool."""
+    probs = torch.softmax(logits.float() / max(temperature, 1e-5), dim=-1)
+    entropy = -(probs * torch.log(probs.clamp_min(1e-10))).sum(-1)
+    threshold = torch.minimum(torch.full_like(entropy, rule.epsilon), rule.alpha * torch.exp(-entropy))
+    return probs.gather(-1, tokens[:, None])[:, 0] > threshold
+
+
+def evaluate(
+    logits: torch.Tensor,
+    candidates: torch.Tensor,
+    tree: TreeBuffers,
+    rows: Sequence[RowSampling],
+    rule: TypicalAcceptance,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 3: best path and accepted draft count per row. logits [B, T, V], candidates [B, T] -> ([B], [B])."""
+    batch = candidates.shape[0]
+    paths = tree.retrieve_indices  # [P, D + 1]
+    if tree.num_nodes == 1:
+        zeros = torch.zeros(batch, dtype=torch.long, device=candidates.device)
+        return zeros, zeros
+    children = paths[:, 1:]  # [P, D]
+    valid = children >= 0
+    node_ok = _node_acceptance(logits, candidates, tree, rows, rule)  # [B, T] child accepted given its parent
+    path_ok = node_ok[:, children.clamp(min=0)] & valid[None]  # [B, P, D]
+    accept_lengths = path_ok.long().cumprod(-1).sum(-1)  # [B, P]
+    best = accept_lengths.argmax(-1)
+    return best, accept_lengths.gather(1, best[:, None])[:, 0]
+
+
+def _node_acceptance(
+    logits: torch.Tensor,
+    candidates: torch.Tensor,
+    tree: TreeBuffers,
+    rows: Sequence[RowSampling],
+    rule: TypicalAcceptance,
+) -> torch.Tensor:
+    """[B, T] bool: node i's token is accepted after its parent (node 0: True)."""
+    parent_of = tree.parents  # [T]
+    parent_logits = logits[:, parent_of]  # [B, T, V]
+    accepted = candidates == parent_logits.argmax(-1)
+    for row, sampling in enumerate(rows):
+        if not sampling.speculative:
+            accepted[row] = False
+        elif not sampling.greedy:
+            accepted[row] = typical_accept(parent_logits[row], candidates[row], sampling.temperature, rule)
+    accepted[:, 0] = True
+    return accepted
+
+
+def choose_next_tokens(logits: torch.Tensor, rows: Sequence[RowSampling]) -> torch.Tensor:
+    """logits [B, V] at each row's last accepted node -> next token per row [B]."""
+    tokens = logits.argmax(-1)
+    for row, sampling in enumerate(rows):
+        if not sampling.greedy:
+            tokens[row] = sample_token(logits[row], sampling)
+    return tokens
+
+
+def speculative_step(
+    parts: ModelParts,
+    cache: RowKVCache,
+    next_tokens: torch.Tensor,
+    draft_topk: torch.Tensor | None,
+    tree: TreeBuffers,
+    rows: Sequence[RowSampling],
+    rule: TypicalAcceptance,
+    *,
+    want_drafts: bool,
+) -> StepOutcome:
+    """One step for every row: candidates → tree forward → evaluate → accept → update KV."""
+    if tree.num_nodes == 1:
+        return plain_step(parts, cache, next_tokens, rows, want_drafts=want_drafts)
+    candidates = generate_candidates(next_tokens, draft_topk, tree)  # [B, T]
+    hidden = forward_tokens(parts, cache, candidates, tree.depths, tree.attention_mask)  # [B, T, H]
+    logits = parts.lm_head(hidden)  # [B, T, V]
+    best, accepted = evaluate(logits, candidates, tree, rows, rule)
+    kept_nodes = tree.retrieve_indices[best]  # [B, D + 1], root first, -1 padded
+    last_nodes = kept_nodes.gather(1, accepted[:, None])[:, 0]  # [B]
+    batch_index = torch.arange(candidates.shape[0], device=candidates.device)
+    new_next = choose_next_tokens(logits[batch_index, last_nodes], rows)
+    cache.compact(kept_nodes.clamp(min=0), accepted + 1)
+    new_drafts = draft(parts, hidden[batch_index, last_nodes]) if want_drafts else None
+    drafted_tokens = candidates.gather(1, kept_nodes.clamp(min=0))[:, 1:].tolist()
+    accepted_list = accepted.tolist()
+    next_list = new_next.tolist()
+    emitted = [
+        [*drafted_tokens[row][: accepted_list[row]], next_list[row]] for row in range(candidates.shape[0])
+    ]
+    return StepOutcome(emitted, accepted_list, new_next, new_drafts)
+
+
+def plain_step(
+    parts: ModelParts,
+    cache: RowKVCache,
+    next_tokens: torch.Tensor,
+    rows: Sequence[RowSampling],
+    *,
+    want_drafts: bool,
+) -> StepOutcome:
+    """The one-node-tree step without the tree bookkeeping: feed each row's next token, choose the following."""
+    root_only = cache.lengths.new_zeros(1)  # depth 0; as a mask only its shape [1] matters
+    hidden = forward_tokens(parts, cache, next_tokens[:, None], root_only, root_only)  # [B, 1, H]
+    new_next = choose_next_tokens(parts.lm_head(hidden[:, 0]), rows)
+    cache.advance(1)
+    new_drafts = draft(parts, hidden[:, 0]) if want_drafts else None
+    return StepOutcome([[token] for token in new_next.tolist()], [0] * len(rows), new_next, new_drafts)
+
+
+def prefill(
+    parts: ModelParts, cache: RowKVCache, prompts: Sequence[Sequence[int]], rows: Sequence[RowSampling]
+) -> StepOutcome:
+    """Write every prompt into its (empty) row of `cache`; choose each row's first token and drafts."""
+    longest = max(len(prompt) for prompt in prompts)
+    device = cache.lengths.device
+    input_ids = torch.zeros(len(prompts), longest, dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+    causal = torch.ones(longest, longest, dtype=torch.bool, device=device).tril()
+    depths = torch.arange(longest, device=device)
+    hidden = forward_tokens(parts, cache, input_ids, depths, causal)  # [B, S, H]
+    last = torch.tensor([len(prompt) - 1 for prompt in prompts], device=device)
+    batch_index = torch.arange(len(prompts), device=device)
+    last_hidden = hidden[batch_index, last]  # [B, H]
+    next_tokens = choose_next_tokens(parts.lm_head(last_hidden), rows)
+    cache.compact(depths.expand(len(prompts), -1), last + 1)
+    return StepOutcome(
+        [[token] for token in next_tokens.tolist()],
+        [0] * len(prompts),
+        next_tokens,
+        draft(parts, last_hidden),
+    )

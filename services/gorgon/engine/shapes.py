@@ -1,0 +1,100 @@
+"""Choosing the speculation shape per step (tree → chain → plain) from measured cost and acceptance.
+
+A tree step verifies more drafted tokens but costs more per forward, and the extra cost grows with the batch.
+The selector keeps, per shape, the mean tokens each row gains per step (acceptance, measured on speculative
+rows) and, per shape and batch-size bucket, the mean step time; it picks the shape with the most tokens per
+second. Shapes it has not measured at a bucket are tried first, and every shape is re-measured now and then, so
+a shape that became worthwhile (trained heads, smaller batch) gets picked again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gorgon.engine.tree import TreeBuffers
+
+SMOOTHING = 0.2  # weight of a new measurement in the running means
+MIN_SAMPLES = 2  # measurements of a shape at a bucket before it is judged
+REEXPLORE_EVERY = 200  # steps at one bucket between re-measurements of the shapes not chosen
+
+
+def batch_bucket(batch_size: int) -> int:
+    """Batch sizes grouped by powers of two: 1, 2, 4, 8, 16, ..."""
+    return 1 << max(batch_size - 1, 0).bit_length()
+
+
+@dataclass(slots=True)
+class RunningMean:
+    value: float = 0.0
+    samples: int = 0
+
+    def add(self, observation: float) -> None:
+        self.value = observation if self.samples == 0 else self.value + SMOOTHING * (observation - self.value)
+        self.samples += 1
+
+
+@dataclass(slots=True)
+class ShapeSelector:
+    """shapes[0] must be the plain one-node tree; the others are tried in the given order."""
+
+    shapes: Sequence[TreeBuffers]
+    step_seconds: dict[tuple[str, int], RunningMean] = field(default_factory=lambda: defaultdict(RunningMean))
+    tokens_per_row: dict[str, RunningMean] = field(default_factory=lambda: defaultdict(RunningMean))
+    steps_at_bucket: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+
+    def __post_init__(self) -> None:
+        if not self.shapes or self.shapes[0].num_nodes != 1:
+            raise ValueError("the first shape must be plain decoding (a one-node tree)")
+
+    @property
+    def plain(self) -> TreeBuffers:
+        return self.shapes[0]
+
+    def choose(self, batch_size: int, *, speculative_rows: int) -> TreeBuffers:
+        if speculative_rows == 0 or len(self.shapes) == 1:
+            return self.plain
+        bucket = batch_bucket(batch_size)
+        step = self.steps_at_bucket[bucket]
+        candidates = [shape for shape in self.shapes if not self.lost_at_smaller_batch(shape, bucket)]
+        for shape in candidates:
+            if self.step_seconds[(shape.name, bucket)].samples < MIN_SAMPLES:
+                return shape
+        best = max(candidates, key=lambda shape: self.expected_rate(shape, bucket))
+        if step > 0 and step % REEXPLORE_EVERY == 0:
+            others = [shape for shape in self.shapes if shape is not best]
+            return others[(step // REEXPLORE_EVERY) % len(others)]
+        return best
+
+    def lost_at_smaller_batch(self, shape: TreeBuffers, bucket: int) -> bool:
+        """A shape measured slower than plain at a smaller batch is slower here too (verification cost relative
+        to a plain step only grows with the batch), so it is not explored; periodic re-measurement still runs."""
+        smaller = 1
+        while smaller < bucket:
+            measured = self.step_seconds[(shape.name, smaller)].samples >= MIN_SAMPLES
+            plain_measured = self.step_seconds[(self.plain.name, smaller)].samples >= MIN_SAMPLES
+            if (
+                measured
+                and plain_measured
+                and self.expected_rate(shape, smaller) < self.expected_rate(self.plain, smaller)
+            ):
+                return True
+            smaller *= 2
+        return False
+
+    def expected_rate(self, shape: TreeBuffers, bucket: int) -> float:
+        """Tokens per row per second expected from `shape` at this batch bucket."""
+        seconds = self.step_seconds[(shape.name, bucket)].value
+        gained = 1.0 if shape.num_nodes == 1 else self.tokens_per_row[shape.name].value
+        return gained / seconds if seconds > 0 else 0.0
+
+    def record(
+        self, shape: TreeBuffers, batch_size: int, seconds: float, speculative_tokens: Sequence[int]
+    ) -> None:
+        """One finished step: its duration and the tokens each speculative row gained."""
+        bucket = batch_bucket(batch_size)
+        self.steps_at_bucket[bucket] += 1
+        self.step_seconds[(shape.name, bucket)].add(seconds)
+        if shape.num_nodes > 1 and speculative_tokens:
+            self.tokens_per_row[shape.name].add(sum(speculative_tokens) / len(speculative_tokens))

@@ -1,0 +1,215 @@
+"""`gorgon up` (= `make run`): the whole platform on this machine.
+
+Redis (REDIS_URL, or an embedded private server), the API on --port, --workers always-running worker processes
+and the operator's local autoscaler, which adds workers by queue backlog up to --max-workers; it prints
+one `gorgon ready: <url>` line on stdout once the API answers /ready, restarts a worker that dies, and on
+Ctrl-C / SIGTERM stops everything (workers get their shutdown grace) and removes the embedded Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+
+from gorgon.core.errors import ConfigurationError, GorgonError
+from gorgon.local.processes import api_command, service_env, spawn, stop_all, worker_command
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8000
+READY_TIMEOUT_S = 900.0
+POLL_S = 0.25
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"API port (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--engine",
+        choices=["medusa", "echo"],
+        help="worker engine (default: GORGON_WORKER_ENGINE, i.e. medusa)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="always-running worker processes (default 1)")
+    parser.add_argument(
+        "--max-workers",
+        type=int,
+        help="with the local autoscaler: most workers in all, extra ones started by backlog "
+        "(default: the scaling policy's max_replicas + --workers - 1; equal to --workers turns autoscaling off)",
+    )
+    parser.add_argument("--echo-step-delay", type=float, help="echo engine: seconds per decoding step")
+    parser.add_argument(
+        "--ready-timeout", type=float, default=READY_TIMEOUT_S, help="seconds to wait for the first worker"
+    )
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ConfigurationError(f"port {port} is already in use; choose another with --port") from exc
+
+
+@dataclass
+class LocalPlatform:
+    port: int
+    workers: int
+    worker_cmd: list[str]
+    env: dict[str, str]
+    api: subprocess.Popen[bytes] | None = None
+    worker_processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.api = spawn(api_command(self.port), self.env)
+        self.worker_processes = [spawn(self.worker_cmd, self.env) for _ in range(self.workers)]
+        log.info("started the API (pid %d) and %d worker(s)", self.api.pid, self.workers)
+
+    def wait_ready(self, timeout_s: float, stopping: list[bool]) -> None:
+        import httpx  # noqa: PLC0415
+
+        from gorgon.local.progress import waiting  # noqa: PLC0415
+
+        deadline = time.monotonic() + timeout_s
+        with waiting("waiting for the API and a worker (the model loads first)") as tick:
+            while not stopping:
+                self._check_api_alive()
+                try:
+                    if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise GorgonError(f"no worker became ready within {timeout_s:.0f} s; see the log above")
+                tick()
+                time.sleep(POLL_S)
+
+    def supervise(self, stopping: list[bool]) -> None:
+        """Until asked to stop: keep the worker count, fail if the API dies."""
+        while not stopping:
+            self._check_api_alive()
+            for index, process in enumerate(self.worker_processes):
+                if process.poll() is not None:
+                    log.warning(
+                        "worker pid %d exited with %s; starting a new one", process.pid, process.returncode
+                    )
+                    self.worker_processes[index] = spawn(self.worker_cmd, self.env)
+            time.sleep(POLL_S)
+
+    def _check_api_alive(self) -> None:
+        if self.api is not None and self.api.poll() is not None:
+            raise GorgonError(f"the API process exited with status {self.api.returncode}; see the log above")
+
+    def stop(self) -> None:
+        stop_all([*self.worker_processes, *([self.api] if self.api is not None else [])])
+
+
+@dataclass
+class BackgroundAutoscaler:
+    """The operator's local autoscaler, running in a thread with its own event loop."""
+
+    thread: threading.Thread
+    stop_event: threading.Event
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=60)
+
+
+def served_model(url: str) -> str:
+    import httpx  # noqa: PLC0415
+
+    models = httpx.get(f"{url}/ready", timeout=5).json()["models"]
+    return str(models[0])
+
+
+def start_autoscaler(
+    platform: LocalPlatform, redis_url: str, namespace: str, args: argparse.Namespace
+) -> BackgroundAutoscaler | None:
+    """Extra workers on demand next to the always-running ones, by the operator's scaling policy."""
+    try:
+        from gorgon_operator.local import run_local_autoscaler  # noqa: PLC0415
+        from gorgon_operator.policy import ScalingPolicy  # noqa: PLC0415
+    except ImportError as exc:
+        log.warning("no local autoscaler (%s): running %d fixed worker(s)", exc, args.workers)
+        return None
+    from gorgon.core.streams import RedisNames  # noqa: PLC0415
+
+    max_workers = args.max_workers or ScalingPolicy().max_replicas + args.workers - 1
+    extra = max_workers - args.workers
+    if extra < 1:
+        log.info("autoscaling off: %d fixed worker(s)", args.workers)
+        return None
+    model = served_model(platform.url)
+    policy = ScalingPolicy(min_replicas=0, max_replicas=extra)
+    stop_event = threading.Event()
+
+    def scale_forever() -> None:
+        asyncio.run(
+            run_local_autoscaler(
+                platform.worker_cmd,
+                redis_url,
+                model,
+                names=RedisNames(namespace),
+                policy=policy,
+                env=platform.env,
+                stop=stop_event,
+            )
+        )
+
+    thread = threading.Thread(target=scale_forever, name="local-autoscaler", daemon=True)
+    thread.start()
+    log.info("local autoscaler: up to %d extra worker(s) of %s by backlog", extra, model)
+    return BackgroundAutoscaler(thread, stop_event)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gorgon.core.config import get_redis_settings  # noqa: PLC0415
+    from gorgon.local.redis_server import start_private_redis  # noqa: PLC0415
+
+    if args.workers < 1:
+        raise ConfigurationError("--workers must be at least 1")
+    _check_port_free(args.port)
+    redis_settings = get_redis_settings()
+    embedded = None if redis_settings.url else start_private_redis()
+    redis_url = redis_settings.url or embedded.url  # type: ignore[union-attr]
+    env = service_env(redis_url, redis_settings.namespace)
+    platform = LocalPlatform(args.port, args.workers, worker_command(args.engine, args.echo_step_delay), env)
+    stopping: list[bool] = []
+    autoscaler: BackgroundAutoscaler | None = None
+
+    def request_stop(signum: int, _: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stopping.append(True)
+
+    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        platform.start()
+        platform.wait_ready(args.ready_timeout, stopping)
+        if not stopping:
+            autoscaler = start_autoscaler(platform, redis_url, redis_settings.namespace, args)
+            sys.stdout.write(f"gorgon ready: {platform.url} (Redis {redis_url})\n")
+            sys.stdout.flush()
+            platform.supervise(stopping)
+    finally:
+        if autoscaler is not None:
+            autoscaler.stop()
+        platform.stop()
+        if embedded is not None:
+            embedded.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        log.info("stopped")
+    return 0

@@ -1,0 +1,138 @@
+"""Held-out evaluation of heads and the greedy tree search built on it.
+
+For every held-out position we record the rank of the true future token in each head's full-vocabulary
+logits. Top-k accuracy per head follows directly. With greedy acceptance a tree node (r_0, ..., r_d) is
+accepted exactly when head i ranks the true token at r_i for every i ≤ d, and the accepted nodes of one step
+form a single chain, so the expected tokens per step of a tree is 1 + sum over its nodes of P(path matches).
+The search grows the tree one node at a time, always adding the candidate with the highest empirical path
+probability (Medusa's greedy search, but on joint frequencies rather than a product of per-head accuracies),
+and keeps the size that maximises tokens per step divided by the measured cost of verifying that many tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gorgon.engine.medusa import MedusaHeads
+from gorgon.training.settings import VERIFY_COST_MS
+from gorgon.training.trainer import IGNORE, Positions
+
+MAX_RANK = 10
+"""Ranks at or beyond this count as a miss (the tree search never considers them)."""
+
+
+@torch.inference_mode()
+def target_ranks(
+    heads: MedusaHeads, lm_head: nn.Module, positions: Positions, batch_tokens: int = 512
+) -> torch.Tensor:
+    """ranks: [N, K] — rank of the true token among each head's logits (MAX_RANK = beyond or no target)."""
+    heads.eval()
+    chunks = []
+    for start in range(0, len(positions), batch_tokens):
+        hidden = positions.hidden[start : start + batch_tokens].float().unsqueeze(0)
+        targets = positions.targets[start : start + batch_tokens]
+        logits = heads(hidden, lm_head)[:, 0]  # [K, N, V]
+        target_logits = logits.gather(-1, targets.clamp(min=0).T.unsqueeze(-1))  # [K, N, 1]
+        ranks = (logits > target_logits).sum(-1).T  # [N, K]
+        ranks = torch.where(targets == IGNORE, MAX_RANK, ranks.clamp(max=MAX_RANK))
+        chunks.append(ranks)
+    return torch.cat(chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class HeadAccuracy:
+    head: int
+    top1: float
+    top5: float
+    positions: int
+
+
+def head_accuracies(ranks: torch.Tensor, targets: torch.Tensor) -> list[HeadAccuracy]:
+    """Top-1/top-5 per head over the positions where that head has a target."""
+    results = []
+    for k in range(ranks.shape[1]):
+        valid = targets[:, k] != IGNORE
+        head_ranks = ranks[valid, k]
+        results.append(
+            HeadAccuracy(
+                head=k,
+                top1=float((head_ranks == 0).float().mean()),
+                top5=float((head_ranks < 5).float().mean()),
+                positions=int(valid.sum()),
+            )
+        )
+    return results
+
+
+def verify_cost_ms(tree_tokens: int, table: Sequence[tuple[int, float]] = VERIFY_COST_MS) -> float:
+    """Latency of a forward over `tree_tokens` tokens, linear between (and beyond) the measured points."""
+    points = sorted(table)
+    if tree_tokens <= points[0][0]:
+        return points[0][1]
+    for (q0, c0), (q1, c1) in itertools.pairwise(points):
+        if tree_tokens <= q1:
+            return c0 + (c1 - c0) * (tree_tokens - q0) / (q1 - q0)
+    (q0, c0), (q1, c1) = points[-2], points[-1]
+    return c1 + (c1 - c0) * (tree_tokens - q1) / (q1 - q0)
+
+
+@dataclass(frozen=True, slots=True)
+class TreePoint:
+    """A tree of the search: its first `nodes` choices, expected tokens per step, speed relative to plain."""
+
+    nodes: int
+    tokens_per_step: float
+    relative_speed: float
+
+
+@dataclass(frozen=True, slots=True)
+class TreeSearch:
+    choices: tuple[tuple[int, ...], ...]
+    """All nodes in the order the search added them; a prefix of any length is itself a valid tree."""
+    curve: tuple[TreePoint, ...]
+    best: TreePoint
+
+    @property
+    def best_choices(self) -> list[list[int]]:
+        return [list(path) for path in self.choices[: self.best.nodes]]
+
+
+def grow_tree(
+    ranks: torch.Tensor,
+    max_nodes: int,
+    top_k: int = MAX_RANK,
+    cost_table: Sequence[tuple[int, float]] = VERIFY_COST_MS,
+) -> TreeSearch:
+    """Greedy tree growth on empirical path frequencies; ranks: [N, K]."""
+    num_heads = ranks.shape[1]
+    match_masks: dict[tuple[int, ...], torch.Tensor] = {}
+    frontier: dict[tuple[int, ...], float] = {}
+
+    def offer_children(parent: tuple[int, ...], parent_mask: torch.Tensor) -> None:
+        depth = len(parent)
+        if depth == num_heads:
+            return
+        for rank in range(top_k):
+            mask = parent_mask & (ranks[:, depth] == rank)
+            match_masks[(*parent, rank)] = mask
+            frontier[(*parent, rank)] = float(mask.float().mean())
+
+    offer_children((), torch.ones(ranks.shape[0], dtype=torch.bool))
+    chosen: list[tuple[int, ...]] = []
+    expected = 1.0
+    plain_cost = verify_cost_ms(1, cost_table)
+    curve = [TreePoint(0, 1.0, 1.0)]
+    while frontier and len(chosen) < max_nodes:
+        best = max(frontier, key=lambda path: (frontier[path], [-rank for rank in path]))
+        expected += frontier.pop(best)
+        chosen.append(best)
+        offer_children(best, match_masks[best])
+        speed = expected / verify_cost_ms(1 + len(chosen), cost_table) * plain_cost
+        curve.append(TreePoint(len(chosen), expected, speed))
+    best_point = max(curve, key=lambda point: point.relative_speed)
+    return TreeSearch(choices=tuple(chosen), curve=tuple(curve), best=best_point)

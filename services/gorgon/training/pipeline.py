@@ -1,0 +1,186 @@
+"""`gorgon train-heads` end to end: distillation data → head training → held-out report → tuned tree → files.
+
+Every stage caches its output under the work directory (data shards, training checkpoint), so rerunning the
+same command after an interruption continues where it stopped, and rerunning it after completion only
+re-evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from gorgon.core.errors import ConfigurationError
+from gorgon.engine.medusa import MedusaHeads, save_medusa_heads
+from gorgon.training.base_model import BaseModel, load_base_model
+from gorgon.training.distill import (
+    DistillSettings,
+    Sequences,
+    build_shards,
+    chat_prompt_ids,
+    generate_greedy,
+    teacher_forced,
+    text_file_chunks,
+)
+from gorgon.training.evaluate import HeadAccuracy, TreeSearch, grow_tree, head_accuracies, target_ranks
+from gorgon.training.prompts import Split, prompts_for
+from gorgon.training.settings import DataSettings, RunSettings
+from gorgon.training.trainer import Trainer, head_targets, new_heads
+
+log = logging.getLogger(__name__)
+
+REPORT_NAME = "training_report.json"
+CHOICES_NAME = "medusa_choices.json"
+MEDUSA_VICUNA_7B_TOP1 = (0.56, 0.32, 0.20, 0.15, 0.12)
+"""Per-head top-1 accuracy of Medusa-1's heads on Vicuna-7B (Medusa paper), for comparison in the report."""
+
+
+def _prompt_batch_maker(base: BaseModel, max_new_tokens: int):
+    def make(batch: Sequence[str]) -> Sequences:
+        return generate_greedy(base, [chat_prompt_ids(base, text) for text in batch], max_new_tokens)
+
+    return make
+
+
+def distillation_data(base: BaseModel, settings: DataSettings, work_dir: Path) -> tuple[Sequences, Sequences]:
+    """(training, held-out) sequences, generated or read back from the work directory's shards."""
+    if settings.text_file is not None:
+        return _text_file_data(base, settings, work_dir)
+    splits = {Split.TRAIN: settings.num_prompts, Split.HELD_OUT: settings.held_out_prompts}
+    results = []
+    for split, count in splits.items():
+        prompts = prompts_for(split, count)
+        if len(prompts) < count:
+            raise ConfigurationError(f"the prompt set has only {len(prompts)} {split} prompts, {count} asked")
+        distill = DistillSettings(
+            base.name, f"prompts:{split}", settings.max_new_tokens, settings.generation_batch_size
+        )
+        maker = _prompt_batch_maker(base, settings.max_new_tokens)
+        results.append(
+            build_shards(work_dir / "data" / str(split), distill, prompts, maker, f"distilling {split}")
+        )
+    return results[0], results[1]
+
+
+def _text_file_data(base: BaseModel, settings: DataSettings, work_dir: Path) -> tuple[Sequences, Sequences]:
+    """Chunks of a text file; the last tenth of the chunks (at least one) is held out."""
+    chunks = text_file_chunks(base, settings.text_file, settings.chunk_tokens)
+    if len(chunks) < 2:
+        raise ConfigurationError(f"{settings.text_file} yields one chunk; need two (one is held out)")
+    held_out_count = max(1, len(chunks) // 10)
+    parts = {"train": chunks[:-held_out_count], "held-out": chunks[-held_out_count:]}
+    results = []
+    for split, split_chunks in parts.items():
+        source = f"text:{settings.text_file.resolve()}:{split}:{len(split_chunks)}x{settings.chunk_tokens}"
+        distill = DistillSettings(base.name, source, 0, settings.generation_batch_size)
+        maker = lambda batch: teacher_forced(base, batch)  # noqa: E731 - a one-line adapter
+        results.append(
+            build_shards(
+                work_dir / "data" / f"text-{split}", distill, split_chunks, maker, f"reading {split}"
+            )
+        )
+    return results[0], results[1]
+
+
+def export_with_own_projections(heads: MedusaHeads, lm_head: torch.nn.Module) -> MedusaHeads:
+    """The same heads with the shared lm_head copied into every head (FasterDecoding's original layout)."""
+    if heads.own_lm_heads:
+        return heads
+    full = MedusaHeads(
+        heads.hidden_size, heads.vocab_size, heads.num_heads, heads.num_layers, own_lm_heads=True
+    )
+    with torch.no_grad():
+        for shared_head, own_head in zip(heads.heads, full.heads, strict=True):
+            own_head[: heads.num_layers].load_state_dict(shared_head.state_dict(), strict=True)
+            own_head[-1].weight.copy_(lm_head.weight)
+    return full.eval()
+
+
+def _report(
+    settings: RunSettings,
+    base: BaseModel,
+    stats: dict,
+    *,
+    accuracies: list[HeadAccuracy],
+    search: TreeSearch,
+    timings: dict[str, float],
+) -> dict:
+    return {
+        "base_model": base.name,
+        "settings": json.loads(json.dumps(asdict(settings), default=str)),
+        "data": stats,
+        "timings_seconds": timings,
+        "held_out_accuracy": [
+            asdict(accuracy) | {"medusa_vicuna_7b_top1": _vicuna_top1(accuracy.head)}
+            for accuracy in accuracies
+        ],
+        "tree": {
+            "cost_table_ms": [list(point) for point in settings.cost_table],
+            "best_nodes": search.best.nodes,
+            "expected_tokens_per_step": search.best.tokens_per_step,
+            "expected_relative_speed": search.best.relative_speed,
+            "medusa_choices": search.best_choices,
+            "curve": [asdict(point) for point in search.curve],
+        },
+    }
+
+
+def _vicuna_top1(head: int) -> float | None:
+    return MEDUSA_VICUNA_7B_TOP1[head] if head < len(MEDUSA_VICUNA_7B_TOP1) else None
+
+
+def run_training(settings: RunSettings, base: BaseModel | None = None) -> dict:
+    """The whole pipeline; returns the report (also written beside the heads)."""
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    base = base or load_base_model()
+    timings["load_model"] = time.monotonic() - started
+    mark = time.monotonic()
+    train_sequences, held_out_sequences = distillation_data(base, settings.data, settings.work_dir)
+    timings["distillation"] = time.monotonic() - mark
+    mark = time.monotonic()
+    train_positions = head_targets(train_sequences, settings.train.num_heads)
+    held_out_positions = head_targets(held_out_sequences, settings.train.num_heads)
+    heads = new_heads(settings.train, base.lm_head, base.hidden_size, base.vocab_size)
+    trainer = Trainer(settings.train, heads, base.lm_head, train_positions, settings.work_dir)
+    trainer.resume()
+    result = trainer.run()
+    timings["training"] = time.monotonic() - mark
+    mark = time.monotonic()
+    ranks = target_ranks(result.heads, base.lm_head, held_out_positions)
+    accuracies = head_accuracies(ranks, held_out_positions.targets)
+    search = grow_tree(ranks, settings.tree_max_nodes, cost_table=settings.cost_table)
+    timings["evaluation"] = time.monotonic() - mark
+    timings["total"] = time.monotonic() - started
+    stats = {
+        "train_responses": int(train_sequences.lengths.numel()),
+        "train_positions": len(train_positions),
+        "held_out_responses": int(held_out_sequences.lengths.numel()),
+        "held_out_positions": len(held_out_positions),
+        "training_vocabulary": int(trainer.vocabulary.numel()),
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "final_head_losses": result.final_head_losses,
+    }
+    report = _report(settings, base, stats, accuracies=accuracies, search=search, timings=timings)
+    _write_outputs(settings, base, result.heads, report, search.best_choices)
+    return report
+
+
+def _write_outputs(
+    settings: RunSettings, base: BaseModel, heads: MedusaHeads, report: dict, choices: list
+) -> None:
+    save_medusa_heads(heads, settings.output, base_model_name_or_path=base.name)
+    (settings.output / CHOICES_NAME).write_text(json.dumps(choices) + "\n")
+    (settings.output / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    log.info("heads, tree and report written to %s", settings.output)
+    if settings.export_own_projections is not None:
+        full = export_with_own_projections(heads, base.lm_head)
+        save_medusa_heads(full, settings.export_own_projections, base_model_name_or_path=base.name)
+        log.info("heads with their own projections written to %s", settings.export_own_projections)

@@ -1,0 +1,489 @@
+"""The worker's consume loop: Redis stream → continuous batch in the engine → chunks published over pub/sub.
+
+One loop iteration is one step boundary:
+
+    1. admit: entries claimed from dead workers, then new ones (">"), up to the free batch slots
+    2. tick (engine thread): drop cancelled rows, add admitted requests, one engine.step()
+    3. publish every event through the fencing script; check cancel flags (together, one round trip each)
+    4. XACK + XDEL the entries whose final result is published (in the next round trip)
+
+Steps 3–4 are one round trip, skipped when there is nothing to publish or acknowledge and the last one is
+recent (see WorkerSettings.sync_interval_s).
+
+A background task heartbeats in-flight entries and the registration, and takes over stale entries.
+The engine is only ever touched from one thread (`_engine_thread`, or the loop for `runs_inline` engines), one
+tick at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
+
+from gorgon.core import streams
+from gorgon.core.errors import GorgonError
+from gorgon.core.protocol import Chunk, RequestPayload, WireError
+from gorgon.core.streams import Publication, Publisher, RedisNames, StepWork, StreamEntry
+from gorgon.engine.interface import (
+    ChatMessage,
+    Engine,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+)
+from gorgon.worker import metrics
+from gorgon.worker.config import WorkerSettings
+from gorgon.worker.telemetry import RequestObserver
+
+log = logging.getLogger(__name__)
+
+REDIS_RETRY_FIRST_S = 0.2
+REDIS_RETRY_MAX_S = 2.0
+"""While Redis does not answer, the worker retries with a delay doubling from the first to the max."""
+TIMEOUT_ERROR = WireError("the request's deadline passed before it finished", "timeout_error", "timeout", 504)
+
+
+@dataclass
+class InFlight:
+    """A request the worker holds: its stream entry, fencing attempt, and what it has published so far."""
+
+    entry_id: str
+    payload: RequestPayload
+    attempt: int = 1
+    next_seq: int = 0
+    text: str = ""
+    prior_token_ids: tuple[int, ...] = ()
+    reserved_tokens: int = 0
+
+    @property
+    def request_id(self) -> str:
+        return self.payload.request_id
+
+    def generation_request(self, prompt_ids: list[int]) -> GenerationRequest:
+        sampling = self.payload.sampling
+        params = SamplingParams(
+            max_new_tokens=sampling.max_tokens - len(self.prior_token_ids),
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            stop=sampling.stop,
+            use_speculative=sampling.use_speculative,
+        )
+        return GenerationRequest(self.request_id, tuple(prompt_ids) + self.prior_token_ids, params)
+
+    def engine_prompt(self) -> str | list[ChatMessage]:
+        if self.payload.messages is not None:
+            return [ChatMessage(role, content) for role, content in self.payload.messages]
+        return self.payload.prompt or ""
+
+
+class _OverBudgetError(Exception):
+    """Admitting the request now would exceed the batch's token budget: it waits for a later step."""
+
+
+@dataclass
+class TickResult:
+    rejected: list[tuple[InFlight, WireError]] = field(default_factory=list)
+    events: list[TokenEvent] = field(default_factory=list)
+    deferred: list[InFlight] = field(default_factory=list)
+
+
+class Worker:
+    """Consumes one model's request stream with one engine."""
+
+    def __init__(
+        self, engine: Engine, redis: AsyncRedis, names: RedisNames, settings: WorkerSettings, worker_id: str
+    ) -> None:
+        self.engine = engine
+        self.model = engine.info.name
+        self.worker_id = worker_id
+        self.ready = False
+        self._redis = redis
+        self._names = names
+        self._settings = settings
+        self._max_batch = min(
+            settings.max_batch_size or engine.info.max_batch_size, engine.info.max_batch_size
+        )
+        self._publisher = Publisher(redis, names)
+        self._active: dict[str, InFlight] = {}
+        self._claimed: list[StreamEntry] = []
+        self._pending_admissions: list[InFlight] = []
+        self._pending_drops: list[str] = []
+        self._acks: list[str] = []
+        self._unsent: list[tuple[InFlight, Publication]] = []
+        self._cancelled: set[str] = set()
+        self._observer = RequestObserver()
+        self._last_sync = float("-inf")
+        self._stopping = asyncio.Event()
+        self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+
+    def request_stop(self) -> None:
+        """Stop reading new work; in-flight requests get the shutdown grace period."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await streams.ensure_group(self._redis, self._names, self.model)
+        await self._publisher.load()
+        await self._register()
+        self.ready = True
+        heartbeat = asyncio.create_task(self._heartbeat_forever(), name="worker-heartbeat")
+        try:
+            await self._admit_entries(await self._read(own=True), redelivered=True)
+            while not self._stopping.is_set():
+                try:
+                    await self._admit_new()
+                    await self._step_once()
+                except RedisError as exc:
+                    await self._wait_for_redis(exc)
+            await self._drain()
+        finally:
+            self.ready = False
+            heartbeat.cancel()
+            await streams.unregister_worker(self._redis, self._names, self.model, self.worker_id)
+            self._engine_thread.shutdown(wait=False)
+
+    # --- admission ---------------------------------------------------------------------------------------------
+
+    async def _read(
+        self, *, own: bool, block_ms: int | None = None, room_taken: int = 0
+    ) -> list[StreamEntry]:
+        room = self._max_batch - len(self._active) - room_taken
+        if room <= 0:
+            return []
+        return await streams.read_entries(
+            self._redis, self._names, self.model, self.worker_id, room, block_ms, own=own
+        )
+
+    async def _admit_new(self) -> None:
+        """Admit entries taken over from dead workers; an idle worker also blocks for new entries here (a busy
+        one reads new entries in its per-step round trip)."""
+        claimed, self._claimed = self._claimed, []
+        await self._admit_entries(claimed, redelivered=True)
+        if self._active:
+            return
+        entries = await self._read(own=False, block_ms=self._settings.read_block_ms)
+        if entries and self._settings.first_batch_wait_s > 0:
+            await asyncio.sleep(self._settings.first_batch_wait_s)
+            entries += await self._read(own=False, room_taken=len(entries))
+        await self._admit_entries(entries, redelivered=False)
+
+    async def _admit_entries(self, entries: list[StreamEntry], *, redelivered: bool) -> None:
+        for entry_id, payload in entries:
+            if payload is None:
+                await streams.dead_letter(
+                    self._redis, self._names, self.model, entry_id, b"", "invalid payload"
+                )
+                continue
+            if payload.request_id in self._active:
+                continue
+            item = InFlight(entry_id=entry_id, payload=payload)
+            if redelivered and not await self._resume(item):
+                continue
+            self._active[payload.request_id] = item
+            self._pending_admissions.append(item)
+            self._observer.admitted(entry_id, payload, redelivered=redelivered)
+
+    async def _resume(self, item: InFlight) -> bool:
+        """Start a new attempt of a redelivered request; False when there is nothing left to do for it."""
+        ttl = self._ttl_for(item.payload)
+        claim = await streams.claim_attempt(self._redis, self._names, item.request_id, ttl)
+        if claim.finished or claim.cancelled:
+            await streams.finish_entries(self._redis, self._names, self.model, [item.entry_id])
+            return False
+        item.attempt = claim.attempt
+        if claim.attempt > self._settings.max_deliveries:
+            await self._dead_letter(item)
+            return False
+        item.next_seq = len(claim.published)
+        item.text = "".join(chunk.text for chunk in claim.published)
+        item.prior_token_ids = tuple(token for chunk in claim.published for token in chunk.token_ids)
+        log.info("resuming %s as attempt %d after %d chunks", item.request_id, item.attempt, item.next_seq)
+        metrics.REDELIVERIES.inc()
+        return True
+
+    async def _dead_letter(self, item: InFlight) -> None:
+        error = WireError(
+            f"the request failed on {item.attempt - 1} workers in a row and was given up",
+            "server_error",
+            "worker_failure",
+            503,
+        )
+        await self._publish_error(item, error)
+        await streams.dead_letter(
+            self._redis, self._names, self.model, item.entry_id, item.payload.encode(), "too many deliveries"
+        )
+        metrics.DEAD_LETTERED.inc()
+        log.warning("dead-lettered %s after %d deliveries", item.request_id, item.attempt - 1)
+
+    # --- one step ----------------------------------------------------------------------------------------------
+
+    async def _step_once(self) -> None:
+        admissions, self._pending_admissions = self._pending_admissions, []
+        fenced, self._pending_drops = self._pending_drops, []
+        cancelled, expired = self._cancelled & set(self._active), self._expired_requests()
+        drops = fenced + [request_id for request_id in self._active if request_id in cancelled | expired]
+        admissions = [
+            item for item in admissions if item.request_id in self._active and item.request_id not in drops
+        ]
+        result = TickResult()
+        if self._active or drops:
+            started = time.perf_counter()
+            result = await self._run_tick(admissions, drops)
+            metrics.observe_step(time.perf_counter() - started, len(self._active))
+        self._pending_admissions = result.deferred + self._pending_admissions
+        publications = self._settle(result, cancelled, expired)
+        if publications or self._acks or self._unsent or (self._active and self._sync_due()):
+            await self._sync(publications)
+        metrics.BATCH_SIZE.set(len(self._active))
+
+    def _sync_due(self) -> bool:
+        """A step with nothing to publish skips its Redis round trip unless the last one is `sync_interval_s`
+        old: engines that step in microseconds (echo) then pay one round trip per burst, not per step."""
+        return time.monotonic() - self._last_sync >= self._settings.sync_interval_s
+
+    def _settle(
+        self, result: TickResult, cancelled: set[str], expired: set[str]
+    ) -> list[tuple[InFlight, Publication]]:
+        """Remove dropped requests from the batch; the publications this step owes its clients."""
+        for request_id in cancelled:
+            item = self._active.pop(request_id, None)
+            if item is not None:
+                self._acks.append(item.entry_id)
+                self._observer.cancelled(request_id)
+        publications = [
+            (item, self._error_publication(item, TIMEOUT_ERROR))
+            for request_id in expired - cancelled
+            if (item := self._active.get(request_id)) is not None
+        ]
+        publications += [(item, self._error_publication(item, error)) for item, error in result.rejected]
+        for event in result.events:
+            item = self._active.get(event.request_id)
+            publication = self._publication(item, event) if item is not None else None
+            if publication is not None:
+                publications.append((item, publication))  # type: ignore[arg-type]
+        return publications
+
+    async def _sync(self, publications: list[tuple[InFlight, Publication]]) -> None:
+        """One round trip: publish, ack what finished before, read cancel flags and new entries. If Redis
+        fails, the publications and acks are kept for the next round trip (no chunk is skipped)."""
+        publications = self._unsent + publications
+        self._unsent = publications
+        room = 0 if self._stopping.is_set() else self._max_batch - len(self._active)
+        work = StepWork(
+            publications=[publication for _, publication in publications],
+            ack_ids=self._acks,
+            running_ids=list(self._active),
+            read_count=room,
+        )
+        self._last_sync = time.monotonic()
+        reply = await self._publisher.sync_step(self.model, self.worker_id, work)
+        self._unsent = []
+        self._acks = []
+        self._cancelled = reply.cancelled
+        for (item, publication), accepted in zip(publications, reply.published, strict=True):
+            if not accepted:
+                self._fenced_out(item)
+            elif publication.chunk.final:
+                self._active.pop(item.request_id, None)
+                self._acks.append(item.entry_id)
+                self._observer.finished(item.request_id, publication.chunk.finish_reason or "error")
+        await self._admit_entries(reply.new_entries, redelivered=False)
+        if self._acks and not self._active:
+            await streams.finish_entries(self._redis, self._names, self.model, self._acks)
+            self._acks = []
+
+    async def _wait_for_redis(self, error: RedisError) -> None:
+        """Retry until Redis answers again, then restore what a restarted server lost (the consumer group, the
+        publish script, the registration). The batch stays in the engine meanwhile."""
+        log.warning("Redis failed (%s); retrying until it answers", error)
+        delay = REDIS_RETRY_FIRST_S
+        while not self._stopping.is_set():
+            await asyncio.sleep(delay)
+            try:
+                await streams.ensure_group(self._redis, self._names, self.model)
+                await self._publisher.load()
+                await self._register()
+            except RedisError as exc:
+                log.debug("Redis still failing: %s", exc)
+                delay = min(2 * delay, REDIS_RETRY_MAX_S)
+                continue
+            log.info("Redis answers again; resuming with %d requests in flight", len(self._active))
+            return
+
+    async def _run_tick(self, admissions: list[InFlight], drops: list[str]) -> TickResult:
+        """On the engine thread, so the event loop keeps heartbeating during long steps; engines whose steps
+        take microseconds (`runs_inline`, the echo engine without delay) run on the loop: a thread hand-off
+        would cost more than the step."""
+        if getattr(self.engine, "runs_inline", False):
+            return self._tick(admissions, drops)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._engine_thread, self._tick, admissions, drops
+        )
+
+    def _tick(self, admissions: list[InFlight], drops: list[str]) -> TickResult:
+        """Runs on the engine thread: the only place the engine is called (besides construction)."""
+        result = TickResult()
+        for request_id in drops:
+            self.engine.cancel(request_id)
+        reserved = sum(item.reserved_tokens for item in self._active.values())
+        for item in admissions:
+            try:
+                reserved += self._add_to_engine(item, reserved)
+            except GorgonError as exc:
+                result.rejected.append((item, WireError(str(exc), "invalid_request_error", exc.code, 400)))
+            except _OverBudgetError:
+                result.deferred.append(item)
+        if self.engine.num_active:
+            result.events = self.engine.step()
+        return result
+
+    def _add_to_engine(self, item: InFlight, reserved: int) -> int:
+        """Admit `item` unless the token budget is spent (an empty batch always admits); returns its tokens."""
+        if len(item.prior_token_ids) >= item.payload.sampling.max_tokens:
+            raise GorgonError("the request had already produced max_tokens tokens", code="already_complete")
+        request = item.generation_request(self.engine.encode(item.engine_prompt()))
+        tokens = len(request.prompt_ids) + request.params.max_new_tokens
+        budget = self._settings.max_batch_tokens
+        if budget is not None and reserved > 0 and reserved + tokens > budget:
+            raise _OverBudgetError
+        self.engine.add(request)
+        item.reserved_tokens = tokens
+        return tokens
+
+    def _expired_requests(self) -> set[str]:
+        now = time.time()
+        return {request_id for request_id, item in self._active.items() if item.payload.deadline < now}
+
+    # --- publishing --------------------------------------------------------------------------------------------
+
+    def _publication(self, item: InFlight, event: TokenEvent) -> Publication | None:
+        final = event.finish_reason is not None
+        item.text += event.text
+        self._observer.token_event(event)
+        if not item.payload.stream and not final:
+            return None
+        prior = len(item.prior_token_ids)
+        chunk = Chunk(
+            request_id=item.request_id,
+            attempt=item.attempt,
+            seq=item.next_seq,
+            text=event.text if item.payload.stream else item.text,
+            token_ids=event.token_ids,
+            final=final,
+            finish_reason=str(event.finish_reason) if final else None,
+            prompt_tokens=event.prompt_tokens - prior,
+            completion_tokens=event.completion_tokens + prior,
+            published_at=time.time(),
+        )
+        item.next_seq += 1
+        result = _whole_text_result(chunk, item.text) if final else None
+        return Publication(
+            chunk, item.payload.stream, result, self._ttl_for(item.payload), item.payload.reply_to
+        )
+
+    def _error_publication(self, item: InFlight, error: WireError) -> Publication:
+        chunk = Chunk(
+            request_id=item.request_id,
+            attempt=item.attempt,
+            seq=item.next_seq,
+            final=True,
+            error=error,
+            published_at=time.time(),
+        )
+        item.next_seq += 1
+        return Publication(
+            chunk, item.payload.stream, chunk, self._ttl_for(item.payload), item.payload.reply_to
+        )
+
+    async def _publish_error(self, item: InFlight, error: WireError) -> bool:
+        (accepted,) = await self._publisher.publish([self._error_publication(item, error)])
+        if not accepted:
+            self._fenced_out(item)
+        return accepted
+
+    def _fenced_out(self, item: InFlight) -> None:
+        """Another worker took this request over: stop generating it, and leave its entry alone."""
+        log.warning("attempt %d of %s was superseded; dropping it", item.attempt, item.request_id)
+        self._observer.superseded(item.request_id)
+        self._active.pop(item.request_id, None)
+        self._pending_drops.append(item.request_id)
+
+    def _ttl_for(self, payload: RequestPayload) -> int:
+        return int(max(0.0, payload.deadline - time.time())) + self._settings.result_ttl_s
+
+    # --- heartbeat, takeover, shutdown -------------------------------------------------------------------------
+
+    async def _register(self) -> None:
+        info = {
+            "worker_id": self.worker_id,
+            "model": self.model,
+            "context_length": self.engine.info.context_length,
+            "max_batch_size": self._max_batch,
+            "speculative": self.engine.info.speculative,
+            "active": len(self._active),
+        }
+        await streams.register_worker(
+            self._redis, self._names, self.model, self.worker_id, info, self._settings.registration_ttl_s
+        )
+
+    async def _heartbeat_forever(self) -> None:
+        lease_ms = int(self._settings.lease_s * 1000)
+        while True:
+            try:
+                await self._heartbeat_once(lease_ms)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("heartbeat failed; retrying")
+            await asyncio.sleep(self._settings.heartbeat_interval_s)
+
+    async def _heartbeat_once(self, lease_ms: int) -> None:
+        held = [item.entry_id for item in self._active.values()]
+        await streams.heartbeat_entries(self._redis, self._names, self.model, self.worker_id, held)
+        if self._stopping.is_set():
+            return
+        await self._register()
+        room = self._max_batch - len(self._active) - len(self._claimed)
+        if room > 0:
+            stale = await streams.autoclaim_stale(
+                self._redis, self._names, self.model, self.worker_id, lease_ms, room
+            )
+            if stale:
+                log.info("took over %d stale entries", len(stale))
+                self._claimed += stale
+
+    async def _drain(self) -> None:
+        """After a stop request: keep stepping until the batch is empty or the grace period ends."""
+        deadline = time.monotonic() + self._settings.shutdown_grace_s
+        held_back = self._claimed
+        self._claimed = []
+        while self._active and time.monotonic() < deadline:
+            await self._step_once()
+        await streams.finish_entries(self._redis, self._names, self.model, self._acks)
+        self._acks = []
+        leftover = [item.entry_id for item in self._active.values()] + [entry_id for entry_id, _ in held_back]
+        if leftover:
+            log.warning("handing back %d unfinished requests", len(leftover))
+            lease_ms = int(self._settings.lease_s * 1000)
+            await streams.hand_back(self._redis, self._names, self.model, self.worker_id, leftover, lease_ms)
+        self._active.clear()
+
+
+def _whole_text_result(chunk: Chunk, text: str) -> Chunk:
+    return Chunk(
+        request_id=chunk.request_id,
+        attempt=chunk.attempt,
+        seq=chunk.seq,
+        text=text,
+        final=True,
+        finish_reason=chunk.finish_reason,
+        prompt_tokens=chunk.prompt_tokens,
+        completion_tokens=chunk.completion_tokens,
+        published_at=chunk.published_at,
+    )

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+
+from gorgon.core.protocol import Chunk, RequestPayload, WireSampling
+from gorgon.core.streams import (
+    CONSUMER_GROUP,
+    Publication,
+    Publisher,
+    RedisNames,
+    TokenSubscriber,
+    autoclaim_stale,
+    backlog,
+    cancelled_requests,
+    claim_attempt,
+    enqueue,
+    ensure_group,
+    heartbeat_entries,
+    live_workers,
+    read_entries,
+    read_progress,
+    read_result,
+    register_worker,
+    request_cancel,
+)
+
+
+def test_names_are_namespaced_per_model_and_request() -> None:
+    names = RedisNames("ns")
+    assert names.request_stream("m") == "ns:requests:m"
+    assert names.reply_channel("api-1") == "ns:replies:api-1"
+    assert names.result_key("r1") != names.cancel_key("r1")
+    assert names.worker_pattern("m") == "ns:workers:m:*"
+
+
+async def test_backlog_counts_undelivered_and_pending_until_deleted(
+    redis_async: aioredis.Redis, redis_names: RedisNames
+) -> None:
+    stream = redis_names.request_stream("m")
+    assert await backlog(redis_async, redis_names, "m") == 0
+    await redis_async.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+    ids = [await redis_async.xadd(stream, {"n": str(i)}) for i in range(3)]
+    await redis_async.xreadgroup(CONSUMER_GROUP, "c1", {stream: ">"}, count=1)
+    assert await backlog(redis_async, redis_names, "m") == 3
+    await redis_async.xack(stream, CONSUMER_GROUP, ids[0])
+    await redis_async.xdel(stream, ids[0])
+    assert await backlog(redis_async, redis_names, "m") == 2
+
+
+def _payload(request_id: str, model: str = "m") -> RequestPayload:
+    return RequestPayload(
+        request_id,
+        model,
+        WireSampling(max_tokens=4),
+        deadline=time.time() + 30,
+        stream=True,
+        reply_to="ns:replies:x",
+    )
+
+
+async def test_enqueue_refuses_past_the_backlog_limit(
+    redis_async: aioredis.Redis, redis_names: RedisNames
+) -> None:
+    assert await enqueue(redis_async, redis_names, _payload("r1"), max_backlog=2)
+    assert await enqueue(redis_async, redis_names, _payload("r2"), max_backlog=2)
+    assert await enqueue(redis_async, redis_names, _payload("r3"), max_backlog=2) is None
+    assert await enqueue(redis_async, redis_names, _payload("r3"), max_backlog=0), "0 means no limit"
+
+
+async def test_only_the_current_attempt_may_publish(
+    redis_async: aioredis.Redis, redis_names: RedisNames
+) -> None:
+    subscriber = TokenSubscriber(redis_async, redis_names)
+    await subscriber.start()
+    queue = subscriber.register("r1")
+    publisher = Publisher(redis_async, redis_names)
+    first = Chunk("r1", attempt=1, seq=0, text="a", token_ids=(97,))
+    assert await publisher.publish([Publication(first, True, None, 30, subscriber.channel)]) == [True]
+    claim = await claim_attempt(redis_async, redis_names, "r1", 30)
+    assert (claim.attempt, claim.finished, claim.cancelled) == (2, False, False)
+    assert claim.published == [first]
+    stale = Chunk("r1", attempt=1, seq=1, text="zombie")
+    fresh = Chunk("r1", attempt=2, seq=1, text="b", final=True)
+    assert await publisher.publish(
+        [
+            Publication(stale, True, None, 30, subscriber.channel),
+            Publication(fresh, True, fresh, 30, subscriber.channel),
+        ]
+    ) == [False, True]
+    received = [await asyncio.wait_for(queue.get(), 5) for _ in range(2)]
+    await subscriber.close()
+    assert [chunk.text for chunk in received] == ["a", "b"]
+    assert await read_progress(redis_async, redis_names, "r1", 0) == [first, fresh]
+    assert await read_result(redis_async, redis_names, "r1") == fresh
+    assert (await claim_attempt(redis_async, redis_names, "r1", 30)).finished
+
+
+async def test_stale_entries_are_taken_over_and_heartbeats_prevent_it(
+    redis_async: aioredis.Redis, redis_names: RedisNames
+) -> None:
+    await ensure_group(redis_async, redis_names, "m")
+    for request_id in ("kept", "lost"):
+        await enqueue(redis_async, redis_names, _payload(request_id), 0)
+    entries = await read_entries(redis_async, redis_names, "m", "alive", 2, None, own=False)
+    assert [payload.request_id for _, payload in entries if payload] == ["kept", "lost"]
+    await asyncio.sleep(0.15)
+    await heartbeat_entries(redis_async, redis_names, "m", "alive", [entries[0][0]])
+    taken = await autoclaim_stale(redis_async, redis_names, "m", "rescuer", lease_ms=100, count=10)
+    assert [payload.request_id for _, payload in taken if payload] == ["lost"]
+    own = await read_entries(redis_async, redis_names, "m", "rescuer", 10, None, own=True)
+    assert [entry_id for entry_id, _ in own] == [entries[1][0]]
+
+
+async def test_cancel_flags_and_worker_registrations(
+    redis_async: aioredis.Redis, redis_names: RedisNames
+) -> None:
+    await request_cancel(redis_async, redis_names, "r2", 30)
+    assert await cancelled_requests(redis_async, redis_names, ["r1", "r2"]) == {"r2"}
+    info = {"model": "m", "context_length": 100, "worker_id": "w1"}
+    await register_worker(redis_async, redis_names, "m", "w1", info, ttl_s=0.2)
+    assert await live_workers(redis_async, redis_names) == [info]
+    await asyncio.sleep(0.3)
+    assert await live_workers(redis_async, redis_names) == []

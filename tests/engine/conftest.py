@@ -1,0 +1,45 @@
+"""Fixtures: a tiny random Llama, a byte-level tokenizer, and engines on them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from engine_tiny import byte_tokenizer, tiny_llama
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from gorgon.engine.config import EngineSettings
+from gorgon.engine.loader import LoadedModel
+from gorgon.engine.medusa import MedusaHeads
+from gorgon.engine.medusa_engine import MedusaEngine
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> LlamaForCausalLM:
+    return tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return byte_tokenizer()
+
+
+EngineFactory = Callable[..., MedusaEngine]
+
+
+@pytest.fixture
+def make_engine(tiny_model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast) -> EngineFactory:
+    def build(heads: MedusaHeads | None = None, **settings: object) -> MedusaEngine:
+        loaded = LoadedModel(
+            model=tiny_model,
+            forward=tiny_model,
+            tokenizer=tokenizer,
+            name="tiny-llama",
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            uses_deepspeed=False,
+        )
+        return MedusaEngine(loaded, heads, EngineSettings(use_deepspeed=False, **settings))
+
+    return build

@@ -1,0 +1,56 @@
+"""Tiny random Llama, byte-level tokenizer and random heads for engine tests (built in-process)."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from gorgon.engine.medusa import MedusaHeads
+
+EOS_ID = 256
+VOCAB = 260
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per UTF-8 byte (so multi-byte characters span tokens) plus <eos>."""
+    vocab = {symbol: index for index, symbol in enumerate(bytes_to_unicode().values())}
+    vocab["<eos>"] = EOS_ID
+    for extra in range(EOS_ID + 1, VOCAB):
+        vocab[f"<unused{extra}>"] = extra
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.3,
+        eos_token_id=EOS_ID,
+        bos_token_id=None,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+    model = LlamaForCausalLM(config).eval().requires_grad_(False)
+    model.generation_config.eos_token_id = EOS_ID
+    model.generation_config.pad_token_id = EOS_ID
+    return model
+
+
+def random_heads(num_heads: int = 3, *, own_lm_heads: bool = False, seed: int = 1) -> MedusaHeads:
+    torch.manual_seed(seed)
+    heads = MedusaHeads(64, VOCAB, num_heads, own_lm_heads=own_lm_heads)
+    for parameter in heads.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    return heads.eval().requires_grad_(False)

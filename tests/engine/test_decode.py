@@ -1,0 +1,152 @@
+"""The speculative step on a tiny random Llama: acceptance, KV compaction, typical acceptance, sampling."""
+
+from __future__ import annotations
+
+import torch
+from engine_tiny import VOCAB, random_heads
+
+from gorgon.engine.decode import (
+    DRAFT_TOPK,
+    ModelParts,
+    RowSampling,
+    TypicalAcceptance,
+    filtered_probabilities,
+    prefill,
+    speculative_step,
+    typical_accept,
+)
+from gorgon.engine.kv import RowKVCache
+from gorgon.engine.tree import build_tree_buffers, chain
+
+NUM_HEADS = 3
+
+
+def _parts(model) -> ModelParts:
+    return ModelParts(model.get_decoder(), model.get_output_embeddings(), random_heads(NUM_HEADS))
+
+
+def _cache(model, batch: int, capacity: int = 96) -> RowKVCache:
+    config = model.config
+    return RowKVCache.allocate(
+        num_layers=config.num_hidden_layers,
+        batch=batch,
+        kv_heads=config.num_key_value_heads,
+        head_dim=config.hidden_size // config.num_attention_heads,
+        capacity=capacity,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+    )
+
+
+def _greedy(model, prompt: list[int], count: int) -> list[int]:
+    output = model.generate(torch.tensor([prompt]), max_new_tokens=count, do_sample=False)
+    return output[0, len(prompt) :].tolist()
+
+
+def _oracle_drafts(continuations: list[list[int]], correct_heads: list[int]) -> torch.Tensor:
+    """Drafts whose rank-0 guess is the true token for the first `correct_heads[row]` heads, wrong after."""
+    drafts = torch.zeros(len(continuations), NUM_HEADS, DRAFT_TOPK, dtype=torch.long)
+    for row, future in enumerate(continuations):
+        for head in range(NUM_HEADS):
+            truth = future[head]
+            ranked = [(truth + 1 + rank) % VOCAB for rank in range(DRAFT_TOPK)]
+            if head < correct_heads[row]:
+                ranked[0] = truth
+            drafts[row, head] = torch.tensor(ranked)
+    return drafts
+
+
+def test_accepts_correct_drafts_and_kv_equals_fresh_prefill(tiny_model) -> None:
+    parts = _parts(tiny_model)
+    prompts = [[5, 17, 99, 3, 42], [7, 8, 9, 10, 11, 12, 13, 14, 15]]
+    greedy = [_greedy(tiny_model, prompt, 8) for prompt in prompts]
+    rows = [RowSampling(), RowSampling()]
+    cache = _cache(tiny_model, 2)
+    first = prefill(parts, cache, prompts, rows)
+    assert first.next_tokens.tolist() == [greedy[0][0], greedy[1][0]]
+    drafts = _oracle_drafts([g[1:] for g in greedy], correct_heads=[2, 0])
+    tree = build_tree_buffers([(0,), (1,), (0, 0), (0, 1), (0, 0, 0)])
+    outcome = speculative_step(
+        parts, cache, first.next_tokens, drafts, tree, rows, TypicalAcceptance(), want_drafts=True
+    )
+    assert outcome.accepted_drafts == [2, 0]
+    assert outcome.emitted == [greedy[0][1:4], greedy[1][1:2]]
+    assert outcome.draft_topk is not None and outcome.draft_topk.shape == (2, NUM_HEADS, DRAFT_TOPK)
+    # the cache now holds prompt + root + accepted drafts, exactly as a fresh prefill of that text
+    accepted_text = [prompts[0] + greedy[0][:3], prompts[1] + greedy[1][:1]]
+    assert cache.lengths.tolist() == [len(text) for text in accepted_text]
+    fresh = _cache(tiny_model, 2)
+    prefill(parts, fresh, accepted_text, rows)
+    for row, text in enumerate(accepted_text):
+        for layer, fresh_layer in zip(cache.layers, fresh.layers, strict=True):
+            torch.testing.assert_close(layer.keys[row, :, : len(text)], fresh_layer.keys[row, :, : len(text)])
+            torch.testing.assert_close(
+                layer.values[row, :, : len(text)], fresh_layer.values[row, :, : len(text)]
+            )
+
+
+def test_repeated_speculative_steps_reproduce_greedy(tiny_model) -> None:
+    parts = _parts(tiny_model)
+    prompt = [1, 2, 3, 4]
+    greedy = _greedy(tiny_model, prompt, 24)
+    cache = _cache(tiny_model, 1)
+    outcome = prefill(parts, cache, [prompt], [RowSampling()])
+    produced = list(outcome.emitted[0])
+    tree = build_tree_buffers(chain(NUM_HEADS))
+    pattern = [3, 1, 0, 2]
+    step = 0
+    while len(produced) < 20:
+        drafts = _oracle_drafts([greedy[len(produced) :]], correct_heads=[pattern[step % len(pattern)]])
+        outcome = speculative_step(
+            parts,
+            cache,
+            outcome.next_tokens,
+            drafts,
+            tree,
+            [RowSampling()],
+            TypicalAcceptance(),
+            want_drafts=False,
+        )
+        produced += outcome.emitted[0]
+        step += 1
+    assert produced[:20] == greedy[:20]
+    assert step < 19  # several tokens per step were accepted
+
+
+def test_non_speculative_row_accepts_nothing(tiny_model) -> None:
+    parts = _parts(tiny_model)
+    prompt = [9, 9, 8]
+    greedy = _greedy(tiny_model, prompt, 4)
+    rows = [RowSampling(speculative=False)]
+    cache = _cache(tiny_model, 1)
+    first = prefill(parts, cache, [prompt], rows)
+    drafts = _oracle_drafts([greedy[1:]], correct_heads=[3])
+    outcome = speculative_step(
+        parts,
+        cache,
+        first.next_tokens,
+        drafts,
+        build_tree_buffers(chain(3)),
+        rows,
+        TypicalAcceptance(),
+        want_drafts=False,
+    )
+    assert outcome.emitted == [greedy[1:2]]
+
+
+def test_typical_acceptance_on_crafted_distributions() -> None:
+    rule = TypicalAcceptance()  # epsilon 0.09, alpha 0.3
+    peaked = torch.full((100,), -30.0)
+    peaked[0], peaked[1] = 0.0, -3.0  # p(0) ~ 0.95, p(1) ~ 0.047 < 0.09
+    flat = torch.zeros(100)  # p = 0.01, H = ln 100, alpha * exp(-H) = 0.003 < 0.01
+    logits = torch.stack([peaked, peaked, flat])
+    accepted = typical_accept(logits, torch.tensor([0, 1, 57]), 1.0, rule)
+    assert accepted.tolist() == [True, False, True]
+    strict = TypicalAcceptance(epsilon=0.09, alpha=3.0)  # flat threshold becomes 0.03 > 0.01
+    assert typical_accept(logits, torch.tensor([0, 1, 57]), 1.0, strict).tolist() == [True, False, False]
+
+
+def test_top_p_keeps_the_smallest_nucleus() -> None:
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    probs = filtered_probabilities(logits, RowSampling(temperature=1.0, top_p=0.7))
+    torch.testing.assert_close(probs, torch.tensor([0.5 / 0.8, 0.3 / 0.8, 0.0, 0.0]))

@@ -1,0 +1,107 @@
+"""Medusa heads: separate modules per layer, forward shapes, strict FasterDecoding-format loading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gorgon.engine.medusa import (
+    SAFETENSORS_FILE,
+    MedusaCheckpointError,
+    MedusaHeads,
+    load_medusa_heads,
+    save_medusa_heads,
+)
+
+HIDDEN, VOCAB = 16, 40
+
+
+def _randomised(heads: MedusaHeads) -> MedusaHeads:
+    torch.manual_seed(0)
+    for parameter in heads.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    return heads
+
+
+def test_layers_are_separate_modules() -> None:
+    heads = MedusaHeads(HIDDEN, VOCAB, num_heads=2, num_layers=3, own_lm_heads=True)
+    blocks = [heads.heads[0][layer] for layer in range(3)]
+    assert len({id(block) for block in blocks}) == 3
+    assert len({block.linear.weight.data_ptr() for block in blocks}) == 3
+
+
+@pytest.mark.parametrize("own_lm_heads", [True, False])
+def test_forward_shape_and_shared_lm_head(own_lm_heads: bool) -> None:
+    heads = _randomised(MedusaHeads(HIDDEN, VOCAB, num_heads=3, own_lm_heads=own_lm_heads))
+    lm_head = torch.nn.Linear(HIDDEN, VOCAB, bias=False)
+    hidden = torch.randn(2, 5, HIDDEN)
+    logits = heads(hidden, lm_head)
+    assert logits.shape == (3, 2, 5, VOCAB)
+    if not own_lm_heads:
+        expected = lm_head(heads.heads[1](hidden))
+        torch.testing.assert_close(logits[1], expected)
+
+
+@pytest.mark.parametrize("own_lm_heads", [True, False])
+def test_round_trip_uses_faster_decoding_keys(tmp_path, own_lm_heads: bool) -> None:
+    heads = _randomised(MedusaHeads(HIDDEN, VOCAB, num_heads=4, num_layers=2, own_lm_heads=own_lm_heads))
+    save_medusa_heads(heads, tmp_path, base_model_name_or_path="tiny")
+    keys = set(load_file(str(tmp_path / SAFETENSORS_FILE)))
+    assert "3.1.linear.bias" in keys
+    assert ("3.2.weight" in keys) is own_lm_heads
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["medusa_num_heads"] == 4
+    assert config["medusa_own_lm_heads"] is own_lm_heads
+    loaded = load_medusa_heads(tmp_path, dtype=torch.float32)
+    assert (loaded.num_heads, loaded.num_layers, loaded.own_lm_heads) == (4, 2, own_lm_heads)
+    for name, tensor in heads.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor)
+
+
+def test_head_count_comes_from_weights_not_config(tmp_path) -> None:
+    heads = _randomised(MedusaHeads(HIDDEN, VOCAB, num_heads=5, own_lm_heads=True))
+    save_medusa_heads(heads, tmp_path, base_model_name_or_path="tiny")
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["medusa_num_heads"] = 2
+    del config["medusa_own_lm_heads"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_medusa_heads(tmp_path).num_heads == 5
+
+
+def test_pickle_checkpoint_loads(tmp_path) -> None:
+    heads = _randomised(MedusaHeads(HIDDEN, VOCAB, num_heads=2, own_lm_heads=True))
+    torch.save(heads.state_dict_faster_decoding(), tmp_path / "medusa_lm_head.pt")
+    (tmp_path / "config.json").write_text(json.dumps({"medusa_num_heads": 2, "medusa_num_layers": 1}))
+    loaded = load_medusa_heads(tmp_path)
+    torch.testing.assert_close(loaded.heads[1][1].weight, heads.heads[1][1].weight)
+
+
+def _save_raw(tmp_path, tensors: dict[str, torch.Tensor]) -> None:
+    save_file(tensors, str(tmp_path / SAFETENSORS_FILE))
+    (tmp_path / "config.json").write_text(json.dumps({"medusa_num_heads": 2, "medusa_num_layers": 1}))
+
+
+def test_missing_key_is_an_error(tmp_path) -> None:
+    tensors = MedusaHeads(HIDDEN, VOCAB, num_heads=2, own_lm_heads=True).state_dict_faster_decoding()
+    del tensors["1.0.linear.bias"]
+    _save_raw(tmp_path, tensors)
+    with pytest.raises(MedusaCheckpointError, match=r"missing keys \['1.0.linear.bias'\]"):
+        load_medusa_heads(tmp_path)
+
+
+def test_unexpected_key_is_an_error(tmp_path) -> None:
+    tensors = MedusaHeads(HIDDEN, VOCAB, num_heads=2, own_lm_heads=True).state_dict_faster_decoding()
+    tensors["0.0.extra"] = torch.zeros(3)
+    _save_raw(tmp_path, tensors)
+    with pytest.raises(MedusaCheckpointError, match="unexpected keys"):
+        load_medusa_heads(tmp_path)
+
+
+def test_missing_directory_is_an_error(tmp_path) -> None:
+    with pytest.raises(MedusaCheckpointError, match="does not exist"):
+        load_medusa_heads(tmp_path / "nope")
+    with pytest.raises(MedusaCheckpointError, match="no Medusa heads"):
+        load_medusa_heads(tmp_path)

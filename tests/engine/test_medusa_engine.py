@@ -1,0 +1,190 @@
+"""The engine through its public protocol: greedy equality, continuous batching, limits, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from engine_tiny import random_heads
+
+from gorgon.core.errors import ContextOverflowError, GorgonError
+from gorgon.engine.interface import (
+    ChatMessage,
+    Engine,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+)
+
+PROMPTS = {
+    "short": (5, 17, 99),
+    "medium": (7, 8, 9, 10, 11, 12, 13),
+    "long": tuple(range(30, 52)),
+    "other": (200, 3, 3, 141, 90),
+}
+
+
+def _request(name: str, max_new_tokens: int = 20, **params: object) -> GenerationRequest:
+    return GenerationRequest(name, PROMPTS[name], SamplingParams(max_new_tokens=max_new_tokens, **params))
+
+
+def _drain(engine, collected: dict[str, list[TokenEvent]]) -> None:
+    while engine.num_active:
+        for event in engine.step():
+            collected.setdefault(event.request_id, []).append(event)
+
+
+def _tokens(events: list[TokenEvent]) -> list[int]:
+    return [token for event in events for token in event.token_ids]
+
+
+def _alone(engine_factory, request: GenerationRequest, heads=None) -> list[TokenEvent]:
+    engine = engine_factory(heads)
+    engine.add(request)
+    collected: dict[str, list[TokenEvent]] = {}
+    _drain(engine, collected)
+    return collected[request.request_id]
+
+
+def test_engine_satisfies_the_protocol(make_engine) -> None:
+    assert isinstance(make_engine(), Engine)
+    assert make_engine().info.speculative is False
+    assert make_engine(random_heads()).info.speculative is True
+
+
+@pytest.mark.parametrize("name", list(PROMPTS))
+def test_greedy_plain_and_medusa_equal_hf_generate(make_engine, tiny_model, name: str) -> None:
+    prompt = list(PROMPTS[name])
+    hf = tiny_model.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False)[
+        0, len(prompt) :
+    ].tolist()
+    plain = _alone(make_engine, _request(name))
+    medusa = _alone(make_engine, _request(name), heads=random_heads())
+    assert _tokens(plain) == hf
+    assert _tokens(medusa) == hf
+    assert plain[-1].finish_reason is FinishReason.LENGTH
+    assert plain[-1].completion_tokens == 20
+    assert plain[-1].prompt_tokens == len(prompt)
+
+
+def test_batched_rows_join_and_leave_and_match_alone(make_engine) -> None:
+    heads = random_heads()
+    requests = {
+        "short": _request("short", 12),
+        "medium": _request("medium", 25),
+        "long": _request("long", 18),
+        "other": _request("other", 30),
+    }
+    expected = {name: _tokens(_alone(make_engine, request, heads)) for name, request in requests.items()}
+    engine = make_engine(heads)
+    collected: dict[str, list[TokenEvent]] = {}
+    engine.add(requests["short"])
+    engine.add(requests["medium"])
+    for _ in range(4):
+        for event in engine.step():
+            collected.setdefault(event.request_id, []).append(event)
+    engine.add(requests["long"])  # joins a running batch
+    for _ in range(6):
+        for event in engine.step():
+            collected.setdefault(event.request_id, []).append(event)
+    engine.add(requests["other"])  # joins after "short" has left
+    _drain(engine, collected)
+    for name, tokens in expected.items():
+        assert _tokens(collected[name]) == tokens, name
+    assert engine.num_active == 0
+
+
+def test_cancelled_row_stops_and_others_continue(make_engine) -> None:
+    expected = _tokens(_alone(make_engine, _request("medium", 16)))
+    engine = make_engine(random_heads())
+    engine.add(_request("medium", 16))
+    engine.add(_request("long", 16))
+    collected: dict[str, list[TokenEvent]] = {}
+    for _ in range(3):
+        for event in engine.step():
+            collected.setdefault(event.request_id, []).append(event)
+    engine.cancel("long")
+    engine.cancel("unknown-id")
+    produced_before = len(collected["long"])
+    _drain(engine, collected)
+    assert len(collected["long"]) == produced_before
+    assert _tokens(collected["medium"]) == expected
+
+
+def test_seeded_sampling_is_reproducible_alone_and_batched(make_engine) -> None:
+    sampled = _request("other", 15, temperature=0.8, top_p=0.9, seed=1234)
+    first = _tokens(_alone(make_engine, sampled, random_heads()))
+    assert _tokens(_alone(make_engine, sampled, random_heads())) == first
+    engine = make_engine(random_heads())
+    engine.add(_request("long", 10))
+    engine.add(sampled)
+    collected: dict[str, list[TokenEvent]] = {}
+    _drain(engine, collected)
+    assert _tokens(collected["other"]) == first
+    different_seed = _request("other", 15, temperature=0.8, top_p=0.9, seed=99)
+    assert _tokens(_alone(make_engine, different_seed)) != first
+
+
+def test_stop_sequence_ends_the_text_before_it(make_engine, tokenizer) -> None:
+    full = _alone(make_engine, _request("medium", 20))
+    text = "".join(event.text for event in full)
+    stop = text[6:9]
+    assert stop and stop not in text[:6] + text[6:8]
+    events = _alone(make_engine, _request("medium", 20, stop=(stop,)))
+    assert "".join(event.text for event in events) == text[: text.index(stop)]
+    assert events[-1].finish_reason is FinishReason.STOP
+    assert len(_tokens(events)) < 20
+
+
+def test_text_deltas_add_up_to_the_decoded_tokens(make_engine, tokenizer) -> None:
+    events = _alone(make_engine, _request("long", 24))
+    text = "".join(event.text for event in events)
+    assert text == tokenizer.decode(_tokens(events), skip_special_tokens=True)
+
+
+def test_prompt_plus_max_tokens_beyond_context_is_rejected(make_engine) -> None:
+    engine = make_engine()
+    context = engine.info.context_length
+    with pytest.raises(ContextOverflowError, match=f"maximum context length is {context}"):
+        engine.add(GenerationRequest("big", PROMPTS["long"], SamplingParams(max_new_tokens=context)))
+    assert engine.num_active == 0
+    engine.add(GenerationRequest("fits", PROMPTS["long"], SamplingParams(max_new_tokens=context - 22)))
+    assert engine.num_active == 1
+
+
+@pytest.mark.parametrize(
+    ("prompt", "params", "message"),
+    [
+        ((), SamplingParams(), "prompt is empty"),
+        ((1, 2), SamplingParams(max_new_tokens=0), "max_tokens"),
+        ((1, 2), SamplingParams(top_p=0.0), "top_p"),
+        ((1, 10_000), SamplingParams(), "token ids"),
+    ],
+)
+def test_bad_requests_are_clear_errors(make_engine, prompt, params, message: str) -> None:
+    with pytest.raises(GorgonError, match=message):
+        make_engine().add(GenerationRequest("bad", prompt, params))
+
+
+def test_max_batch_size_queues_the_rest(make_engine) -> None:
+    engine = make_engine(max_batch_size=2)
+    for name in PROMPTS:
+        engine.add(_request(name, 5))
+    first_events = engine.step()
+    assert {event.request_id for event in first_events} == {"short", "medium"}
+    collected: dict[str, list[TokenEvent]] = {}
+    _drain(engine, collected)
+    assert set(collected) == {"short", "medium", "long", "other"}
+
+
+def test_chat_without_template_is_a_clear_error(make_engine) -> None:
+    with pytest.raises(GorgonError, match="no chat template"):
+        make_engine().encode([ChatMessage("user", "hi")])
+
+
+def test_tree_shipped_beside_the_heads_is_used(make_engine, tmp_path) -> None:
+    (tmp_path / "medusa_choices.json").write_text("[[0], [1], [0, 0], [2]]")
+    engine = make_engine(random_heads(), heads_path=tmp_path)
+    trees = {shape.name: shape.num_nodes for shape in engine.selector.shapes}
+    assert trees["heads_tree"] == 5
+    assert "plain" in trees

@@ -1,0 +1,78 @@
+"""The speculation-shape selector: tries every shape, then keeps the fastest per batch-size bucket."""
+
+from __future__ import annotations
+
+from gorgon.engine.shapes import MIN_SAMPLES, REEXPLORE_EVERY, ShapeSelector, batch_bucket
+from gorgon.engine.tree import build_tree_buffers, chain
+
+
+def _selector() -> ShapeSelector:
+    return ShapeSelector(
+        [
+            build_tree_buffers((), name="plain"),
+            build_tree_buffers(chain(3), name="chain_3"),
+            build_tree_buffers([(0,), (1,), (0, 0), (0, 0, 0)], name="tree"),
+        ]
+    )
+
+
+# seconds per step by (shape, batch): the tree costs little at batch 1 and a lot at batch 16
+STEP_SECONDS = {
+    ("plain", 1): 0.040,
+    ("chain_3", 1): 0.045,
+    ("tree", 1): 0.050,
+    ("plain", 16): 0.100,
+    ("chain_3", 16): 0.250,
+    ("tree", 16): 0.350,
+}
+TOKENS_PER_ROW = {"plain": 1, "chain_3": 2, "tree": 3}
+
+
+def _run(selector: ShapeSelector, batch: int, steps: int) -> list[str]:
+    chosen = []
+    for _ in range(steps):
+        shape = selector.choose(batch, speculative_rows=batch)
+        chosen.append(shape.name)
+        gained = [TOKENS_PER_ROW[shape.name]] * batch if shape.num_nodes > 1 else []
+        selector.record(shape, batch, STEP_SECONDS[(shape.name, batch)], gained)
+    return chosen
+
+
+def test_explores_every_shape_then_picks_the_fastest() -> None:
+    selector = _selector()
+    chosen = _run(selector, batch=1, steps=40)
+    assert set(chosen[: 3 * MIN_SAMPLES]) == {"plain", "chain_3", "tree"}
+    assert set(chosen[3 * MIN_SAMPLES :]) == {"tree"}  # 3 tokens / 0.05 s beats 2 / 0.045 s and 1 / 0.04 s
+
+
+def test_large_batches_fall_back_to_plain() -> None:
+    selector = _selector()
+    _run(selector, batch=1, steps=20)
+    chosen = _run(selector, batch=16, steps=30)
+    assert chosen[-20:] == ["plain"] * 20  # 3 / 0.35 s and 2 / 0.25 s lose to 1 / 0.1 s
+    assert selector.choose(1, speculative_rows=1).name == "tree"  # batch 1 keeps its own measurements
+
+
+def test_no_speculative_rows_means_plain() -> None:
+    assert _selector().choose(4, speculative_rows=0).name == "plain"
+
+
+def test_other_shapes_are_remeasured_now_and_then() -> None:
+    selector = _selector()
+    chosen = _run(selector, batch=16, steps=REEXPLORE_EVERY + 10)
+    assert "chain_3" in chosen[3 * MIN_SAMPLES :] or "tree" in chosen[3 * MIN_SAMPLES :]
+
+
+def test_batch_buckets_are_powers_of_two() -> None:
+    assert [batch_bucket(size) for size in (1, 2, 3, 4, 5, 9, 16)] == [1, 2, 4, 4, 8, 16, 16]
+
+
+def test_shape_losing_at_small_batch_is_not_explored_at_larger_batches() -> None:
+    selector = _selector()
+    losing = {"plain": 1, "chain_3": 1, "tree": 1}  # untrained heads: nothing accepted
+    for _ in range(12):
+        shape = selector.choose(1, speculative_rows=1)
+        gained = [losing[shape.name]] if shape.num_nodes > 1 else []
+        selector.record(shape, 1, STEP_SECONDS[(shape.name, 1)], gained)
+    assert selector.choose(1, speculative_rows=1).name == "plain"
+    assert selector.choose(16, speculative_rows=16).name == "plain"  # no exploration at 16

@@ -1,0 +1,95 @@
+"""`gorgon up` as a user runs it: a subprocess that prints a ready line, serves, and stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import redis
+
+from gorgon.local.processes import free_port
+
+
+def up_command(port: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "gorgon.cli", "up", "--engine", "echo", "--port", str(port), *extra]
+
+
+def env_without_redis() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key not in {"REDIS_URL", "GORGON_REDIS_URL"}}
+
+
+def test_up_prints_ready_serves_and_stops_everything_on_ctrl_c() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        up_command(port, "--workers", "2", "--max-workers", "2"),
+        env=env_without_redis(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready_line = process.stdout.readline() if process.stdout else ""
+        match = re.match(r"gorgon ready: (http://\S+) \(Redis (redis://\S+)\)", ready_line)
+        assert match, ready_line
+        url, redis_url = match.groups()
+        assert url == f"http://127.0.0.1:{port}"
+        reply = httpx.post(f"{url}/v1/completions", json={"prompt": "abc", "max_tokens": 3}, timeout=10)
+        assert reply.json()["choices"][0]["text"] == "def"
+        workers = redis.Redis.from_url(redis_url).keys("gorgon:workers:echo:*")
+        assert len(workers) == 2
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=40) == 0
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0, "the API is still listening"
+    host, redis_port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    with socket.socket() as sock:
+        assert sock.connect_ex((host, int(redis_port))) != 0, "the embedded Redis is still running"
+
+
+def test_up_refuses_a_busy_port_with_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        result = subprocess.run(
+            up_command(port), env=env_without_redis(), capture_output=True, text=True, timeout=60, check=False
+        )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"gorgon: error: port {port} is already in use; choose another with --port"
+    )
+    assert time.monotonic() - started < 30
+
+
+def test_up_adds_workers_under_backlog_through_the_local_autoscaler() -> None:
+    port = free_port()
+    command = up_command(port, "--workers", "1", "--max-workers", "2", "--echo-step-delay", "0.05")
+    process = subprocess.Popen(command, env=env_without_redis(), stdout=subprocess.PIPE, text=True)
+    try:
+        ready_line = process.stdout.readline() if process.stdout else ""
+        match = re.match(r"gorgon ready: (http://\S+) \(Redis (redis://\S+)\)", ready_line)
+        assert match, ready_line
+        url, redis_url = match.groups()
+        client = redis.Redis.from_url(redis_url)
+        body = {"prompt": "a", "max_tokens": 400, "stream": True, "use_speculative": False}
+        with httpx.Client(timeout=30) as http, contextlib.ExitStack() as open_streams:
+            for _ in range(10):  # ten running requests: a backlog of ten for one worker
+                reply = open_streams.enter_context(http.stream("POST", f"{url}/v1/completions", json=body))
+                assert reply.status_code == 200
+            deadline = time.monotonic() + 30
+            while len(client.keys("gorgon:workers:echo:*")) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert len(client.keys("gorgon:workers:echo:*")) == 2
+        client.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0

@@ -1,0 +1,106 @@
+"""The heads gorgon ships for its default model: present, loadable, small, and fast on held-out prompts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gorgon.engine.chat import encode_chat
+from gorgon.engine.config import DEFAULT_HEADS_PATH, EngineSettings
+from gorgon.engine.decode import ModelParts, RowSampling, TypicalAcceptance, prefill, speculative_step
+from gorgon.engine.interface import ChatMessage
+from gorgon.engine.kv import RowKVCache
+from gorgon.engine.loader import LoadedModel, load_model_and_tokenizer
+from gorgon.engine.medusa import MedusaHeads, load_medusa_heads
+from gorgon.engine.tree import TreeBuffers, build_tree_buffers
+from gorgon.training.pipeline import CHOICES_NAME, REPORT_NAME
+from gorgon.training.prompts import Split, prompts_for
+
+SMOLLM2_HIDDEN, SMOLLM2_VOCAB = 576, 49152
+
+
+def _shipped_tree() -> TreeBuffers:
+    choices = json.loads((DEFAULT_HEADS_PATH / CHOICES_NAME).read_text())
+    return build_tree_buffers([tuple(path) for path in choices], name="shipped")
+
+
+def test_shipped_heads_load_strictly_and_fit_the_default_model() -> None:
+    heads = load_medusa_heads(DEFAULT_HEADS_PATH)
+    assert (heads.hidden_size, heads.vocab_size, heads.own_lm_heads) == (SMOLLM2_HIDDEN, SMOLLM2_VOCAB, False)
+    assert heads.num_heads >= 3
+    size = sum(path.stat().st_size for path in DEFAULT_HEADS_PATH.iterdir())
+    assert size < 10 * 2**20
+
+
+def test_the_shipped_tree_uses_only_the_shipped_heads() -> None:
+    tree = _shipped_tree()
+    assert 1 < tree.num_nodes <= 64
+    assert tree.max_depth <= load_medusa_heads(DEFAULT_HEADS_PATH).num_heads
+
+
+def test_the_report_gives_held_out_accuracy_per_head() -> None:
+    report = json.loads((DEFAULT_HEADS_PATH / REPORT_NAME).read_text())
+    accuracy = report["held_out_accuracy"]
+    assert len(accuracy) == load_medusa_heads(DEFAULT_HEADS_PATH).num_heads
+    assert all(head["top1"] <= head["top5"] for head in accuracy)
+    assert report["tree"]["medusa_choices"] == json.loads((DEFAULT_HEADS_PATH / CHOICES_NAME).read_text())
+
+
+def _greedy(
+    loaded: LoadedModel, heads: MedusaHeads, tree: TreeBuffers, prompt: list[int], max_new_tokens: int
+) -> tuple[list[int], int]:
+    """Greedy decoding of one prompt with the engine's step; (tokens, speculative steps taken)."""
+    config = loaded.model.config
+    parts = ModelParts(loaded.model.get_decoder(), loaded.model.get_output_embeddings(), heads)
+    cache = RowKVCache.allocate(
+        num_layers=config.num_hidden_layers,
+        batch=1,
+        kv_heads=config.num_key_value_heads,
+        head_dim=config.hidden_size // config.num_attention_heads,
+        capacity=len(prompt) + max_new_tokens + tree.num_nodes + 1,
+        dtype=loaded.dtype,
+        device=loaded.device,
+    )
+    rows = [RowSampling()]
+    outcome = prefill(parts, cache, [prompt], rows)
+    tokens, steps = list(outcome.emitted[0]), 0
+    while len(tokens) < max_new_tokens and loaded.tokenizer.eos_token_id not in tokens:
+        outcome = speculative_step(
+            parts,
+            cache,
+            outcome.next_tokens,
+            outcome.draft_topk,
+            tree,
+            rows,
+            TypicalAcceptance(),
+            want_drafts=True,
+        )
+        tokens += outcome.emitted[0]
+        steps += 1
+    return tokens[:max_new_tokens], steps
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 3 target not met: the shipped heads measured 1.41 tokens/step here (docs/heads.md); "
+    "strict, so heads that reach 2.0 turn this into a failure until the marker is removed",
+)
+@torch.inference_mode()
+def test_shipped_heads_give_two_tokens_per_step_on_held_out_prompts() -> None:
+    loaded = load_model_and_tokenizer(EngineSettings(use_deepspeed=False, speculation=True))
+    heads = load_medusa_heads(DEFAULT_HEADS_PATH, dtype=loaded.dtype)
+    tree, plain = _shipped_tree(), build_tree_buffers((), name="plain")
+    max_new_tokens = 64
+    generated, steps = 0, 0
+    for text in prompts_for(Split.HELD_OUT)[-3:]:
+        prompt = encode_chat(loaded.tokenizer, loaded.name, [ChatMessage("user", text)])
+        medusa_tokens, medusa_steps = _greedy(loaded, heads, tree, prompt, max_new_tokens)
+        plain_tokens, _ = _greedy(loaded, heads, plain, prompt, max_new_tokens)
+        assert medusa_tokens == plain_tokens
+        generated += len(medusa_tokens) - 1  # the first token comes from the prefill
+        steps += medusa_steps
+    tokens_per_step = generated / steps
+    assert tokens_per_step >= 2.0, f"{tokens_per_step:.2f} tokens per step"

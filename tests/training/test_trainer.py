@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from gorgon.core.errors import ConfigurationError
+from gorgon.training.base_model import BaseModel
+from gorgon.training.distill import Sequences
+from gorgon.training.settings import TrainSettings
+from gorgon.training.trainer import (
+    IGNORE,
+    Trainer,
+    head_targets,
+    learning_rate_at,
+    new_heads,
+    planned_batches,
+    weighted_loss,
+)
+
+SETTINGS = TrainSettings(num_heads=3, epochs=6, batch_tokens=64, learning_rate=1e-2, checkpoint_every=5)
+
+
+def _trainer(base: BaseModel, sequences: Sequences, settings: TrainSettings, work_dir: Path) -> Trainer:
+    positions = head_targets(sequences, settings.num_heads)
+    heads = new_heads(settings, base.lm_head, base.hidden_size, base.vocab_size)
+    return Trainer(settings, heads, base.lm_head, positions, work_dir)
+
+
+def _full_loss(trainer: Trainer, base: BaseModel, sequences: Sequences) -> float:
+    positions = head_targets(sequences, trainer.settings.num_heads)
+    with torch.no_grad():
+        logits = trainer.heads(positions.hidden.float().unsqueeze(0), base.lm_head)[:, 0]
+        return weighted_loss(logits, positions.targets, trainer.settings.loss_decay)[0].item()
+
+
+def test_head_k_targets_the_token_k_plus_two_after_the_hidden_state() -> None:
+    sequences = Sequences(
+        hidden=torch.arange(5, dtype=torch.float16).unsqueeze(1),
+        response_ids=torch.tensor([10, 11, 12, 13, 14], dtype=torch.int32),
+        lengths=torch.tensor([5], dtype=torch.int32),
+    )
+    positions = head_targets(sequences, num_heads=2)
+    # hidden j produced token j; head 0 learns token j+1, head 1 token j+2; the last position has no target
+    assert positions.hidden[:, 0].tolist() == [0, 1, 2, 3]
+    assert positions.targets.tolist() == [[11, 12], [12, 13], [13, 14], [14, IGNORE]]
+
+
+def test_targets_never_cross_from_one_response_into_the_next() -> None:
+    sequences = Sequences(
+        hidden=torch.zeros(5, 1, dtype=torch.float16),
+        response_ids=torch.tensor([1, 2, 3, 7, 8], dtype=torch.int32),
+        lengths=torch.tensor([3, 2], dtype=torch.int32),
+    )
+    assert head_targets(sequences, num_heads=2).targets.tolist() == [[2, 3], [3, IGNORE], [8, IGNORE]]
+
+
+@pytest.mark.parametrize(
+    ("own_lm_heads", "train_vocab"), [(False, "sampled"), (False, "full"), (True, "full")]
+)
+def test_a_few_steps_reduce_the_loss(
+    tiny_base: BaseModel, tiny_sequences: Sequences, tmp_path: Path, own_lm_heads: bool, train_vocab: str
+) -> None:
+    settings = replace(SETTINGS, own_lm_heads=own_lm_heads, train_vocab=train_vocab)
+    trainer = _trainer(tiny_base, tiny_sequences, settings, tmp_path)
+    before = _full_loss(trainer, tiny_base, tiny_sequences)
+    trainer.run()
+    after = _full_loss(trainer, tiny_base, tiny_sequences)
+    assert after < 0.8 * before
+
+
+def test_the_base_model_stays_frozen(tiny_base: BaseModel, tiny_sequences: Sequences, tmp_path: Path) -> None:
+    weights_before = {name: tensor.clone() for name, tensor in tiny_base.model.state_dict().items()}
+    _trainer(tiny_base, tiny_sequences, replace(SETTINGS, epochs=1), tmp_path).run()
+    for name, tensor in tiny_base.model.state_dict().items():
+        assert torch.equal(tensor, weights_before[name]), name
+
+
+def test_training_is_deterministic_and_resumes_to_the_same_heads(
+    tiny_base: BaseModel, tiny_sequences: Sequences, tmp_path: Path
+) -> None:
+    uninterrupted = _trainer(tiny_base, tiny_sequences, SETTINGS, tmp_path / "a").run().heads
+    interrupted = _trainer(tiny_base, tiny_sequences, SETTINGS, tmp_path / "b")
+    (tmp_path / "b").mkdir()
+    batches = planned_batches(len(interrupted.hidden), SETTINGS)
+    for _ in range(SETTINGS.checkpoint_every):
+        interrupted.train_step(next(batches))
+    interrupted._save_checkpoint()
+    resumed = _trainer(tiny_base, tiny_sequences, SETTINGS, tmp_path / "b")
+    assert resumed.resume()
+    assert resumed.step == SETTINGS.checkpoint_every
+    final = resumed.run().heads
+    for (name, tensor), (_, other) in zip(
+        uninterrupted.state_dict().items(), final.state_dict().items(), strict=True
+    ):
+        assert torch.equal(tensor, other), name
+
+
+def test_a_checkpoint_of_other_settings_is_refused(
+    tiny_base: BaseModel, tiny_sequences: Sequences, tmp_path: Path
+) -> None:
+    _trainer(tiny_base, tiny_sequences, replace(SETTINGS, epochs=0.5), tmp_path).run()
+    with pytest.raises(ConfigurationError, match="other settings"):
+        _trainer(tiny_base, tiny_sequences, replace(SETTINGS, epochs=1, seed=7), tmp_path).resume()
+
+
+def test_own_projections_need_the_full_vocabulary(
+    tiny_base: BaseModel, tiny_sequences: Sequences, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigurationError, match="full vocabulary"):
+        _trainer(tiny_base, tiny_sequences, replace(SETTINGS, own_lm_heads=True), tmp_path)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero() -> None:
+    settings = TrainSettings(learning_rate=1e-3, warmup_ratio=0.1)
+    rates = [learning_rate_at(step, 100, settings) for step in range(100)]
+    assert rates[0] < rates[5] < rates[9] == pytest.approx(1e-3)
+    assert rates[10] > rates[50] > rates[99]
+    assert rates[99] < 1e-5

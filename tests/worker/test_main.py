@@ -1,0 +1,307 @@
+"""The worker's consume loop in-process (echo engine) against a real Redis: publishing, fencing, takeover,
+dead-lettering, deadlines, cancellation and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+import redis.asyncio as aioredis
+
+from gorgon.core import streams
+from gorgon.core.protocol import Chunk, RequestPayload, WireSampling
+from gorgon.core.streams import CONSUMER_GROUP, RedisNames, TokenSubscriber
+from gorgon.engine.echo import EchoEngine, continuation
+from gorgon.worker.config import WorkerSettings
+from gorgon.worker.main import Worker
+
+FAST = WorkerSettings(
+    read_block_ms=20, lease_s=1.0, heartbeat_interval_s=0.2, registration_ttl_s=2.0, shutdown_grace_s=5.0
+)
+
+
+def payload(
+    reply_to: str, request_id: str, *, max_tokens: int = 8, stream: bool = False, prompt: str = "abc", **extra
+) -> RequestPayload:
+    sampling = WireSampling(max_tokens=max_tokens, temperature=0.0, **extra)
+    return RequestPayload(
+        request_id=request_id,
+        model="echo",
+        sampling=sampling,
+        deadline=time.time() + 30,
+        stream=stream,
+        reply_to=reply_to,
+        prompt=prompt,
+    )
+
+
+async def start_worker(
+    redis: aioredis.Redis,
+    names: RedisNames,
+    settings: WorkerSettings = FAST,
+    step_delay_s: float = 0.0,
+    name: str = "w1",
+) -> tuple[Worker, asyncio.Task[None]]:
+    worker = Worker(EchoEngine(step_delay_s=step_delay_s), redis, names, settings, name)
+    task = asyncio.create_task(worker.run())
+    while not worker.ready:
+        await asyncio.sleep(0.01)
+    return worker, task
+
+
+async def stop_worker(worker: Worker, task: asyncio.Task[None]) -> None:
+    worker.request_stop()
+    await asyncio.wait_for(task, 10)
+
+
+async def collect(queue: asyncio.Queue[Chunk], timeout: float = 10) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    async with asyncio.timeout(timeout):
+        while not chunks or not chunks[-1].final:
+            chunks.append(await queue.get())
+    return chunks
+
+
+@pytest.fixture
+async def subscriber(redis_async: aioredis.Redis, redis_names: RedisNames) -> AsyncIterator[TokenSubscriber]:
+    sub = TokenSubscriber(redis_async, redis_names)
+    await sub.start()
+    yield sub
+    await sub.close()
+
+
+async def test_non_streaming_request_gets_one_final_chunk_and_its_entry_is_deleted(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    worker, task = await start_worker(redis_async, redis_names)
+    queue = subscriber.register("r1")
+    await streams.enqueue(redis_async, redis_names, payload(subscriber.channel, "r1", max_tokens=8), 0)
+    chunks = await collect(queue)
+    await stop_worker(worker, task)
+    assert len(chunks) == 1
+    assert chunks[0].text == continuation("abc", 8)
+    assert chunks[0].finish_reason == "length"
+    assert (chunks[0].prompt_tokens, chunks[0].completion_tokens) == (3, 8)
+    assert await streams.backlog(redis_async, redis_names, "echo") == 0
+    stored = await streams.read_result(redis_async, redis_names, "r1")
+    assert stored is not None and stored.text == chunks[0].text
+
+
+async def test_streaming_chunks_are_seq_numbered_and_kept_as_progress(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    worker, task = await start_worker(redis_async, redis_names)
+    queue = subscriber.register("r1")
+    await streams.enqueue(
+        redis_async,
+        redis_names,
+        payload(subscriber.channel, "r1", max_tokens=7, stream=True, use_speculative=False),
+        0,
+    )
+    chunks = await collect(queue)
+    await stop_worker(worker, task)
+    assert [chunk.seq for chunk in chunks] == list(range(7))
+    assert "".join(chunk.text for chunk in chunks) == continuation("abc", 7)
+    progress = await streams.read_progress(redis_async, redis_names, "r1", 0)
+    assert [chunk.seq for chunk in progress] == list(range(7))
+
+
+async def test_requests_join_the_running_batch(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    worker, task = await start_worker(redis_async, redis_names, step_delay_s=0.01)
+    long_queue = subscriber.register("long")
+    await streams.enqueue(
+        redis_async, redis_names, payload(subscriber.channel, "long", max_tokens=60, use_speculative=False), 0
+    )
+    await asyncio.sleep(0.1)
+    short_queue = subscriber.register("short")
+    await streams.enqueue(
+        redis_async, redis_names, payload(subscriber.channel, "short", max_tokens=3, use_speculative=False), 0
+    )
+    short = await collect(short_queue)
+    assert long_queue.empty(), "the short request finished while the long one was still running"
+    long = await collect(long_queue)
+    await stop_worker(worker, task)
+    assert short[-1].published_at < long[-1].published_at
+    assert long[-1].text == continuation("abc", 60)
+
+
+async def test_stop_sequences_end_the_text_before_the_stop(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    worker, task = await start_worker(redis_async, redis_names)
+    queue = subscriber.register("r1")
+    await streams.enqueue(
+        redis_async,
+        redis_names,
+        payload(subscriber.channel, "r1", max_tokens=20, stream=True, stop=("fg",)),
+        0,
+    )
+    chunks = await collect(queue)
+    await stop_worker(worker, task)
+    assert "".join(chunk.text for chunk in chunks) == "de"
+    assert chunks[-1].finish_reason == "stop"
+
+
+async def test_context_overflow_is_reported_to_the_client(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    worker, task = await start_worker(redis_async, redis_names)
+    queue = subscriber.register("r1")
+    await streams.enqueue(
+        redis_async, redis_names, payload(subscriber.channel, "r1", max_tokens=4000, prompt="x" * 200), 0
+    )
+    (chunk,) = await collect(queue)
+    await stop_worker(worker, task)
+    assert chunk.error is not None
+    assert (chunk.error.code, chunk.error.status) == ("context_length_exceeded", 400)
+    assert await streams.backlog(redis_async, redis_names, "echo") == 0
+
+
+async def test_expired_deadline_gives_a_timeout_error(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    worker, task = await start_worker(redis_async, redis_names, step_delay_s=0.02)
+    queue = subscriber.register("r1")
+    late = replace(
+        payload(subscriber.channel, "r1", max_tokens=1000, use_speculative=False), deadline=time.time() + 0.3
+    )
+    await streams.enqueue(redis_async, redis_names, late, 0)
+    (chunk,) = await collect(queue)
+    await stop_worker(worker, task)
+    assert chunk.error is not None and chunk.error.code == "timeout"
+    assert worker.engine.num_active == 0
+
+
+async def test_cancel_flag_drops_the_row_and_frees_the_slot(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    worker, task = await start_worker(redis_async, redis_names, step_delay_s=0.01)
+    queue = subscriber.register("r1")
+    await streams.enqueue(
+        redis_async,
+        redis_names,
+        payload(subscriber.channel, "r1", max_tokens=1000, stream=True, use_speculative=False),
+        0,
+    )
+    await queue.get()
+    await streams.request_cancel(redis_async, redis_names, "r1", 30)
+    async with asyncio.timeout(2):
+        while await streams.backlog(redis_async, redis_names, "echo"):
+            await asyncio.sleep(0.01)
+    assert worker.engine.num_active == 0
+    await stop_worker(worker, task)
+    progress = await streams.read_progress(redis_async, redis_names, "r1", 0)
+    assert len(progress) < 1000 and not progress[-1].final
+
+
+async def test_superseded_attempt_is_fenced_out_and_does_not_ack(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    worker, task = await start_worker(redis_async, redis_names, step_delay_s=0.01)
+    queue = subscriber.register("r1")
+    await streams.enqueue(
+        redis_async,
+        redis_names,
+        payload(subscriber.channel, "r1", max_tokens=500, stream=True, use_speculative=False),
+        0,
+    )
+    await queue.get()
+    await redis_async.set(redis_names.attempt_key("r1"), 2)  # another worker took the request over
+    async with asyncio.timeout(2):
+        while worker.engine.num_active:
+            await asyncio.sleep(0.01)
+    await stop_worker(worker, task)
+    published = await streams.read_progress(redis_async, redis_names, "r1", 0)
+    assert all(chunk.attempt == 1 for chunk in published)
+    assert not published[-1].final
+    assert await streams.backlog(redis_async, redis_names, "echo") == 1, (
+        "the entry must stay for its new owner"
+    )
+
+
+async def _abandoned_entry(redis: aioredis.Redis, names: RedisNames, request: RequestPayload) -> str:
+    """An entry delivered to a consumer that then died."""
+    await streams.ensure_group(redis, names, "echo")
+    await streams.enqueue(redis, names, request, 0)
+    ((entry_id, _),) = await streams.read_entries(redis, names, "echo", "dead-worker", 1, None, own=False)
+    return entry_id
+
+
+async def test_entry_of_a_dead_worker_is_resumed_where_it_stopped(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    request = payload(subscriber.channel, "r1", max_tokens=12, stream=True, use_speculative=False)
+    await _abandoned_entry(redis_async, redis_names, request)
+    already = continuation("abc", 5)
+    publisher = streams.Publisher(redis_async, redis_names)
+    for seq, char in enumerate(already):
+        chunk = Chunk("r1", attempt=1, seq=seq, text=char, token_ids=tuple(char.encode()))
+        await publisher.publish([streams.Publication(chunk, True, None, 60, subscriber.channel)])
+    queue = subscriber.register("r1")
+    worker, task = await start_worker(redis_async, redis_names, name="w2")
+    chunks = await collect(queue, timeout=10)
+    await stop_worker(worker, task)
+    assert [chunk.seq for chunk in chunks] == list(range(5, 12))
+    assert {chunk.attempt for chunk in chunks} == {2}
+    assert already + "".join(chunk.text for chunk in chunks) == continuation("abc", 12)
+    assert chunks[-1].completion_tokens == 12 and chunks[-1].prompt_tokens == 3
+    assert await streams.backlog(redis_async, redis_names, "echo") == 0
+
+
+async def test_entry_delivered_too_often_is_dead_lettered_with_an_error_to_the_client(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    request = payload(subscriber.channel, "r1", max_tokens=5)
+    await _abandoned_entry(redis_async, redis_names, request)
+    await redis_async.set(redis_names.attempt_key("r1"), FAST.max_deliveries)
+    queue = subscriber.register("r1")
+    worker, task = await start_worker(redis_async, redis_names, name="w2")
+    (chunk,) = await collect(queue, timeout=10)
+    await stop_worker(worker, task)
+    assert chunk.error is not None and chunk.error.code == "worker_failure"
+    assert await streams.backlog(redis_async, redis_names, "echo") == 0
+    dead = await redis_async.xrange(redis_names.dead_letter_stream("echo"))
+    assert len(dead) == 1
+    assert RequestPayload.decode(dead[0][1][b"p"]).request_id == "r1"
+
+
+async def test_stop_hands_unfinished_work_back_for_immediate_takeover(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    settings = FAST.model_copy(update={"shutdown_grace_s": 0.0})
+    worker, task = await start_worker(redis_async, redis_names, settings, step_delay_s=0.01)
+    queue = subscriber.register("r1")
+    await streams.enqueue(
+        redis_async,
+        redis_names,
+        payload(subscriber.channel, "r1", max_tokens=300, stream=True, use_speculative=False),
+        0,
+    )
+    await queue.get()
+    await stop_worker(worker, task)
+    pending = await redis_async.xpending_range(
+        redis_names.request_stream("echo"), CONSUMER_GROUP, min="-", max="+", count=10
+    )
+    assert len(pending) == 1
+    assert pending[0]["time_since_delivered"] >= int(FAST.lease_s * 1000)
+    assert await redis_async.get(redis_names.worker_key("echo", "w1")) is None
+
+
+async def test_a_request_over_the_token_budget_waits_for_room(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    settings = FAST.model_copy(update={"max_batch_tokens": 50})
+    worker, task = await start_worker(redis_async, redis_names, settings, step_delay_s=0.005)
+    first_queue, second_queue = subscriber.register("first"), subscriber.register("second")
+    for request_id in ("first", "second"):  # 3 prompt + 30 new tokens each: only one fits in 50
+        request = payload(subscriber.channel, request_id, max_tokens=30, stream=True, use_speculative=False)
+        await streams.enqueue(redis_async, redis_names, request, 0)
+    first, second = await collect(first_queue), await collect(second_queue)
+    await stop_worker(worker, task)
+    assert second[0].published_at >= first[-1].published_at
+    assert "".join(chunk.text for chunk in second) == continuation("abc", 30)
