@@ -92,9 +92,10 @@ class LoadRunner:
 
         async def user() -> None:
             for index in next_index:
-                if time.perf_counter() >= deadline:
+                now = time.perf_counter()
+                if now >= deadline:
                     return
-                run.add(await self._timed_request(run, index))
+                run.add(await self._timed_request(run, index, started_at=now))
 
         await asyncio.gather(*(user() for _ in range(concurrency)))
 
@@ -103,8 +104,8 @@ class LoadRunner:
         in_flight: set[asyncio.Task[None]] = set()
         next_arrival = run.started
 
-        async def one(index: int) -> None:
-            run.add(await self._timed_request(run, index))
+        async def one(index: int, started_at: float) -> None:
+            run.add(await self._timed_request(run, index, started_at=started_at))
 
         for index in range(self.bounds.requests):
             next_arrival += arrivals.expovariate(rate)
@@ -114,13 +115,14 @@ class LoadRunner:
             if len(in_flight) >= self.bounds.max_in_flight:
                 run.add(self._dropped(run, index))
                 continue
-            task = asyncio.create_task(one(index))
+            task = asyncio.create_task(one(index, time.perf_counter()))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         await asyncio.gather(*in_flight)
 
-    async def _timed_request(self, run: _RunState, index: int) -> RequestRecord:
-        start_s = time.perf_counter() - run.started
+    async def _timed_request(self, run: _RunState, index: int, started_at: float) -> RequestRecord:
+        """Send one request; its start is `started_at`, the clock reading that admitted it."""
+        start_s = started_at - run.started
         outcome = await self._send(run.target, run.level.mode, index)
         return RequestRecord(level=run.level, index=index, start_s=start_s, outcome=outcome)
 

@@ -243,12 +243,42 @@ def plain_step(
     want_drafts: bool,
 ) -> StepOutcome:
     """The one-node-tree step without the tree bookkeeping: feed each row's next token, choose the following."""
-    root_only = cache.lengths.new_zeros(1)  # depth 0; as a mask only its shape [1] matters
-    hidden = forward_tokens(parts, cache, next_tokens[:, None], root_only, root_only)  # [B, 1, H]
-    new_next = choose_next_tokens(parts.lm_head(hidden[:, 0]), rows)
+    if next_tokens.shape[0] == 1:
+        hidden = _forward_one_token_as_two(parts, cache, next_tokens)
+    else:
+        root_only = cache.lengths.new_zeros(1)  # depth 0; as a mask only its shape [1] matters
+        hidden = forward_tokens(parts, cache, next_tokens[:, None], root_only, root_only)  # [B, 1, H]
+    new_next = choose_next_tokens(row_logits(parts.lm_head, hidden[:, 0]), rows)
     cache.advance(1)
     new_drafts = draft(parts, hidden[:, 0]) if want_drafts else None
     return StepOutcome([[token] for token in new_next.tolist()], [0] * len(rows), new_next, new_drafts)
+
+
+def row_logits(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """hidden [N, H] -> logits [N, V]; a single row is padded to two (see _forward_one_token_as_two)."""
+    if hidden.shape[0] != 1:
+        return lm_head(hidden)
+    return lm_head(hidden.repeat(2, 1))[:1]
+
+
+def _forward_one_token_as_two(
+    parts: ModelParts, cache: RowKVCache, next_tokens: torch.Tensor
+) -> torch.Tensor:
+    """A single-token forward, padded with a throwaway second token -> hidden [1, 1, H].
+
+    With one row of one token, every linear layer is a matrix-vector product, which oneDNN computes with another
+    accumulation order than a matrix-matrix product: now and then a bf16 value rounds the other way and greedy
+    decoding drifts from what the same text gives inside a batch or a tree. Two rows keep every forward on the
+    matrix-matrix path. The padding token sits after the real one (which cannot see it); its KV slot lies past
+    the row's length and is overwritten by the next step.
+    """
+    pair = next_tokens[:, None].expand(-1, 2)
+    depths = torch.arange(2, device=next_tokens.device)
+    hidden = forward_tokens(parts, cache, pair, depths, _CHAIN_OF_TWO.to(next_tokens.device))
+    return hidden[:, :1]
+
+
+_CHAIN_OF_TWO = torch.ones(2, 2, dtype=torch.bool).tril()
 
 
 def prefill(
@@ -266,7 +296,7 @@ def prefill(
     last = torch.tensor([len(prompt) - 1 for prompt in prompts], device=device)
     batch_index = torch.arange(len(prompts), device=device)
     last_hidden = hidden[batch_index, last]  # [B, H]
-    next_tokens = choose_next_tokens(parts.lm_head(last_hidden), rows)
+    next_tokens = choose_next_tokens(row_logits(parts.lm_head, last_hidden), rows)
     cache.compact(depths.expand(len(prompts), -1), last + 1)
     return StepOutcome(
         [[token] for token in next_tokens.tolist()],
