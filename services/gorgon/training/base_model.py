@@ -1,14 +1,15 @@
 """The frozen base model the heads are trained against, loaded by the engine's own loader.
 
-Training reads the model in float32 without DeepSpeed: it needs the bare HF module (for the final-norm hook
-and `generate`), and float32 hidden states are the better-conditioned training input for heads served in any
-dtype.
+The model is loaded as the engine serves it (bf16 on CPU), without DeepSpeed: the distillation data is generated
+by the serving engine itself, so the heads learn the trajectories and hidden states they meet when serving.
+Training itself runs in float32, on a float32 copy of the lm_head.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -18,10 +19,10 @@ from gorgon.engine.loader import load_model_and_tokenizer
 
 log = logging.getLogger(__name__)
 
-TRAINING_DTYPE = "float32"
+SERVING_DTYPE = "auto"  # the engine's own default: bf16 on CPU, fp16 on CUDA
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class BaseModel:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
@@ -35,9 +36,16 @@ class BaseModel:
     def vocab_size(self) -> int:
         return int(self.model.lm_head.weight.shape[0])
 
-    @property
+    @cached_property
     def lm_head(self) -> torch.nn.Module:
-        return self.model.lm_head
+        """A float32 copy of the model's lm_head, frozen: what the heads are trained and evaluated against."""
+        served = self.model.lm_head
+        copy = torch.nn.Linear(served.in_features, served.out_features, bias=served.bias is not None)
+        with torch.no_grad():
+            copy.weight.copy_(served.weight.float())
+            if served.bias is not None:
+                copy.bias.copy_(served.bias.float())
+        return copy.requires_grad_(False)
 
     @property
     def final_norm(self) -> torch.nn.Module:
@@ -52,12 +60,12 @@ class BaseModel:
 
 
 def load_base_model(model: str | None = None, gguf_file: str | None = None) -> BaseModel:
-    """The base model (default: the engine's default model), frozen, in eval mode, float32 on CPU."""
+    """The base model (default: the engine's default model), frozen, in eval mode, in the engine's CPU dtype."""
     settings = EngineSettings(
         model=model,
         gguf_file=gguf_file,
         device="cpu",
-        dtype=TRAINING_DTYPE,
+        dtype=SERVING_DTYPE,
         use_deepspeed=False,
         speculation=False,
     )

@@ -1,10 +1,11 @@
 """Self-distillation data: the base model's own greedy responses, with the hidden states that produced them.
 
 A Medusa head reads the final hidden state h_t (the input of the lm_head) at the position that produced
-response token r_j and learns r_{j+1+k}. Capturing h_t while the model generates (a hook on the final norm)
-costs nothing extra and gives exactly the hidden states the heads see when serving greedy requests.
+response token r_j and learns r_{j+1+k}. The responses come from the serving engine itself (plain greedy
+decoding, continuous batching, the serving dtype); capturing h_t while it generates (a hook on the final norm)
+costs nothing extra and gives exactly the hidden states and trajectories the heads see when serving.
 
-Data is written in shards of one generation batch each (`shard-00012.safetensors`): `hidden` [T, H] float16,
+Data is written in shards of a few generation batches each (`shard-00012.safetensors`): `hidden` [T, H] float16,
 `response_ids` [T] int32 and `lengths` [N] int32 (T = sum of lengths). Shards already on disk are skipped, so
 an interrupted run resumes where it stopped; a manifest pins the settings the shards were made with.
 """
@@ -23,6 +24,10 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from gorgon.core.errors import ConfigurationError
+from gorgon.engine.config import EngineSettings
+from gorgon.engine.interface import GenerationRequest, SamplingParams, TokenEvent
+from gorgon.engine.loader import LoadedModel
+from gorgon.engine.medusa_engine import MedusaEngine
 from gorgon.training.base_model import BaseModel
 
 log = logging.getLogger(__name__)
@@ -89,54 +94,64 @@ def chat_prompt_ids(base: BaseModel, instruction: str) -> list[int]:
     return base.tokenizer(text, add_special_tokens=False).input_ids
 
 
-def _response_length(generated: list[int], stop_ids: set[int]) -> int:
-    """Tokens up to and including the first stop token (all of them if none was produced)."""
-    for index, token_id in enumerate(generated):
-        if token_id in stop_ids:
-            return index + 1
-    return len(generated)
+def generate_greedy(
+    base: BaseModel, prompts: Sequence[Sequence[int]], max_new_tokens: int, max_batch_size: int | None = None
+) -> Sequences:
+    """Greedy responses from the serving engine (plain decoding, continuous batching), with the hidden state
+    behind each token. Rows leave the batch at their stop token and waiting prompts take their place."""
+    engine = _plain_engine(base, max_batch_size or len(prompts))
+    params = SamplingParams(max_new_tokens=max_new_tokens, use_speculative=False)
+    for index, prompt in enumerate(prompts):
+        engine.add(GenerationRequest(str(index), tuple(prompt), params))
+    recorder = _ResponseRecorder(len(prompts), [len(prompt) for prompt in prompts])
+    with captured_hidden_states(base) as forwards, torch.inference_mode():
+        while engine.num_active:
+            events = engine.step()
+            recorder.add_step(forwards.pop(), events)
+            forwards.clear()
+    return recorder.sequences()
 
 
-def _left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, ids in enumerate(prompts):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids)
-        attention_mask[row, width - len(ids) :] = 1
-    return input_ids, attention_mask
-
-
-def generate_greedy(base: BaseModel, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Sequences:
-    """Greedy responses to a batch of prompts (left padded), with the hidden state behind each token."""
-    pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
-    input_ids, attention_mask = _left_padded(prompts, pad_id)
-    with captured_hidden_states(base) as steps, torch.inference_mode():
-        generated = base.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad_id,
-        )
-    # step_hidden: [B, G, H] — the last position of each forward call produced generated token g
-    step_hidden = torch.cat([step[:, -1:, :] for step in steps], dim=1)
-    new_tokens = generated[:, input_ids.shape[1] :]
-    return _trim_rows(step_hidden, new_tokens, base.stop_token_ids)
-
-
-def _trim_rows(step_hidden: torch.Tensor, new_tokens: torch.Tensor, stop_ids: set[int]) -> Sequences:
-    hidden_rows, id_rows, lengths = [], [], []
-    for row in range(new_tokens.shape[0]):
-        length = _response_length(new_tokens[row].tolist(), stop_ids)
-        hidden_rows.append(step_hidden[row, :length])
-        id_rows.append(new_tokens[row, :length])
-        lengths.append(length)
-    return Sequences(
-        hidden=torch.cat(hidden_rows).to(torch.float16),
-        response_ids=torch.cat(id_rows).to(torch.int32),
-        lengths=torch.tensor(lengths, dtype=torch.int32),
+def _plain_engine(base: BaseModel, max_batch_size: int) -> MedusaEngine:
+    """The serving engine on the base model, without heads or DeepSpeed."""
+    model = base.model
+    loaded = LoadedModel(
+        model, model, base.tokenizer, base.name, model.device, model.dtype, uses_deepspeed=False
     )
+    settings = EngineSettings(
+        speculation=False, use_deepspeed=False, max_batch_size=max_batch_size, device=model.device.type
+    )
+    return MedusaEngine(loaded, None, settings)
+
+
+class _ResponseRecorder:
+    """Pairs each emitted token with the final hidden state of the forward that chose it.
+
+    A step is a prefill (hidden [B_new, S, H]; the admitted rows' first tokens come from their last prompt
+    position) or a plain decode step (hidden [B, T, H]; query 0 of row b chose row b's token). The engine emits
+    one event per row of the forward, in the forward's row order.
+    """
+
+    def __init__(self, count: int, prompt_lengths: list[int]) -> None:
+        self.prompt_lengths = prompt_lengths
+        self.hidden: list[list[torch.Tensor]] = [[] for _ in range(count)]
+        self.tokens: list[list[int]] = [[] for _ in range(count)]
+
+    def add_step(self, hidden: torch.Tensor, events: Sequence[TokenEvent]) -> None:
+        is_prefill = all(event.completion_tokens == len(event.token_ids) for event in events)
+        for row, event in enumerate(events):
+            index = int(event.request_id)
+            position = self.prompt_lengths[index] - 1 if is_prefill else 0
+            if event.token_ids:
+                self.hidden[index].append(hidden[row, position].float())
+                self.tokens[index].extend(event.token_ids)
+
+    def sequences(self) -> Sequences:
+        return Sequences(
+            hidden=torch.cat([torch.stack(rows) for rows in self.hidden]).to(torch.float16),
+            response_ids=torch.tensor([token for row in self.tokens for token in row], dtype=torch.int32),
+            lengths=torch.tensor([len(row) for row in self.tokens], dtype=torch.int32),
+        )
 
 
 def teacher_forced(base: BaseModel, chunks: Sequence[Sequence[int]]) -> Sequences:

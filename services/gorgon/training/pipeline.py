@@ -41,9 +41,13 @@ MEDUSA_VICUNA_7B_TOP1 = (0.56, 0.32, 0.20, 0.15, 0.12)
 """Per-head top-1 accuracy of Medusa-1's heads on Vicuna-7B (Medusa paper), for comparison in the report."""
 
 
-def _prompt_batch_maker(base: BaseModel, max_new_tokens: int):
-    def make(batch: Sequence[str]) -> Sequences:
-        return generate_greedy(base, [chat_prompt_ids(base, text) for text in batch], max_new_tokens)
+SHARD_BATCHES = 4  # generation batches per shard: rows that finish early are refilled from the same shard
+
+
+def _prompt_batch_maker(base: BaseModel, max_new_tokens: int, batch_size: int):
+    def make(shard: Sequence[str]) -> Sequences:
+        prompts = [chat_prompt_ids(base, text) for text in shard]
+        return generate_greedy(base, prompts, max_new_tokens, max_batch_size=batch_size)
 
     return make
 
@@ -58,10 +62,10 @@ def distillation_data(base: BaseModel, settings: DataSettings, work_dir: Path) -
         prompts = prompts_for(split, count)
         if len(prompts) < count:
             raise ConfigurationError(f"the prompt set has only {len(prompts)} {split} prompts, {count} asked")
-        distill = DistillSettings(
-            base.name, f"prompts:{split}", settings.max_new_tokens, settings.generation_batch_size
-        )
-        maker = _prompt_batch_maker(base, settings.max_new_tokens)
+        source = f"prompts:{split}:engine:{str(base.model.dtype).removeprefix('torch.')}"
+        batch = settings.generation_batch_size
+        distill = DistillSettings(base.name, source, settings.max_new_tokens, batch * SHARD_BATCHES)
+        maker = _prompt_batch_maker(base, settings.max_new_tokens, batch)
         results.append(
             build_shards(work_dir / "data" / str(split), distill, prompts, maker, f"distilling {split}")
         )
