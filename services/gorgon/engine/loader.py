@@ -101,7 +101,17 @@ def _from_pretrained(
     except (OSError, ValueError) as exc:
         where = "local directory" if looks_local else "hub id (needs network access to huggingface.co)"
         raise ConfigurationError(f"cannot load model {source.location!r} as a {where}: {exc}") from exc
+    if source.gguf_file:
+        _mark_dequantized(model)
     return model, tokenizer
+
+
+def _mark_dequantized(model: PreTrainedModel) -> None:
+    """transformers dequantizes GGUF weights into dense tensors of the requested dtype, yet flags the model as
+    quantized, and then refuses `.half()` / `.float()` — which deepspeed.init_inference calls for fp16 (the CUDA
+    default) and fp32. The weights are plain tensors: clear the flag."""
+    model.is_quantized = False
+    model.hf_quantizer = None
 
 
 def _wrap_with_deepspeed(
