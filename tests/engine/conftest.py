@@ -29,8 +29,15 @@ EngineFactory = Callable[..., MedusaEngine]
 
 
 @pytest.fixture
-def make_engine(tiny_model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast) -> EngineFactory:
+def make_engine(
+    tiny_model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, tmp_path_factory: pytest.TempPathFactory
+) -> EngineFactory:
+    """Engines on the tiny model; heads_path defaults to an empty directory (the shipped tree and draft
+    vocabulary belong to SmolLM2)."""
+    empty_heads_dir = tmp_path_factory.mktemp("no-shipped-files")
+
     def build(heads: MedusaHeads | None = None, **settings: object) -> MedusaEngine:
+        settings.setdefault("heads_path", empty_heads_dir)
         loaded = LoadedModel(
             model=tiny_model,
             forward=tiny_model,

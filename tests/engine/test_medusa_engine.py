@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from engine_tiny import random_heads
@@ -188,3 +190,22 @@ def test_tree_shipped_beside_the_heads_is_used(make_engine, tmp_path) -> None:
     trees = {shape.name: shape.num_nodes for shape in engine.selector.shapes}
     assert trees["heads_tree"] == 5
     assert "plain" in trees
+
+
+def test_heads_draft_only_from_the_shipped_draft_vocabulary(make_engine, tmp_path) -> None:
+    vocabulary = [7, 8, 9, 10, 11, 12, 13, 30, 31, 32, 33, 34]
+    (tmp_path / "draft_vocab.json").write_text(json.dumps(vocabulary))
+    engine = make_engine(random_heads(), heads_path=tmp_path, draft_vocab_size=10)
+    engine.add(_request("medium"))
+    engine.step()  # the prefill drafts for the first speculative step
+    assert set(engine.batch.draft_topk.flatten().tolist()) <= set(vocabulary[:10])
+    plain = _tokens(_alone(make_engine, _request("medium")))
+    collected: dict[str, list[TokenEvent]] = {}
+    _drain(engine, collected)
+    assert plain[:1] + _tokens(collected["medium"]) == plain
+
+
+def test_a_draft_vocabulary_with_foreign_tokens_is_refused(make_engine, tmp_path) -> None:
+    (tmp_path / "draft_vocab.json").write_text(json.dumps([1, 2, 10**9]))
+    with pytest.raises(GorgonError, match="token ids"):
+        make_engine(random_heads(), heads_path=tmp_path)

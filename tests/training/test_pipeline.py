@@ -8,10 +8,18 @@ import pytest
 import torch
 
 from gorgon.engine.medusa import load_medusa_heads, save_medusa_heads
+from gorgon.engine.medusa_engine import DRAFT_VOCABULARY_FILE
 from gorgon.engine.tree import build_tree_buffers
 from gorgon.training.base_model import BaseModel
 from gorgon.training.distill import generate_greedy
-from gorgon.training.pipeline import CHOICES_NAME, REPORT_NAME, export_with_own_projections, run_training
+from gorgon.training.pipeline import (
+    CHOICES_NAME,
+    REPORT_NAME,
+    draft_coverage,
+    export_with_own_projections,
+    most_frequent_tokens,
+    run_training,
+)
 from gorgon.training.settings import DataSettings, RunSettings, TrainSettings
 from gorgon.training.trainer import Trainer, head_targets, new_heads
 
@@ -102,3 +110,17 @@ def test_own_projection_export_reloads_bit_exact_and_predicts_the_same(
     hidden = positions.hidden[:16].float().unsqueeze(0)
     with torch.no_grad():
         assert torch.allclose(reloaded(hidden, None), heads(hidden, tiny_base.lm_head), atol=1e-6)
+
+
+def test_the_draft_vocabulary_lists_tokens_by_falling_frequency() -> None:
+    responses = torch.tensor([5, 9, 9, 3, 9, 5, 7], dtype=torch.int32)
+    assert most_frequent_tokens(responses, 3) == [9, 5, 3]
+    assert draft_coverage(responses, [9, 5]) == pytest.approx(5 / 7)
+
+
+def test_the_pipeline_writes_the_draft_vocabulary(tiny_base: BaseModel, tmp_path: Path) -> None:
+    settings, report = _run(tiny_base, tmp_path)
+    tokens = json.loads((settings.output / DRAFT_VOCABULARY_FILE).read_text())
+    assert tokens and len(tokens) == len(set(tokens))
+    assert all(0 <= token < tiny_base.vocab_size for token in tokens)
+    assert 0 < report["data"]["draft_vocabulary_held_out_coverage"]["8192"] <= 1

@@ -45,6 +45,12 @@ class EngineSettings(BaseSettings):
     medusa_choices: str = Field(
         default="auto", description="Tree name from gorgon.engine.tree.TREES, or auto (by head count/device)."
     )
+    draft_vocab_size: int = Field(
+        default=8192,
+        ge=0,
+        description="Heads sharing the lm_head draft over this many most frequent tokens (draft_vocab.json "
+        "beside the heads); 0 = the whole vocabulary. Output is unchanged either way.",
+    )
     typical_epsilon: float = Field(default=DEFAULT_TYPICAL_EPSILON, gt=0)
     typical_alpha: float = Field(default=DEFAULT_TYPICAL_ALPHA, gt=0)
     max_batch_size: int = Field(default=16, ge=1, description="Rows decoded together at most.")

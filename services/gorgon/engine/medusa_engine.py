@@ -18,6 +18,7 @@ from gorgon.engine.batch import ActiveRequest, Batch, CacheLayout
 from gorgon.engine.chat import encode_chat
 from gorgon.engine.config import EngineSettings
 from gorgon.engine.decode import (
+    DraftVocabulary,
     ModelParts,
     RowSampling,
     StepOutcome,
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 
 CHAIN_DEPTH = 3  # drafted tokens in the chain shape (fewer when fewer heads)
 HEADS_TREE_FILE = "medusa_choices.json"  # a tree tuned for the heads, written beside them
+DRAFT_VOCABULARY_FILE = (
+    "draft_vocab.json"  # the heads' draft tokens, most frequent first, written beside them
+)
 
 
 def default_tree_name(device: torch.device) -> str:
@@ -79,7 +83,9 @@ class MedusaEngine:
         self.tokenizer = loaded.tokenizer
         self.settings = settings
         config = loaded.model.config
-        self.parts = ModelParts(loaded.model.get_decoder(), loaded.model.get_output_embeddings(), heads)
+        lm_head = loaded.model.get_output_embeddings()
+        vocabulary = _draft_vocabulary(settings, heads, lm_head)
+        self.parts = ModelParts(loaded.model.get_decoder(), lm_head, heads, vocabulary)
         self.selector = ShapeSelector(build_shapes(settings, heads, loaded.device))
         self.rule = TypicalAcceptance(settings.typical_epsilon, settings.typical_alpha)
         self.layout = CacheLayout(
@@ -267,6 +273,21 @@ class MedusaEngine:
         vocab = self.parts.lm_head.weight.shape[0]
         if max(request.prompt_ids) >= vocab or min(request.prompt_ids) < 0:
             raise GorgonError(f"prompt token ids must lie in [0, {vocab})", param="prompt")
+
+
+def _draft_vocabulary(
+    settings: EngineSettings, heads: MedusaHeads | None, lm_head: torch.nn.Module
+) -> DraftVocabulary | None:
+    """The draft vocabulary shipped beside heads that share the lm_head, cut to settings.draft_vocab_size."""
+    path = settings.heads_path / DRAFT_VOCABULARY_FILE
+    if heads is None or heads.own_lm_heads or settings.draft_vocab_size == 0 or not path.is_file():
+        return None
+    token_ids = json.loads(path.read_text())[: settings.draft_vocab_size]
+    vocab = lm_head.weight.shape[0]
+    if not token_ids or not all(isinstance(token, int) and 0 <= token < vocab for token in token_ids):
+        raise ConfigurationError(f"{path} must list token ids in [0, {vocab})")
+    log.info("heads draft over the %d most frequent tokens (%s)", len(token_ids), path)
+    return DraftVocabulary.from_lm_head(lm_head, torch.tensor(token_ids, dtype=torch.long))
 
 
 def _eos_token_ids(loaded: LoadedModel) -> frozenset[int]:

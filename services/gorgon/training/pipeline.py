@@ -18,6 +18,7 @@ import torch
 
 from gorgon.core.errors import ConfigurationError
 from gorgon.engine.medusa import MedusaHeads, save_medusa_heads
+from gorgon.engine.medusa_engine import DRAFT_VOCABULARY_FILE
 from gorgon.training.base_model import BaseModel, load_base_model
 from gorgon.training.distill import (
     DistillSettings,
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 REPORT_NAME = "training_report.json"
 CHOICES_NAME = "medusa_choices.json"
+DRAFT_VOCABULARY_SIZE = (
+    16384  # tokens written to draft_vocab.json; the engine uses a prefix (draft_vocab_size)
+)
 MEDUSA_VICUNA_7B_TOP1 = (0.56, 0.32, 0.20, 0.15, 0.12)
 """Per-head top-1 accuracy of Medusa-1's heads on Vicuna-7B (Medusa paper), for comparison in the report."""
 
@@ -90,6 +94,20 @@ def _text_file_data(base: BaseModel, settings: DataSettings, work_dir: Path) -> 
             )
         )
     return results[0], results[1]
+
+
+def most_frequent_tokens(response_ids: torch.Tensor, size: int) -> list[int]:
+    """Token ids by falling frequency in the responses (ties: lower id first), at most `size` of them."""
+    counts = torch.bincount(response_ids.long())
+    present = torch.nonzero(counts).flatten()
+    order = sorted(present.tolist(), key=lambda token: (-int(counts[token]), token))
+    return order[:size]
+
+
+def draft_coverage(response_ids: torch.Tensor, vocabulary: Sequence[int]) -> float:
+    """Share of response tokens inside `vocabulary`."""
+    inside = torch.isin(response_ids.long(), torch.tensor(list(vocabulary), dtype=torch.long))
+    return float(inside.float().mean())
 
 
 def export_with_own_projections(heads: MedusaHeads, lm_head: torch.nn.Module) -> MedusaHeads:
@@ -172,8 +190,14 @@ def run_training(settings: RunSettings, base: BaseModel | None = None) -> dict:
         "final_loss": result.final_loss,
         "final_head_losses": result.final_head_losses,
     }
+    draft_tokens = most_frequent_tokens(train_sequences.response_ids, DRAFT_VOCABULARY_SIZE)
+    stats["draft_vocabulary_held_out_coverage"] = {
+        str(size): draft_coverage(held_out_sequences.response_ids, draft_tokens[:size])
+        for size in (4096, 8192, DRAFT_VOCABULARY_SIZE)
+    }
     report = _report(settings, base, stats, accuracies=accuracies, search=search, timings=timings)
     _write_outputs(settings, base, result.heads, report, search.best_choices)
+    (settings.output / DRAFT_VOCABULARY_FILE).write_text(json.dumps(draft_tokens) + "\n")
     return report
 
 
