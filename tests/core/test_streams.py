@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 from gorgon.core.protocol import Chunk, RequestPayload, WireSampling
 from gorgon.core.streams import (
     CONSUMER_GROUP,
+    EntryRef,
     Publication,
     Publisher,
     RedisNames,
@@ -17,6 +18,7 @@ from gorgon.core.streams import (
     cancelled_requests,
     claim_attempt,
     enqueue,
+    enqueue_many,
     ensure_group,
     heartbeat_entries,
     live_workers,
@@ -25,6 +27,7 @@ from gorgon.core.streams import (
     read_result,
     register_worker,
     request_cancel,
+    unregister_worker,
 )
 
 
@@ -70,6 +73,20 @@ async def test_enqueue_refuses_past_the_backlog_limit(
     assert await enqueue(redis_async, redis_names, _payload("r3"), max_backlog=0), "0 means no limit"
 
 
+async def test_enqueue_many_checks_each_request_against_the_backlog_in_order(
+    redis_async: aioredis.Redis, redis_names: RedisNames
+) -> None:
+    payloads = [_payload("r1"), _payload("r2"), _payload("r3")]
+    entry_ids = await enqueue_many(redis_async, redis_names, payloads, max_backlog=2)
+    assert [entry_id is not None for entry_id in entry_ids] == [True, True, False]
+    await ensure_group(redis_async, redis_names, "m")
+    entries = await read_entries(redis_async, redis_names, "m", "c1", 10, None, own=False)
+    assert [(entry_id, payload.request_id) for entry_id, payload in entries if payload] == [
+        (entry_ids[0], "r1"),
+        (entry_ids[1], "r2"),
+    ]
+
+
 async def test_only_the_current_attempt_may_publish(
     redis_async: aioredis.Redis, redis_names: RedisNames
 ) -> None:
@@ -98,6 +115,34 @@ async def test_only_the_current_attempt_may_publish(
     assert (await claim_attempt(redis_async, redis_names, "r1", 30)).finished
 
 
+async def test_a_final_chunk_acknowledges_its_entry_only_when_it_is_published(
+    redis_async: aioredis.Redis, redis_names: RedisNames
+) -> None:
+    await ensure_group(redis_async, redis_names, "m")
+    for request_id in ("fenced", "current"):
+        await enqueue(redis_async, redis_names, _payload(request_id), 0)
+    entries = await read_entries(redis_async, redis_names, "m", "w1", 2, None, own=False)
+    (fenced_id, _), (current_id, _) = entries
+    await redis_async.set(redis_names.attempt_key("fenced"), 2)
+    stream = redis_names.request_stream("m")
+    publications = [
+        Publication(
+            Chunk(request_id, attempt=1, seq=0, final=True),
+            False,
+            None,
+            30,
+            "nobody",
+            EntryRef(stream, entry_id),
+        )
+        for request_id, entry_id in (("fenced", fenced_id), ("current", current_id))
+    ]
+    assert await Publisher(redis_async, redis_names).publish(publications) == [False, True]
+    pending = await redis_async.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=10)
+    assert [entry["message_id"].decode() for entry in pending] == [fenced_id]
+    assert [entry_id.decode() for entry_id, _ in await redis_async.xrange(stream)] == [fenced_id]
+    assert await backlog(redis_async, redis_names, "m") == 1
+
+
 async def test_stale_entries_are_taken_over_and_heartbeats_prevent_it(
     redis_async: aioredis.Redis, redis_names: RedisNames
 ) -> None:
@@ -124,3 +169,19 @@ async def test_cancel_flags_and_worker_registrations(
     assert await live_workers(redis_async, redis_names) == [info]
     await asyncio.sleep(0.3)
     assert await live_workers(redis_async, redis_names) == []
+
+
+async def test_live_workers_are_found_through_the_index_which_forgets_expired_ones(
+    redis_async: aioredis.Redis, redis_names: RedisNames
+) -> None:
+    infos = {worker: {"model": model, "worker_id": worker} for worker, model in (("w1", "m"), ("w2", "n"))}
+    await register_worker(redis_async, redis_names, "m", "w1", infos["w1"], ttl_s=0.2)
+    await register_worker(redis_async, redis_names, "n", "w2", infos["w2"], ttl_s=30)
+    await register_worker(redis_async, redis_names, "n", "w3", {"model": "n", "worker_id": "w3"}, ttl_s=30)
+    await unregister_worker(redis_async, redis_names, "n", "w3")
+    assert await live_workers(redis_async, redis_names, "m") == [infos["w1"]]
+    assert await live_workers(redis_async, redis_names, "n") == [infos["w2"]]
+    await asyncio.sleep(0.3)
+    assert await live_workers(redis_async, redis_names) == [infos["w2"]]
+    index = await redis_async.smembers(redis_names.worker_index())
+    assert index == {redis_names.worker_key("n", "w2").encode()}

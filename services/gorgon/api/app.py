@@ -88,6 +88,7 @@ def create_app(settings: ApiSettings | None = None, redis_settings: RedisSetting
         try:
             yield
         finally:
+            await registry.close()
             await subscriber.close()
             await redis.aclose()
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
+from gorgon.api.enqueuer import BatchingEnqueuer
 from gorgon.api.errors import OpenAIError
 from gorgon.core import streams
 from gorgon.core.protocol import Chunk, RequestPayload
@@ -68,7 +69,7 @@ class Gateway:
         self._redis = redis
         self._names = names
         self._subscriber = subscriber
-        self._max_backlog = max_backlog
+        self._enqueuer = BatchingEnqueuer(redis, names, max_backlog)
         self._retry_after_s = retry_after_s
         self._cleanups: set[asyncio.Task[None]] = set()
 
@@ -100,7 +101,7 @@ class Gateway:
             self._clean_up_later(payload, cancel=not finished)
 
     async def _enqueue(self, payload: RequestPayload) -> None:
-        entry_id = await streams.enqueue(self._redis, self._names, payload, self._max_backlog)
+        entry_id = await self._enqueuer.enqueue(payload)
         if entry_id is None:
             raise OpenAIError(
                 429,

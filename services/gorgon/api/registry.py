@@ -1,14 +1,25 @@
-"""The models the workers serve, read from their registrations in Redis (cached briefly)."""
+"""The models the workers serve, read from their registrations in Redis (cached briefly).
+
+Requests never wait for the refresh of a cache that still names their model: they use it while a background
+task reads the registrations again. A request for a model the cache does not name reads them at once before it
+is refused; /ready and /v1/models read them when the cache is older than `cache_s`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
 
 from gorgon.api.errors import OpenAIError
 from gorgon.core.streams import RedisNames, live_workers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +39,41 @@ class ModelRegistry:
         self._default_model = default_model
         self._models: dict[str, ServedModel] = {}
         self._fetched_at = float("-inf")
+        self._refresh_task: asyncio.Task[None] | None = None
 
     async def models(self) -> dict[str, ServedModel]:
-        if time.monotonic() - self._fetched_at > self._cache_s:
-            self._models = self._aggregate(await live_workers(self._redis, self._names))
-            self._fetched_at = time.monotonic()
+        """The served models, read again first if the cache is older than `cache_s`."""
+        if self._stale():
+            await self._refresh()
         return self._models
+
+    async def close(self) -> None:
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh_task
+
+    def _stale(self) -> bool:
+        return time.monotonic() - self._fetched_at > self._cache_s
+
+    async def _refresh(self) -> None:
+        self._models = self._aggregate(await live_workers(self._redis, self._names))
+        self._fetched_at = time.monotonic()
+
+    def _models_refreshed_in_background(self) -> dict[str, ServedModel]:
+        """The cached models at once; a stale cache is read again by a background task meanwhile (an empty
+        one is left to the caller, who reads it at once)."""
+        if self._models and self._stale() and self._refresh_task is None:
+            self._refresh_task = asyncio.get_running_loop().create_task(self._refresh_quietly())
+        return self._models
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self._refresh()
+        except RedisError as exc:
+            log.warning("could not read the worker registrations: %s", exc)
+        finally:
+            self._refresh_task = None
 
     @staticmethod
     def _aggregate(records: list[dict]) -> dict[str, ServedModel]:
@@ -49,10 +89,15 @@ class ModelRegistry:
 
     async def resolve(self, requested: str | None, retry_after_s: int) -> ServedModel:
         """The served model a request goes to; 404 for a model nobody serves, 503 when no worker is up."""
-        models = await self.models()
-        name = requested or self._default_model or (next(iter(models)) if len(models) == 1 else None)
-        if name is not None and name in models:
-            return models[name]
+        served = self._pick(requested, self._models_refreshed_in_background())
+        if served is not None:
+            return served
+        await self._refresh()
+        models = self._models
+        served = self._pick(requested, models)
+        if served is not None:
+            return served
+        name = self._name_for(requested, models)
         if not models:
             raise OpenAIError(
                 503,
@@ -71,3 +116,10 @@ class ModelRegistry:
             param="model",
             code="model_not_found",
         )
+
+    def _name_for(self, requested: str | None, models: dict[str, ServedModel]) -> str | None:
+        return requested or self._default_model or (next(iter(models)) if len(models) == 1 else None)
+
+    def _pick(self, requested: str | None, models: dict[str, ServedModel]) -> ServedModel | None:
+        name = self._name_for(requested, models)
+        return models.get(name) if name is not None else None

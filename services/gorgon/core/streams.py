@@ -10,6 +10,7 @@ Layout (namespace `gorgon` by default):
     {ns}:attempt:{request_id}      fencing token: the attempt allowed to publish (absent = first attempt)
     {ns}:cancel:{request_id}       cancel flag set by the API when the client goes away
     {ns}:workers:{model}:{worker}  worker registration (model info) kept alive by a heartbeat TTL
+    {ns}:worker-index              set of the registration keys (finding the live workers never scans the keyspace)
     {ns}:ratelimit:{key}:{window}  per-API-key request counter of one rate-limit window
 
 Delivery is at-least-once (consumer group + XAUTOCLAIM); the client still sees each token exactly once because
@@ -76,6 +77,13 @@ class RedisNames:
     def worker_pattern(self, model: str | None = None) -> str:
         return f"{self.namespace}:workers:{model or '*'}:*"
 
+    def worker_prefix(self, model: str | None = None) -> str:
+        """What the registration keys of `model`'s workers (or of all workers) begin with."""
+        return f"{self.namespace}:workers:{model}:" if model else f"{self.namespace}:workers:"
+
+    def worker_index(self) -> str:
+        return f"{self.namespace}:worker-index"
+
     def rate_limit_key(self, key_id: str, window: int) -> str:
         return f"{self.namespace}:ratelimit:{key_id}:{window}"
 
@@ -139,6 +147,17 @@ async def enqueue(
     return _text(entry_id) if entry_id else None
 
 
+async def enqueue_many(
+    redis: AsyncRedis, names: RedisNames, payloads: Sequence[RequestPayload], max_backlog: int
+) -> list[str | None]:
+    """`enqueue` for several requests in one round trip (in order; each checked against the backlog)."""
+    calls = [
+        ([names.request_stream(payload.model)], [max_backlog, PAYLOAD_FIELD, payload.encode()])
+        for payload in payloads
+    ]
+    return [_text(entry_id) if entry_id else None for entry_id in await _ENQUEUE.run_many(redis, calls)]
+
+
 async def request_cancel(redis: AsyncRedis, names: RedisNames, request_id: str, ttl_s: int) -> None:
     """Ask whichever worker holds `request_id` to drop it."""
     await redis.set(names.cancel_key(request_id), b"1", ex=max(1, ttl_s))
@@ -170,25 +189,51 @@ async def count_request(redis: AsyncRedis, names: RedisNames, key_id: str, windo
 # --- worker registration --------------------------------------------------------------------------------------
 
 
+# Drop index entries whose registration key expired (checked inside Redis: a worker re-registering at the same
+# moment keeps its entry).
+_PRUNE_INDEX_SCRIPT = """
+for _, key in ipairs(KEYS) do
+  if key ~= KEYS[1] and redis.call('EXISTS', key) == 0 then redis.call('SREM', KEYS[1], key) end
+end
+"""
+_PRUNE_INDEX = LuaScript(_PRUNE_INDEX_SCRIPT)
+
+
 async def register_worker(
     redis: AsyncRedis, names: RedisNames, model: str, worker_id: str, info: dict[str, Any], ttl_s: float
 ) -> None:
     """Announce (or keep announcing) a live worker and its model info; it vanishes `ttl_s` after the last call."""
-    await redis.set(names.worker_key(model, worker_id), orjson.dumps(info), px=int(ttl_s * 1000))
+    key = names.worker_key(model, worker_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(key, orjson.dumps(info), px=int(ttl_s * 1000))
+        pipe.sadd(names.worker_index(), key)
+        await pipe.execute()
 
 
 async def unregister_worker(redis: AsyncRedis, names: RedisNames, model: str, worker_id: str) -> None:
-    await redis.delete(names.worker_key(model, worker_id))
+    key = names.worker_key(model, worker_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.delete(key)
+        pipe.srem(names.worker_index(), key)
+        await pipe.execute()
 
 
 async def live_workers(
     redis: AsyncRedis, names: RedisNames, model: str | None = None
 ) -> list[dict[str, Any]]:
-    """Registration records of the live workers (of `model`, or all)."""
-    keys = [key async for key in redis.scan_iter(match=names.worker_pattern(model), count=500)]
+    """Registration records of the live workers (of `model`, or all): two round trips whatever the size of the
+    keyspace. An empty index falls back to a SCAN (workers of a release that did not keep the index yet)."""
+    keys = sorted(_text(key) for key in await redis.smembers(names.worker_index()))
+    if not keys:
+        keys = [_text(key) async for key in redis.scan_iter(match=names.worker_pattern(model), count=500)]
+    prefix = names.worker_prefix(model)
+    keys = [key for key in keys if key.startswith(prefix)]
     if not keys:
         return []
     values = await redis.mget(keys)
+    expired = [key for key, value in zip(keys, values, strict=True) if value is None]
+    if expired:
+        await _PRUNE_INDEX.run(redis, [names.worker_index(), *expired], [])
     return [orjson.loads(value) for value in values if value]
 
 
@@ -308,7 +353,9 @@ return {attempt, redis.call('EXISTS', KEYS[3]), redis.call('EXISTS', KEYS[4]), r
 """
 
 # Publish only if ARGV[1] is the current attempt (absent key = attempt 1). Streaming chunks are also appended to
-# the progress list; the final one is stored under the result key. Returns 1 if published, 0 if fenced out.
+# the progress list; the final one is stored under the result key. With a fourth key (the request stream), the
+# chunk finishes the entry ARGV[9]: it is acknowledged and deleted in the same script, so an entry is never
+# acknowledged unless its final result was published and stored. Returns 1 if published, 0 if fenced out.
 _PUBLISH_SCRIPT = """
 if (redis.call('GET', KEYS[1]) or '1') ~= ARGV[1] then return 0 end
 if ARGV[4] == '1' then
@@ -316,6 +363,10 @@ if ARGV[4] == '1' then
 end
 if ARGV[5] == '1' then redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[7]) end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
+if KEYS[4] then
+  redis.call('XACK', KEYS[4], ARGV[8], ARGV[9])
+  redis.call('XDEL', KEYS[4], ARGV[9])
+end
 return 1
 """
 _CLAIM = LuaScript(_CLAIM_SCRIPT)
@@ -345,15 +396,25 @@ async def claim_attempt(redis: AsyncRedis, names: RedisNames, request_id: str, t
 
 
 @dataclass(frozen=True, slots=True)
+class EntryRef:
+    """One entry of a request stream."""
+
+    stream: str
+    entry_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Publication:
     """One chunk to publish. `result` (the whole-text final chunk) is stored when the chunk is final;
-    `keep_progress` appends the chunk to the progress list (streaming requests)."""
+    `keep_progress` appends the chunk to the progress list (streaming requests); `finishes` is the stream entry
+    the chunk completes, acknowledged and deleted by the same script once the chunk is published."""
 
     chunk: Chunk
     keep_progress: bool
     result: Chunk | None
     ttl_s: int
     channel: str
+    finishes: EntryRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,8 +453,9 @@ class Publisher:
 
     async def sync_step(self, model: str, consumer: str, work: StepWork) -> StepReply:
         """Everything a worker sends to Redis after one engine step, in one round trip, in this order:
-        publish the chunks, acknowledge and delete entries finished before, read the cancel flags of the
-        running requests, and read up to `work.read_count` new entries (without blocking)."""
+        publish the chunks (final ones acknowledge their entries), acknowledge and delete the entries in
+        `work.ack_ids` (cancelled requests), read the cancel flags of the running requests, and read up to
+        `work.read_count` new entries (without blocking)."""
         stream = self._names.request_stream(model)
         async with self._redis.pipeline(transaction=False) as pipe:
             for publication in work.publications:
@@ -444,6 +506,9 @@ class Publisher:
             publication.result.encode() if publication.result is not None else b"",
             max(1, publication.ttl_s),
         ]
+        if publication.finishes is not None:
+            keys.append(publication.finishes.stream)
+            args += [CONSUMER_GROUP, publication.finishes.entry_id]
         return keys, args
 
 

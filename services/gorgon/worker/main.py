@@ -4,11 +4,12 @@ One loop iteration is one step boundary:
 
     1. admit: entries claimed from dead workers, then new ones (">"), up to the free batch slots
     2. tick (engine thread): drop cancelled rows, add admitted requests, one engine.step()
-    3. publish every event through the fencing script; check cancel flags (together, one round trip each)
-    4. XACK + XDEL the entries whose final result is published (in the next round trip)
+    3. one round trip: publish every event through the fencing script (a final chunk also acknowledges and
+       deletes its entry, in the same script), XACK + XDEL cancelled entries, read the cancel flags of the
+       running rows and new entries for the free slots
 
-Steps 3–4 are one round trip, skipped when there is nothing to publish or acknowledge and the last one is
-recent (see WorkerSettings.sync_interval_s).
+The round trip is skipped when there is nothing to publish or acknowledge and the last contact with Redis is
+recent (see WorkerSettings.sync_interval_s): a fast engine pays one round trip per burst of steps, not per step.
 
 A background task heartbeats in-flight entries and the registration, and takes over stale entries.
 The engine is only ever touched from one thread (`_engine_thread`, or the loop for `runs_inline` engines), one
@@ -29,7 +30,7 @@ from redis.exceptions import RedisError
 from gorgon.core import streams
 from gorgon.core.errors import GorgonError
 from gorgon.core.protocol import Chunk, RequestPayload, WireError
-from gorgon.core.streams import Publication, Publisher, RedisNames, StepWork, StreamEntry
+from gorgon.core.streams import EntryRef, Publication, Publisher, RedisNames, StepWork, StreamEntry
 from gorgon.engine.interface import (
     ChatMessage,
     Engine,
@@ -111,6 +112,7 @@ class Worker:
             settings.max_batch_size or engine.info.max_batch_size, engine.info.max_batch_size
         )
         self._publisher = Publisher(redis, names)
+        self._stream = names.request_stream(self.model)
         self._active: dict[str, InFlight] = {}
         self._claimed: list[StreamEntry] = []
         self._pending_admissions: list[InFlight] = []
@@ -171,6 +173,8 @@ class Worker:
         if entries and self._settings.first_batch_wait_s > 0:
             await asyncio.sleep(self._settings.first_batch_wait_s)
             entries += await self._read(own=False, room_taken=len(entries))
+        if entries:
+            self._last_sync = time.monotonic()  # just read: the first steps need no round trip of their own
         await self._admit_entries(entries, redelivered=False)
 
     async def _admit_entries(self, entries: list[StreamEntry], *, redelivered: bool) -> None:
@@ -243,8 +247,9 @@ class Worker:
         metrics.BATCH_SIZE.set(len(self._active))
 
     def _sync_due(self) -> bool:
-        """A step with nothing to publish skips its Redis round trip unless the last one is `sync_interval_s`
-        old: engines that step in microseconds (echo) then pay one round trip per burst, not per step."""
+        """A step with nothing to publish skips its Redis round trip unless the last contact with Redis (a
+        round trip's reply, or a read that admitted work) is `sync_interval_s` old: engines that step in
+        microseconds (echo) then pay one round trip per burst, not per step."""
         return time.monotonic() - self._last_sync >= self._settings.sync_interval_s
 
     def _settle(
@@ -270,8 +275,9 @@ class Worker:
         return publications
 
     async def _sync(self, publications: list[tuple[InFlight, Publication]]) -> None:
-        """One round trip: publish, ack what finished before, read cancel flags and new entries. If Redis
-        fails, the publications and acks are kept for the next round trip (no chunk is skipped)."""
+        """One round trip: publish (final chunks acknowledge their entries), ack cancelled entries, read cancel
+        flags and new entries. If Redis fails, the publications and acks are kept for the next round trip (no
+        chunk is skipped)."""
         publications = self._unsent + publications
         self._unsent = publications
         room = 0 if self._stopping.is_set() else self._max_batch - len(self._active)
@@ -281,8 +287,8 @@ class Worker:
             running_ids=list(self._active),
             read_count=room,
         )
-        self._last_sync = time.monotonic()
         reply = await self._publisher.sync_step(self.model, self.worker_id, work)
+        self._last_sync = time.monotonic()
         self._unsent = []
         self._acks = []
         self._cancelled = reply.cancelled
@@ -291,7 +297,6 @@ class Worker:
                 self._fenced_out(item)
             elif publication.chunk.final:
                 self._active.pop(item.request_id, None)
-                self._acks.append(item.entry_id)
                 self._observer.finished(item.request_id, publication.chunk.finish_reason or "error")
         await self._admit_entries(reply.new_entries, redelivered=False)
         if self._acks and not self._active:
@@ -383,11 +388,15 @@ class Worker:
         )
         item.next_seq += 1
         result = _whole_text_result(chunk, item.text) if final else None
+        finishes = EntryRef(self._stream, item.entry_id) if final else None
         return Publication(
-            chunk, item.payload.stream, result, self._ttl_for(item.payload), item.payload.reply_to
+            chunk, item.payload.stream, result, self._ttl_for(item.payload), item.payload.reply_to, finishes
         )
 
-    def _error_publication(self, item: InFlight, error: WireError) -> Publication:
+    def _error_publication(
+        self, item: InFlight, error: WireError, *, finishes_entry: bool = True
+    ) -> Publication:
+        """The final chunk reporting `error`; it finishes the entry unless the caller disposes of it itself."""
         chunk = Chunk(
             request_id=item.request_id,
             attempt=item.attempt,
@@ -397,12 +406,15 @@ class Worker:
             published_at=time.time(),
         )
         item.next_seq += 1
+        finishes = EntryRef(self._stream, item.entry_id) if finishes_entry else None
         return Publication(
-            chunk, item.payload.stream, chunk, self._ttl_for(item.payload), item.payload.reply_to
+            chunk, item.payload.stream, chunk, self._ttl_for(item.payload), item.payload.reply_to, finishes
         )
 
     async def _publish_error(self, item: InFlight, error: WireError) -> bool:
-        (accepted,) = await self._publisher.publish([self._error_publication(item, error)])
+        """Tell the client; the entry is left to the caller (the dead-letter stream takes it)."""
+        publication = self._error_publication(item, error, finishes_entry=False)
+        (accepted,) = await self._publisher.publish([publication])
         if not accepted:
             self._fenced_out(item)
         return accepted
