@@ -6,7 +6,9 @@ It starts a private Redis (unless REDIS_URL is set), one API process and one ech
                  the same loop against a constant FastAPI route (bench/ceiling.py) and Redis PING round trips,
                  which show what this machine allows at the moment of the run
     latency      open loop at --rate requests/s, non-streaming: end-to-end latency next to the latency of the
-                 same request run on an in-process echo engine (the difference is what the platform adds)
+                 same request run on an in-process echo engine (the difference is what the platform adds); each
+                 request is timed from the moment the load generator starts it (waits for a free connection
+                 count), and how late the generator's own timer started it behind schedule is reported apart
     sse          streaming at --sse-rate streams/s on a worker with a --sse-step-delay per step: the delay from
                  the worker publishing a chunk to the client reading it as an SSE event
 
@@ -20,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -84,6 +87,8 @@ def _exit_on_sigterm(signum: int, _: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import uvloop  # noqa: PLC0415 - a cheaper loop for the load generator, which shares the cores it measures
+
     from gorgon.core.config import get_redis_settings  # noqa: PLC0415
     from gorgon.local.processes import LocalServices  # noqa: PLC0415
     from gorgon.local.redis_server import start_private_redis  # noqa: PLC0415
@@ -93,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     embedded = None if url else start_private_redis()
     services = LocalServices(url or embedded.url, f"gorgon-bench-{uuid.uuid4().hex[:8]}")  # type: ignore[union-attr]
     try:
-        results = asyncio.run(_measure_all(services, args))
+        results = uvloop.run(_measure_all(services, args))
     finally:
         services.stop(grace_s=10)
         if embedded is not None:
@@ -128,7 +133,9 @@ async def _measure_all(services: LocalServices, args: argparse.Namespace) -> dic
     }
     results["http_ceiling"] = await http_ceiling(body, args.concurrency, args.duration)
     results["redis_round_trip"] = await redis_round_trips(services.redis_url, args.duration)
-    results["latency"] = await open_loop(host, int(port), body, args.rate, args.duration)
+    results["latency"], results["load_generator_lag"] = await open_loop(
+        host, int(port), body, args.rate, args.duration
+    )
     results["engine_in_process"] = in_process_engine(args.max_tokens, int(args.rate * args.duration))
     await asyncio.to_thread(stop_all, [worker])
     sse_worker = services.start_worker("echo", args.sse_step_delay)
@@ -152,6 +159,12 @@ def _wait_for_a_model(api: str, worker: subprocess.Popen[bytes], timeout_s: floa
         time.sleep(0.2)
 
 
+def own_cpu_seconds() -> float:
+    """User + system CPU time of this process (the load generator) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -159,7 +172,7 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 async def cpu_seconds(redis_url: str, api_pid: int, worker_pid: int) -> dict[str, float]:
-    """CPU time used so far by the API process, the worker process and the Redis server."""
+    """CPU time used so far by the API process, the worker process, the Redis server and this load generator."""
     from redis.asyncio import Redis as AsyncRedis  # noqa: PLC0415
 
     client = AsyncRedis.from_url(redis_url)
@@ -171,6 +184,7 @@ async def cpu_seconds(redis_url: str, api_pid: int, worker_pid: int) -> dict[str
         "api": process_cpu_seconds(api_pid),
         "worker": process_cpu_seconds(worker_pid),
         "redis": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+        "load_generator": own_cpu_seconds(),
     }
 
 
@@ -208,7 +222,10 @@ async def closed_loop(
     return figures(latencies, errors, time.perf_counter() - started)
 
 
-async def open_loop(host: str, port: int, body: bytes, rate: float, duration: float) -> Figures:
+async def open_loop(
+    host: str, port: int, body: bytes, rate: float, duration: float
+) -> tuple[Figures, Figures]:
+    """Latency of requests started on a fixed schedule, and how late the generator started them (its lag)."""
     from tqdm import tqdm  # noqa: PLC0415
 
     from gorgon.bench.http_client import Connection, encode_post  # noqa: PLC0415
@@ -218,14 +235,19 @@ async def open_loop(host: str, port: int, body: bytes, rate: float, duration: fl
     for _ in range(max(4, int(rate // 10))):
         pool.put_nowait(await Connection.open(host, port))
     latencies: list[float] = []
+    lags: list[float] = []
     errors = 0
 
     async def one(scheduled: float) -> None:
         nonlocal errors
+        started = time.perf_counter()
+        lags.append(started - scheduled)
         connection = await pool.get()
         status, _ = await connection.post(request)
-        (latencies.append(time.perf_counter() - scheduled) if status == 200 else None)
-        errors += status != 200
+        if status == 200:
+            latencies.append(time.perf_counter() - started)
+        else:
+            errors += 1
         pool.put_nowait(connection)
 
     total = int(rate * duration)
@@ -239,7 +261,7 @@ async def open_loop(host: str, port: int, body: bytes, rate: float, duration: fl
     elapsed = time.perf_counter() - start
     while not pool.empty():
         await pool.get_nowait().close()
-    return figures(latencies, errors, elapsed)
+    return figures(latencies, errors, elapsed), figures(lags, 0, elapsed)
 
 
 async def http_ceiling(body: bytes, concurrency: int, duration: float) -> Figures:
@@ -365,11 +387,12 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         results["redis_round_trip"],
         results["cpu_ms_per_request"],
     )
-    throughput, latency, engine, sse = (
+    throughput, latency, engine, sse, lag = (
         results["throughput"],
         results["latency"],
         results["engine_in_process"],
         results["sse_delivery"],
+        results["load_generator_lag"],
     )
     rows = [
         "| measurement | figure | target |",
@@ -378,13 +401,15 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"{throughput.per_second:.0f} req/s ({throughput.errors} errors) | ≥ 1000 req/s |",
         f"| HTTP ceiling: constant FastAPI route, same server and client | {ceiling.per_second:.0f} req/s | |",
         f"| platform throughput / HTTP ceiling | {throughput.per_second / ceiling.per_second:.2f} | |",
-        f"| CPU per request: API / worker / Redis | {cpu['api']:.2f} / {cpu['worker']:.2f} / {cpu['redis']:.2f} ms"
-        " | |",
+        f"| CPU per request: API / worker / Redis / load generator | {cpu['api']:.2f} / {cpu['worker']:.2f} / "
+        f"{cpu['redis']:.2f} / {cpu['load_generator']:.2f} ms | |",
         f"| one API process's capacity on a core of its own (1000 / API CPU ms) | {1000 / cpu['api']:.0f} req/s"
         " | ≥ 1000 req/s |",
         f"| Redis round trip (PING), p50 / p99 | {redis_rtt.p50_ms:.3f} / {redis_rtt.p99_ms:.3f} ms | |",
         f"| end-to-end latency at {args.rate:.0f} req/s, p50 / p99 | {latency.p50_ms:.2f} / {latency.p99_ms:.2f} ms"
         f" ({latency.errors} errors) | |",
+        f"| load generator's lateness behind its schedule (not counted above), p50 / p99 | {lag.p50_ms:.2f} / "
+        f"{lag.p99_ms:.2f} ms | |",
         f"| same request on the engine in-process, p50 / p99 | {engine.p50_ms:.3f} / {engine.p99_ms:.3f} ms | |",
         f"| added latency (end-to-end percentile − in-process p50), p50 / p99 | {latency.p50_ms - engine.p50_ms:.2f} / "
         f"{latency.p99_ms - engine.p50_ms:.2f}"
