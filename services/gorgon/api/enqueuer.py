@@ -29,18 +29,16 @@ class BatchingEnqueuer:
         future: asyncio.Future[str | None] = loop.create_future()
         self._waiting.append((payload, future))
         if len(self._waiting) == 1:
-            loop.call_soon(self._send_waiting)
+            task = loop.create_task(self._send_waiting())
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
         return await future
 
-    def _send_waiting(self) -> None:
+    async def _send_waiting(self) -> None:
+        """Runs once the loop comes round (a new task's first step): by then every request of the iteration
+        that created it is waiting. Each payload is enqueued even if its caller was cancelled meanwhile (the
+        caller's clean-up sets the cancel flag, as for a request enqueued just before its client left)."""
         batch, self._waiting = self._waiting, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(self, batch: list[tuple[RequestPayload, asyncio.Future[str | None]]]) -> None:
-        """Every payload of `batch` is enqueued, even if its caller was cancelled meanwhile (the caller's
-        clean-up sets the cancel flag, as for a request that was enqueued just before its client left)."""
         try:
             entry_ids = await streams.enqueue_many(
                 self._redis, self._names, [payload for payload, _ in batch], self._max_backlog
