@@ -77,3 +77,55 @@ def test_deepspeed_wrap_keeps_logits_and_stdout_clean(tiny_model, capfd) -> None
     wrapped = _wrap_with_deepspeed(tiny_model, EngineSettings(), torch.float32)
     torch.testing.assert_close(wrapped(input_ids=input_ids).logits, expected)
     assert capfd.readouterr().out == ""
+
+
+def test_dequantized_cache_is_keyed_by_file_and_dtype(tmp_path) -> None:
+    from gorgon.engine.loader import ModelSource, dequantized_cache_entry
+
+    gguf = tmp_path / "model.Q4.gguf"
+    gguf.write_bytes(b"GGUF v1")
+    source = ModelSource(str(tmp_path), gguf.name, "model")
+    cache = tmp_path / "cache"
+    first = dequantized_cache_entry(source, torch.bfloat16, cache)
+    assert first is not None and first.parent == cache
+    assert dequantized_cache_entry(source, torch.float32, cache) != first
+    gguf.write_bytes(b"GGUF v2, a new download")
+    assert dequantized_cache_entry(source, torch.bfloat16, cache) != first
+    assert dequantized_cache_entry(ModelSource("some/hub-id", None, "x"), torch.bfloat16, cache) is None
+
+
+def test_a_gguf_model_is_dequantized_once_then_loaded_from_the_cache(
+    tiny_model, tokenizer, tmp_path, monkeypatch
+) -> None:
+    from gorgon.engine import loader
+
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"stand-in")
+    dequantizations = []
+    real_from_pretrained = loader._from_pretrained
+
+    def from_pretrained(source, dtype):
+        if source.gguf_file is None:  # the cached copy: really load it
+            return real_from_pretrained(source, dtype)
+        dequantizations.append(source)
+        return tiny_model, tokenizer
+
+    monkeypatch.setattr(loader, "_from_pretrained", from_pretrained)
+    settings = EngineSettings(
+        model=str(gguf), use_deepspeed=False, dtype="float32", dequantized_cache_dir=tmp_path / "cache"
+    )
+    first = load_model_and_tokenizer(settings)
+    second = load_model_and_tokenizer(settings)
+    assert len(dequantizations) == 1
+    assert second.model is not first.model
+    input_ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(
+        second.model(input_ids=input_ids).logits, tiny_model(input_ids=input_ids).logits
+    )
+    assert second.tokenizer.encode("héllo") == tokenizer.encode("héllo")
+    assert not getattr(second.model, "is_quantized", False)
+
+
+def test_an_empty_cache_setting_turns_the_cache_off(monkeypatch) -> None:
+    monkeypatch.setenv("GORGON_ENGINE_DEQUANTIZED_CACHE_DIR", "")
+    assert EngineSettings().dequantized_cache_dir is None

