@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gorgon.engine.attention import node_key_slots, use_row_attention
 from gorgon.engine.config import DEFAULT_TYPICAL_ALPHA, DEFAULT_TYPICAL_EPSILON
 from gorgon.engine.kv import RowKVCache
 from gorgon.engine.tree import TreeBuffers
@@ -64,6 +65,9 @@ class ModelParts:
     heads: nn.Module | None
     draft_vocabulary: DraftVocabulary | None = None
 
+    def __post_init__(self) -> None:
+        use_row_attention(self.decoder)  # tree forwards need per-node key order (engine/attention.py)
+
 
 @dataclass(frozen=True, slots=True)
 class DraftVocabulary:
@@ -105,15 +109,25 @@ def forward_tokens(
     input_ids: torch.Tensor,
     depths: torch.Tensor,
     tree_mask: torch.Tensor,
+    *,
+    ancestors: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run input_ids [B, T] written at slots lengths + arange(T), positions lengths + depths. -> hidden [B, T, H]."""
+    """Run input_ids [B, T] written at slots lengths + arange(T), positions lengths + depths. -> hidden [B, T, H].
+
+    With `ancestors` (a branching tree, see TreeBuffers) every node attends to its path in plain-decoding order
+    (engine/attention.py), so accepted nodes round exactly as plain steps do; without, one masked window.
+    """
     num_nodes = input_ids.shape[1]
     longest = int(cache.lengths.max()) + num_nodes
     window = -(-longest // WINDOW_ROUNDING) * WINDOW_ROUNDING
-    window = min(window, cache.capacity)
     offsets = torch.arange(num_nodes, device=input_ids.device).expand(input_ids.shape[0], -1)
     cache.plan_forward(offsets, window)
-    mask = attention_mask(cache.lengths, tree_mask, cache.plan.window)
+    window = cache.plan.window
+    extra: dict[str, torch.Tensor] = {}
+    if ancestors is None:
+        mask = attention_mask(cache.lengths, tree_mask, window)
+    else:
+        extra["key_slots"], mask = node_key_slots(cache.lengths, ancestors, depths, window)
     positions = cache.lengths[:, None] + depths[None, :]
     output = parts.decoder(
         input_ids=input_ids,
@@ -121,6 +135,7 @@ def forward_tokens(
         position_ids=positions,
         past_key_values=cache,
         use_cache=True,
+        **extra,
     )
     return output.last_hidden_state
 
@@ -242,7 +257,10 @@ def speculative_step(
     if tree.num_nodes == 1:
         return plain_step(parts, cache, next_tokens, rows, want_drafts=want_drafts)
     candidates = generate_candidates(next_tokens, draft_topk, tree)  # [B, T]
-    hidden = forward_tokens(parts, cache, candidates, tree.depths, tree.attention_mask)  # [B, T, H]
+    ancestors = None if tree.is_chain else tree.ancestors
+    hidden = forward_tokens(
+        parts, cache, candidates, tree.depths, tree.attention_mask, ancestors=ancestors
+    )  # [B, T, H]
     logits = parts.lm_head(hidden)  # [B, T, V]
     best, accepted = evaluate(logits, candidates, tree, rows, rule)
     kept_nodes = tree.retrieve_indices[best]  # [B, D + 1], root first, -1 padded

@@ -60,6 +60,8 @@ class TreeBuffers:
     depths:         [T] long, position offset of each node past the row's cache length (root 0).
     retrieve_indices: [P, D + 1] long, node indices along each root→leaf path, -1 padded.
     parents:        [T] long, parent node of each node (the root is its own parent).
+    ancestors:      [T, D + 1] long, the node at each depth of node i's root path (i itself at its own depth),
+                    -1 past it.
     """
 
     name: str
@@ -69,6 +71,7 @@ class TreeBuffers:
     depths: torch.Tensor
     retrieve_indices: torch.Tensor
     parents: torch.Tensor
+    ancestors: torch.Tensor
     topk: int
 
     @property
@@ -79,6 +82,11 @@ class TreeBuffers:
     def max_depth(self) -> int:
         return int(self.retrieve_indices.shape[1]) - 1
 
+    @property
+    def is_chain(self) -> bool:
+        """Every node sits at the slot of its depth (plain or a top-1 chain): its path is stored contiguously."""
+        return self.max_depth + 1 == self.num_nodes
+
     def to(self, device: torch.device | str) -> TreeBuffers:
         return TreeBuffers(
             self.name,
@@ -88,6 +96,7 @@ class TreeBuffers:
             self.depths.to(device),
             self.retrieve_indices.to(device),
             self.parents.to(device),
+            self.ancestors.to(device),
             self.topk,
         )
 
@@ -115,9 +124,12 @@ def build_tree_buffers(
     tree_indices = torch.zeros(num_nodes, dtype=torch.long)
     depths = torch.zeros(num_nodes, dtype=torch.long)
     parents = torch.zeros(num_nodes, dtype=torch.long)
+    max_depth = max((len(path) for path in paths), default=0)
+    ancestors = torch.full((num_nodes, max_depth + 1), -1, dtype=torch.long)
     for path, node in node_of.items():
         for depth in range(len(path) + 1):
             attention_mask[node, node_of[path[:depth]]] = True
+            ancestors[node, depth] = node_of[path[:depth]]
         if path:
             tree_indices[node] = 1 + (len(path) - 1) * topk + path[-1]
             depths[node] = len(path)
@@ -125,13 +137,12 @@ def build_tree_buffers(
     leaves = [
         path for path in node_of if not any(other[: len(path)] == path and other != path for other in paths)
     ]
-    max_depth = max((len(path) for path in paths), default=0)
     retrieve = torch.full((len(leaves), max_depth + 1), -1, dtype=torch.long)
     for row, leaf in enumerate(sorted(leaves, key=lambda path: (len(path), path))):
         for depth in range(len(leaf) + 1):
             retrieve[row, depth] = node_of[leaf[:depth]]
     return TreeBuffers(
-        name, tuple(paths), attention_mask, tree_indices, depths, retrieve, parents, max(topk, 1)
+        name, tuple(paths), attention_mask, tree_indices, depths, retrieve, parents, ancestors, max(topk, 1)
     ).to(device)
 
 

@@ -1,0 +1,88 @@
+"""Tree attention that rounds exactly like plain decoding.
+
+A tree forward writes its nodes at consecutive slots past a row's accepted tokens, so a node's root path is not
+contiguous in the cache: node (1,) of a tree sits at slot L + 2 although it is the token at position L + 1. Masking
+the slots in between gives the same mathematical attention, but not the same bf16 rounding: the kernels sum keys
+in slot order, in pairs and SIMD lanes by slot index, so a key one slot further moves the rounding of the sum
+(measured on SmolLM2 bf16: the attention output of every accepted non-first sibling differed from the plain
+step's, and greedy output drifted at near-ties). Here each tree node becomes a virtual row whose keys are
+gathered in the order plain decoding stores them (the row's accepted slots, then the node's ancestors, then the
+node), so every accepted node computes what the plain step computes at its position.
+
+`ModelParts` switches the model to this attention function (`use_row_attention`); without `key_slots` it is
+transformers' SDPA attention unchanged, so HF `generate` on the same model computes as before.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+ROW_ATTENTION = "gorgon_row_attention"
+
+
+def row_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    key_slots: torch.Tensor | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """SDPA attention; with key_slots [B, T, W], query t of row b attends to the slots key_slots[b, t] in order.
+
+    query: [B, H, T, D], key / value: [B, KV, W, D]; with key_slots the mask is per virtual row, [B * T, 1, 1, W].
+    Returns the attention output [B, T, H, D].
+    """
+    if key_slots is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    batch, heads, nodes, dim = query.shape
+    node_queries = query.transpose(1, 2).reshape(batch * nodes, heads, 1, dim)
+    output, weights = sdpa_attention_forward(
+        module,
+        node_queries,
+        gather_per_node(key, key_slots),
+        gather_per_node(value, key_slots),
+        attention_mask,
+        **kwargs,
+    )
+    return output.reshape(batch, nodes, heads, dim), weights
+
+
+def gather_per_node(states: torch.Tensor, key_slots: torch.Tensor) -> torch.Tensor:
+    """states [B, KV, W, D], key_slots [B, T, W] -> [B * T, KV, W, D], row (b, t) = states[b][:, key_slots[b, t]]."""
+    batch, kv_heads, window, dim = states.shape
+    nodes = key_slots.shape[1]
+    index = key_slots[:, :, None, :, None].expand(batch, nodes, kv_heads, window, dim)
+    source = states[:, None].expand(batch, nodes, kv_heads, window, dim)
+    return source.gather(3, index).reshape(batch * nodes, kv_heads, window, dim)
+
+
+def node_key_slots(
+    lengths: torch.Tensor, ancestors: torch.Tensor, depths: torch.Tensor, window: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per tree node, the slots of its keys in plain-decoding order, and which of them it sees.
+
+    lengths [B] accepted slots per row; ancestors [T, D + 1] the node at each depth of a node's path (-1 past
+    it); depths [T]; node i of row b is stored at slot lengths[b] + i. -> key_slots [B, T, W] long (entry j is a
+    past slot j, the ancestor at depth j - lengths[b], or 0 where nothing is seen) and mask [B * T, 1, 1, W] bool.
+    """
+    batch, nodes = lengths.shape[0], ancestors.shape[0]
+    slots = torch.arange(window, device=lengths.device)
+    relative = (slots[None, :] - lengths[:, None])[:, None, :].expand(-1, nodes, -1)  # [B, T, W]
+    path_depth = relative.clamp(0, ancestors.shape[1] - 1)
+    path_node = ancestors[None].expand(batch, -1, -1).gather(2, path_depth)  # [B, T, W]
+    visible = relative <= depths[None, :, None]
+    in_path = (relative >= 0) & visible
+    key_slots = torch.where(in_path, lengths[:, None, None] + path_node, slots)
+    key_slots = torch.where(visible, key_slots, 0)
+    return key_slots, visible.reshape(batch * nodes, 1, 1, window)
+
+
+def use_row_attention(model: PreTrainedModel) -> None:
+    """Run `model`'s attention (the whole model: the config is shared) through row_attention."""
+    AttentionInterface.register(ROW_ATTENTION, row_attention)
+    if model.config._attn_implementation != ROW_ATTENTION:
+        model.set_attn_implementation(ROW_ATTENTION)
