@@ -86,6 +86,28 @@ def test_accepts_correct_drafts_and_kv_equals_fresh_prefill(tiny_model) -> None:
             )
 
 
+def test_a_path_through_a_second_sibling_is_moved_into_place(tiny_model) -> None:
+    """Accepting (1,) then (1, 0) moves their K/V down to the row's next slots, in every layer."""
+    parts = _parts(tiny_model)
+    prompt = [9, 8, 7, 6, 5, 4]
+    greedy = _greedy(tiny_model, prompt, 6)
+    cache = _cache(tiny_model, 1)
+    first = prefill(parts, cache, [prompt], [RowSampling()])
+    drafts = _oracle_drafts([greedy[1:]], correct_heads=[2])
+    drafts[0, 0, :2] = drafts[0, 0, :2].flip(0)  # head 0's true token at rank 1, a wrong one at rank 0
+    tree = build_tree_buffers([(0,), (1,), (0, 0), (1, 0)])
+    outcome = speculative_step(
+        parts, cache, first.next_tokens, drafts, tree, [RowSampling()], TypicalAcceptance(), want_drafts=False
+    )
+    assert outcome.accepted_drafts == [2]
+    assert outcome.emitted == [greedy[1:4]]
+    text = prompt + greedy[:3]
+    fresh = _cache(tiny_model, 1)
+    prefill(parts, fresh, [text], [RowSampling()])
+    assert cache.lengths.tolist() == [len(text)]
+    torch.testing.assert_close(cache.storage[:, :, :, : len(text)], fresh.storage[:, :, :, : len(text)])
+
+
 def test_repeated_speculative_steps_reproduce_greedy(tiny_model) -> None:
     parts = _parts(tiny_model)
     prompt = [1, 2, 3, 4]

@@ -54,10 +54,9 @@ def row_attention(
 def gather_per_node(states: torch.Tensor, key_slots: torch.Tensor) -> torch.Tensor:
     """states [B, KV, W, D], key_slots [B, T, W] -> [B * T, KV, W, D], row (b, t) = states[b][:, key_slots[b, t]]."""
     batch, kv_heads, window, dim = states.shape
-    nodes = key_slots.shape[1]
-    index = key_slots[:, :, None, :, None].expand(batch, nodes, kv_heads, window, dim)
-    source = states[:, None].expand(batch, nodes, kv_heads, window, dim)
-    return source.gather(3, index).reshape(batch * nodes, kv_heads, window, dim)
+    rows = torch.arange(batch, device=states.device)[:, None, None]
+    picked = states[rows, :, key_slots]  # [B, T, W, KV, D]
+    return picked.permute(0, 1, 3, 2, 4).reshape(-1, kv_heads, window, dim)
 
 
 def node_key_slots(

@@ -76,7 +76,7 @@ class DraftVocabulary:
     costs a fraction of the projection; the output is unchanged, since verification is exact."""
 
     token_ids: torch.Tensor  # [N] long
-    projection: nn.Linear  # H -> N, rows token_ids of the lm_head
+    projection: nn.Module  # H -> N, rows token_ids of the lm_head (nn.Linear or its packed copy)
 
     @classmethod
     def from_lm_head(cls, lm_head: nn.Module, token_ids: torch.Tensor) -> DraftVocabulary:
@@ -144,13 +144,15 @@ def draft(parts: ModelParts, hidden: torch.Tensor) -> torch.Tensor | None:
     """hidden: [B, H] at each row's last accepted token -> the heads' top-k drafts [B, K, DRAFT_TOPK]."""
     if parts.heads is None:
         return None
+    if parts.heads.own_lm_heads:
+        logits = parts.heads(hidden[:, None, :], parts.lm_head)[:, :, 0]  # [K, B, V]
+        return logits.topk(DRAFT_TOPK, dim=-1).indices.permute(1, 0, 2).contiguous()
+    # Heads sharing one projection: project all heads' states in one product (one pass over its weights).
+    projected = torch.stack([head(hidden) for head in parts.heads.heads])  # [K, B, H]
     vocabulary = parts.draft_vocabulary
-    if vocabulary is None or parts.heads.own_lm_heads:
-        logits = parts.heads(hidden[:, None, :], parts.lm_head)  # [K, B, 1, V]
-        return logits[:, :, 0].topk(DRAFT_TOPK, dim=-1).indices.permute(1, 0, 2).contiguous()
-    logits = parts.heads(hidden[:, None, :], vocabulary.projection)  # [K, B, 1, N]
-    ranks = logits[:, :, 0].topk(DRAFT_TOPK, dim=-1).indices.permute(1, 0, 2)
-    return vocabulary.token_ids[ranks].contiguous()
+    projection = parts.lm_head if vocabulary is None else vocabulary.projection
+    ranks = projection(projected).topk(DRAFT_TOPK, dim=-1).indices.permute(1, 0, 2)  # [B, K, DRAFT_TOPK]
+    return (ranks if vocabulary is None else vocabulary.token_ids[ranks]).contiguous()
 
 
 def generate_candidates(
@@ -267,7 +269,7 @@ def speculative_step(
     last_nodes = kept_nodes.gather(1, accepted[:, None])[:, 0]  # [B]
     batch_index = torch.arange(candidates.shape[0], device=candidates.device)
     new_next = choose_next_tokens(logits[batch_index, last_nodes], rows)
-    cache.compact(kept_nodes.clamp(min=0), accepted + 1)
+    cache.compact(kept_nodes, accepted + 1)
     new_drafts = draft(parts, hidden[batch_index, last_nodes]) if want_drafts else None
     drafted_tokens = candidates.gather(1, kept_nodes.clamp(min=0))[:, 1:].tolist()
     accepted_list = accepted.tolist()

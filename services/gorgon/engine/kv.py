@@ -1,6 +1,8 @@
 """A preallocated KV cache with a length per row, so ragged rows decode in one forward.
 
-Every layer holds `[B, kv_heads, capacity, head_dim]` buffers. A forward writes each row's new K/V at that row's
+Every layer holds `[B, kv_heads, capacity, head_dim]` buffers, views into one tensor
+`[2 * layers, B, kv_heads, capacity, head_dim]` so that compaction, row selection and concatenation are one
+operation each instead of one per layer and buffer. A forward writes each row's new K/V at that row's
 own slots (`write_slots`, set by the caller before the forward) and attends over the first `window` slots; the
 4D attention mask built by the caller hides slots a query must not see. After a Medusa step the accepted path is
 moved down to the row's next free slots (`compact`), so the cache always equals a prefill of the accepted text.
@@ -63,8 +65,14 @@ class RowKVLayer(CacheLayerMixin):
 class RowKVCache(Cache):
     """The per-row cache of one batch. `lengths[b]` = slots of row b that hold accepted tokens."""
 
-    def __init__(self, layers: list[RowKVLayer], plan: SlotPlan, lengths: torch.Tensor) -> None:
+    def __init__(self, storage: torch.Tensor, lengths: torch.Tensor) -> None:
+        # storage: [2 * num_layers, B, kv_heads, capacity, head_dim]; layer l's keys at 2l, values at 2l + 1
+        plan = SlotPlan()
+        layers = [
+            RowKVLayer(storage[index], storage[index + 1], plan) for index in range(0, storage.shape[0], 2)
+        ]
         super().__init__(layers=layers)
+        self.storage = storage
         self.plan = plan
         self.lengths = lengths  # [B] long, on the cache's device
 
@@ -80,21 +88,12 @@ class RowKVCache(Cache):
         dtype: torch.dtype,
         device: torch.device,
     ) -> RowKVCache:
-        plan = SlotPlan()
-        shape = (batch, kv_heads, capacity, head_dim)
-        layers = [
-            RowKVLayer(
-                torch.zeros(shape, dtype=dtype, device=device),
-                torch.zeros(shape, dtype=dtype, device=device),
-                plan,
-            )
-            for _ in range(num_layers)
-        ]
-        return cls(layers, plan, torch.zeros(batch, dtype=torch.long, device=device))
+        storage = torch.zeros(2 * num_layers, batch, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        return cls(storage, torch.zeros(batch, dtype=torch.long, device=device))
 
     @property
     def capacity(self) -> int:
-        return int(self.layers[0].keys.shape[2])
+        return int(self.storage.shape[3])
 
     @property
     def batch_size(self) -> int:
@@ -106,22 +105,21 @@ class RowKVCache(Cache):
         self.plan.window = min(window, self.capacity)
 
     def compact(self, source_offsets: torch.Tensor, accepted: torch.Tensor) -> None:
-        """Move slots lengths + source_offsets[b, :] down to lengths + arange, then grow each row by accepted[b].
+        """Move slots lengths + source_offsets[b, :accepted[b]] down to lengths + arange, grow row b by accepted[b].
 
-        source_offsets: [B, L] long (offsets past lengths[b] of the kept tree nodes, root first, padded with any
-        valid offset); accepted: [B] long, kept slots per row (<= L).
+        source_offsets: [B, L] long, offsets past lengths[b] of the kept tree nodes, root first (entries from
+        accepted[b] on are ignored); accepted: [B] long, kept slots per row (<= L). Nothing moves when every
+        kept node already sits at its depth (plain steps, chains, first-child paths).
         """
         width = source_offsets.shape[1]
-        source = self.lengths[:, None] + source_offsets
-        target = self.lengths[:, None] + torch.arange(width, device=source.device)
-        if not torch.equal(
-            source_offsets, torch.arange(width, device=source.device).expand_as(source_offsets)
-        ):
-            for layer in self.layers:
-                for buffer in (layer.keys, layer.values):
-                    heads, dim = buffer.shape[1], buffer.shape[3]
-                    gathered = buffer.gather(2, source[:, None, :, None].expand(-1, heads, -1, dim))
-                    buffer.scatter_(2, target[:, None, :, None].expand(-1, heads, -1, dim), gathered)
+        depth_offsets = torch.arange(width, device=source_offsets.device).expand_as(source_offsets)
+        source_offsets = torch.where(depth_offsets < accepted[:, None], source_offsets, depth_offsets)
+        if not torch.equal(source_offsets, depth_offsets):
+            layers, batch, heads, _, dim = self.storage.shape
+            shape = (layers, batch, heads, width, dim)
+            source = (self.lengths[:, None] + source_offsets)[None, :, None, :, None].expand(shape)
+            target = (self.lengths[:, None] + depth_offsets)[None, :, None, :, None].expand(shape)
+            self.storage.scatter_(3, target, self.storage.gather(3, source))
         self.lengths = self.lengths + accepted
         self.plan.write_slots = None
 
@@ -132,28 +130,18 @@ class RowKVCache(Cache):
 
     def select_rows(self, rows: torch.Tensor) -> RowKVCache:
         """A cache holding only `rows` (in that order)."""
-        plan = SlotPlan()
-        layers = [
-            RowKVLayer(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), plan)
-            for layer in self.layers
-        ]
-        return RowKVCache(layers, plan, self.lengths.index_select(0, rows))
+        return RowKVCache(self.storage.index_select(1, rows), self.lengths.index_select(0, rows))
 
     @classmethod
     def concatenate(cls, caches: list[RowKVCache]) -> RowKVCache:
         """Rows of all caches in order; capacity = the largest (buffers zero-padded)."""
         capacity = max(cache.capacity for cache in caches)
-        plan = SlotPlan()
-        layers = []
-        for layer_index in range(len(caches[0].layers)):
-            keys = [_pad_slots(cache.layers[layer_index].keys, capacity) for cache in caches]
-            values = [_pad_slots(cache.layers[layer_index].values, capacity) for cache in caches]
-            layers.append(RowKVLayer(torch.cat(keys), torch.cat(values), plan))
-        return cls(layers, plan, torch.cat([cache.lengths for cache in caches]))
+        storage = torch.cat([_pad_slots(cache.storage, capacity) for cache in caches], dim=1)
+        return cls(storage, torch.cat([cache.lengths for cache in caches]))
 
 
-def _pad_slots(buffer: torch.Tensor, capacity: int) -> torch.Tensor:
-    missing = capacity - buffer.shape[2]
+def _pad_slots(storage: torch.Tensor, capacity: int) -> torch.Tensor:
+    missing = capacity - storage.shape[3]
     if missing == 0:
-        return buffer
-    return torch.nn.functional.pad(buffer, (0, 0, 0, missing))
+        return storage
+    return torch.nn.functional.pad(storage, (0, 0, 0, missing))

@@ -30,6 +30,7 @@ from gorgon.engine.detok import IncrementalDetokenizer, StopSequenceFilter
 from gorgon.engine.interface import ChatMessage, FinishReason, GenerationRequest, ModelInfo, TokenEvent
 from gorgon.engine.loader import LoadedModel
 from gorgon.engine.medusa import MedusaHeads, has_medusa_heads, load_medusa_heads
+from gorgon.engine.packed import can_pack, packed_copy
 from gorgon.engine.shapes import ShapeSelector
 from gorgon.engine.tree import TreeBuffers, build_tree_buffers, chain, tree_by_name
 
@@ -83,9 +84,7 @@ class MedusaEngine:
         self.tokenizer = loaded.tokenizer
         self.settings = settings
         config = loaded.model.config
-        lm_head = loaded.model.get_output_embeddings()
-        vocabulary = _draft_vocabulary(settings, heads, lm_head)
-        self.parts = ModelParts(loaded.model.get_decoder(), lm_head, heads, vocabulary)
+        self.parts = build_parts(loaded, heads, settings)
         self.selector = ShapeSelector(build_shapes(settings, heads, loaded.device))
         self.rule = TypicalAcceptance(settings.typical_epsilon, settings.typical_alpha)
         self.layout = CacheLayout(
@@ -288,6 +287,22 @@ def _draft_vocabulary(
         raise ConfigurationError(f"{path} must list token ids in [0, {vocab})")
     log.info("heads draft over the %d most frequent tokens (%s)", len(token_ids), path)
     return DraftVocabulary.from_lm_head(lm_head, torch.tensor(token_ids, dtype=torch.long))
+
+
+def build_parts(loaded: LoadedModel, heads: MedusaHeads | None, settings: EngineSettings) -> ModelParts:
+    """The modules a step calls: the model's own, or packed copies sharing its weights (engine/packed.py)."""
+    decoder, lm_head = loaded.model.get_decoder(), loaded.model.get_output_embeddings()
+    vocabulary = _draft_vocabulary(settings, heads, lm_head)
+    if not (settings.prepack_weights and can_pack(loaded.device, loaded.dtype)):
+        return ModelParts(decoder, lm_head, heads, vocabulary)
+    if vocabulary is not None:
+        vocabulary = DraftVocabulary(vocabulary.token_ids, packed_copy(vocabulary.projection))
+    return ModelParts(
+        packed_copy(decoder),
+        packed_copy(lm_head),
+        packed_copy(heads) if heads is not None else None,
+        vocabulary,
+    )
 
 
 def _eos_token_ids(loaded: LoadedModel) -> frozenset[int]:

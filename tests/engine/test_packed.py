@@ -1,0 +1,72 @@
+"""Prepacked linear weights (engine/packed.py): shared weights, the HF model untouched, identical outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from engine_tiny import random_heads, tiny_llama
+from torch import nn
+
+from gorgon.engine.config import EngineSettings
+from gorgon.engine.interface import GenerationRequest, SamplingParams
+from gorgon.engine.loader import LoadedModel
+from gorgon.engine.medusa_engine import MedusaEngine
+from gorgon.engine.packed import PackedLinear, can_pack, packed_copy
+
+pytestmark = pytest.mark.skipif(
+    not can_pack(torch.device("cpu"), torch.bfloat16), reason="oneDNN is not available"
+)
+
+
+def test_a_packed_linear_computes_what_the_linear_does_for_two_rows_or_more() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 200).to(torch.bfloat16)
+    packed = PackedLinear(linear)
+    for rows in (2, 3, 7, 16):
+        x = torch.randn(rows, 96).to(torch.bfloat16)
+        assert torch.equal(packed(x), linear(x))
+    x = torch.randn(2, 5, 96).to(torch.bfloat16)
+    assert torch.equal(packed(x), linear(x))
+
+
+def test_packed_copy_shares_weights_and_leaves_the_model_alone() -> None:
+    model = tiny_llama().to(torch.bfloat16)
+    decoder = model.get_decoder()
+    copy = packed_copy(decoder)
+    assert isinstance(copy.layers[0].mlp.down_proj, PackedLinear)
+    assert type(decoder.layers[0].mlp.down_proj) is nn.Linear
+    assert copy.layers[0].mlp.down_proj.weight is decoder.layers[0].mlp.down_proj.weight
+    assert copy.embed_tokens.weight is decoder.embed_tokens.weight
+    assert not any(type(module) is nn.Linear for module in copy.modules())
+
+
+def _engine(model, tokenizer, heads, heads_dir, *, prepack: bool) -> MedusaEngine:
+    loaded = LoadedModel(model, model, tokenizer, "tiny-bf16", torch.device("cpu"), torch.bfloat16, False)
+    settings = EngineSettings(use_deepspeed=False, prepack_weights=prepack, heads_path=heads_dir)
+    return MedusaEngine(loaded, heads, settings)
+
+
+def _generate(engine: MedusaEngine, prompts: list[list[int]]) -> list[list[int]]:
+    for index, prompt in enumerate(prompts):
+        engine.add(GenerationRequest(f"r{index}", tuple(prompt), SamplingParams(max_new_tokens=24)))
+    tokens: dict[str, list[int]] = {f"r{index}": [] for index in range(len(prompts))}
+    while engine.num_active:
+        for event in engine.step():
+            tokens[event.request_id].extend(event.token_ids)
+    return list(tokens.values())
+
+
+def test_a_packed_bf16_engine_generates_what_the_unpacked_one_does(tokenizer, tmp_path) -> None:
+    model = tiny_llama(seed=5).to(torch.bfloat16)
+    heads = random_heads(3).to(torch.bfloat16)
+    prompts = [[5, 17, 99, 3, 42], [7, 8, 9, 10, 11, 12, 13], [200, 1, 2]]
+    (tmp_path / "draft_vocab.json").write_text(json.dumps(list(range(0, 260, 2))))
+    packed = _engine(model, tokenizer, heads, tmp_path, prepack=True)
+    assert isinstance(packed.parts.lm_head, PackedLinear)
+    assert isinstance(packed.parts.draft_vocabulary.projection, PackedLinear)
+    assert type(model.lm_head) is nn.Linear
+    assert _generate(packed, prompts) == _generate(
+        _engine(model, tokenizer, heads, tmp_path, prepack=False), prompts
+    )
