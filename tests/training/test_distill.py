@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -78,3 +79,19 @@ def test_shards_made_with_other_settings_are_refused(
     build_shards(tmp_path, settings, prompts, lambda batch: generate_greedy(tiny_base, batch, 8), "test")
     with pytest.raises(ConfigurationError, match="other settings"):
         build_shards(tmp_path, replace(settings, max_new_tokens=16), prompts, lambda batch: None, "test")
+
+
+def test_distillation_captures_hidden_states_of_the_prepacked_bf16_engine(
+    tiny_base: BaseModel, make_prompts
+) -> None:
+    """In bf16 on CPU the engine runs a prepacked copy of the decoder: its hidden states must still be captured."""
+    bf16 = BaseModel(
+        model=copy.deepcopy(tiny_base.model).to(torch.bfloat16),
+        tokenizer=tiny_base.tokenizer,
+        name=tiny_base.name,
+    )
+    sequences = generate_greedy(bf16, make_prompts(3, seed=5), max_new_tokens=6)
+    assert sequences.hidden.shape == (len(sequences), bf16.hidden_size)
+    predicted = bf16.model.lm_head(sequences.hidden.to(torch.bfloat16)).argmax(-1)
+    assert int(sequences.lengths.sum()) == len(sequences) > 0
+    assert (predicted == sequences.response_ids.long()).float().mean() > 0.9

@@ -73,14 +73,14 @@ class Sequences:
 
 
 @contextmanager
-def captured_hidden_states(base: BaseModel) -> Iterator[list[torch.Tensor]]:
-    """Collect the final-norm output of every forward call made inside the block ([B, S, H] each)."""
+def captured_hidden_states(final_norm: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the output of `final_norm` in every forward call made inside the block ([B, S, H] each)."""
     outputs: list[torch.Tensor] = []
 
     def keep(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
         outputs.append(output.detach())
 
-    handle = base.final_norm.register_forward_hook(keep)
+    handle = final_norm.register_forward_hook(keep)
     try:
         yield outputs
     finally:
@@ -104,7 +104,8 @@ def generate_greedy(
     for index, prompt in enumerate(prompts):
         engine.add(GenerationRequest(str(index), tuple(prompt), params))
     recorder = _ResponseRecorder(len(prompts), [len(prompt) for prompt in prompts])
-    with captured_hidden_states(base) as forwards, torch.inference_mode():
+    # The engine runs its own (possibly prepacked) copy of the decoder: hook that copy's final norm.
+    with captured_hidden_states(engine.parts.decoder.norm) as forwards, torch.inference_mode():
         while engine.num_active:
             events = engine.step()
             recorder.add_step(forwards.pop(), events)
@@ -159,7 +160,7 @@ def teacher_forced(base: BaseModel, chunks: Sequence[Sequence[int]]) -> Sequence
     parts = []
     for chunk in chunks:
         ids = torch.tensor([list(chunk)])
-        with captured_hidden_states(base) as steps, torch.inference_mode():
+        with captured_hidden_states(base.final_norm) as steps, torch.inference_mode():
             base.model(input_ids=ids)
         parts.append(
             Sequences(
