@@ -48,9 +48,11 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     return model
 
 
-def random_heads(num_heads: int = 3, *, own_lm_heads: bool = False, seed: int = 1) -> MedusaHeads:
+def random_heads(
+    num_heads: int = 3, *, own_lm_heads: bool = False, recurrent: bool = False, seed: int = 1
+) -> MedusaHeads:
     torch.manual_seed(seed)
-    heads = MedusaHeads(64, VOCAB, num_heads, own_lm_heads=own_lm_heads)
+    heads = MedusaHeads(64, VOCAB, num_heads, own_lm_heads=own_lm_heads, recurrent=recurrent)
     for parameter in heads.parameters():
         torch.nn.init.normal_(parameter, std=0.05)
     return heads.eval().requires_grad_(False)

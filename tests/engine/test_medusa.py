@@ -105,3 +105,38 @@ def test_missing_directory_is_an_error(tmp_path) -> None:
         load_medusa_heads(tmp_path / "nope")
     with pytest.raises(MedusaCheckpointError, match="no Medusa heads"):
         load_medusa_heads(tmp_path)
+
+
+@pytest.mark.parametrize("own_lm_heads", [True, False])
+def test_recurrent_heads_round_trip_bit_exact(tmp_path, own_lm_heads: bool) -> None:
+    heads = _randomised(MedusaHeads(HIDDEN, VOCAB, num_heads=3, own_lm_heads=own_lm_heads, recurrent=True))
+    save_medusa_heads(heads, tmp_path, base_model_name_or_path="tiny")
+    assert load_file(str(tmp_path / SAFETENSORS_FILE))["2.0.linear.weight"].shape == (HIDDEN, 2 * HIDDEN)
+    loaded = load_medusa_heads(tmp_path, dtype=torch.float32)
+    assert loaded.recurrent and loaded.hidden_size == HIDDEN and loaded.num_heads == 3
+    for name, tensor in heads.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_recurrent_head_k_reads_head_k_minus_1_state_and_its_token() -> None:
+    heads = _randomised(MedusaHeads(HIDDEN, VOCAB, num_heads=2, own_lm_heads=False, recurrent=True))
+    lm_head = torch.nn.Linear(HIDDEN, VOCAB, bias=False)
+    hidden, embeddings = torch.randn(1, 3, HIDDEN), torch.randn(2, 1, 3, HIDDEN)
+    logits = heads(hidden, lm_head, embeddings)
+    first = heads.heads[0][0](hidden, embeddings[0])
+    second = heads.heads[1][0](first, embeddings[1])
+    torch.testing.assert_close(logits[1], lm_head(second))
+    changed = embeddings.clone()
+    changed[0] += 1.0
+    assert not torch.allclose(heads(hidden, lm_head, changed)[1], logits[1])
+    with pytest.raises(ValueError, match="token_embeddings"):
+        heads(hidden, lm_head)
+
+
+def test_recurrent_flag_contradicting_the_weights_is_refused(tmp_path) -> None:
+    heads = _randomised(MedusaHeads(HIDDEN, VOCAB, num_heads=2, own_lm_heads=False))
+    save_medusa_heads(heads, tmp_path, base_model_name_or_path="tiny")
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | {"medusa_recurrent": True}))
+    with pytest.raises(MedusaCheckpointError, match="medusa_recurrent"):
+        load_medusa_heads(tmp_path)

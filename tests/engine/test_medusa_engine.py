@@ -210,3 +210,23 @@ def test_a_draft_vocabulary_with_foreign_tokens_is_refused(make_engine, tmp_path
     (tmp_path / "draft_vocab.json").write_text(json.dumps([1, 2, 10**9]))
     with pytest.raises(GorgonError, match="token ids"):
         make_engine(random_heads(), heads_path=tmp_path)
+
+
+def test_recurrent_heads_give_the_plain_greedy_output_alone_and_batched(make_engine) -> None:
+    heads = random_heads(recurrent=True)
+    names = ("short", "medium", "long", "other")
+    plain = {name: _tokens(_alone(make_engine, _request(name, 24))) for name in names}
+    alone = {name: _tokens(_alone(make_engine, _request(name, 24), heads)) for name in names}
+    engine = make_engine(heads, medusa_choices="cpu_12")
+    for name in names:
+        engine.add(_request(name, 24))
+    collected: dict[str, list[TokenEvent]] = {}
+    _drain(engine, collected)
+    assert alone == plain
+    assert {name: _tokens(events) for name, events in collected.items()} == plain
+
+
+def test_a_tree_is_cut_to_the_nodes_recurrent_heads_can_fill(make_engine) -> None:
+    engine = make_engine(random_heads(recurrent=True), medusa_choices="cpu_12")
+    tree = engine.selector.shapes[-1]
+    assert tree.choices == ((0,), (1,), (2,), (0, 0), (0, 1), (0, 0, 0), (0, 0, 1))

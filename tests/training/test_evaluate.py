@@ -31,7 +31,7 @@ def test_target_ranks_count_the_logits_above_the_true_token() -> None:
         heads.heads[1][1].weight.copy_(-heads.heads[0][1].weight)
     hidden = torch.ones(1, 4)
     # the zero ResBlock is the identity, so head 0's logits are [5, 4, 3, 2, 0, 0]: token 2 has rank 2
-    positions = Positions(hidden=hidden, targets=torch.tensor([[2, IGNORE]]))
+    positions = Positions(hidden=hidden, tokens=torch.tensor([1]), targets=torch.tensor([[2, IGNORE]]))
     ranks = target_ranks(heads, nn.Identity(), positions)
     assert ranks.tolist() == [[2, MAX_RANK]]
 
@@ -93,3 +93,13 @@ def test_the_chosen_size_maximises_speed_over_the_cost_table(correlated_ranks: t
     assert search.best_choices == [list(path) for path in search.choices[: search.best.nodes]]
     free = grow_tree(correlated_ranks, max_nodes=40, cost_table=((1, 40.0), (64, 40.0)))
     assert free.best.nodes >= search.best.nodes
+
+
+def test_spine_only_growth_branches_off_the_top1_chain_only() -> None:
+    generator = torch.Generator().manual_seed(0)
+    ranks = torch.randint(0, 3, (400, 3), generator=generator)
+    search = grow_tree(ranks, max_nodes=12, spine_only=True)
+    assert search.choices
+    assert all(not any(path[:-1]) for path in search.choices)
+    unrestricted = grow_tree(ranks, max_nodes=12)
+    assert any(any(path[:-1]) for path in unrestricted.choices)

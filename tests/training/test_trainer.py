@@ -13,6 +13,7 @@ from gorgon.training.settings import TrainSettings
 from gorgon.training.trainer import (
     IGNORE,
     Trainer,
+    head_logits,
     head_targets,
     learning_rate_at,
     new_heads,
@@ -26,13 +27,14 @@ SETTINGS = TrainSettings(num_heads=3, epochs=6, batch_tokens=64, learning_rate=1
 def _trainer(base: BaseModel, sequences: Sequences, settings: TrainSettings, work_dir: Path) -> Trainer:
     positions = head_targets(sequences, settings.num_heads)
     heads = new_heads(settings, base.lm_head, base.hidden_size, base.vocab_size)
-    return Trainer(settings, heads, base.lm_head, positions, work_dir)
+    embed_tokens = base.embed_tokens if settings.recurrent else None
+    return Trainer(settings, heads, base.lm_head, positions, work_dir, embed_tokens)
 
 
 def _full_loss(trainer: Trainer, base: BaseModel, sequences: Sequences) -> float:
     positions = head_targets(sequences, trainer.settings.num_heads)
     with torch.no_grad():
-        logits = trainer.heads(positions.hidden.float().unsqueeze(0), base.lm_head)[:, 0]
+        logits = head_logits(trainer.heads, base.lm_head, trainer.embed_tokens, positions, slice(None))
         return weighted_loss(logits, positions.targets, trainer.settings.loss_decay)[0].item()
 
 
@@ -57,13 +59,31 @@ def test_targets_never_cross_from_one_response_into_the_next() -> None:
     assert head_targets(sequences, num_heads=2).targets.tolist() == [[2, 3], [3, IGNORE], [8, IGNORE]]
 
 
+def test_recurrent_heads_continue_the_true_tokens_under_teacher_forcing() -> None:
+    sequences = Sequences(
+        hidden=torch.zeros(4, 1, dtype=torch.float16),
+        response_ids=torch.tensor([10, 11, 12, 13], dtype=torch.int32),
+        lengths=torch.tensor([4], dtype=torch.int32),
+    )
+    positions = head_targets(sequences, num_heads=3)
+    # head 0 continues the token its hidden state produced, head k the true token k after it
+    assert positions.head_inputs(slice(None)).tolist() == [[10, 11, 12], [11, 12, 13], [12, 13, 0]]
+    assert positions.targets.tolist() == [[11, 12, 13], [12, 13, IGNORE], [13, IGNORE, IGNORE]]
+
+
 @pytest.mark.parametrize(
-    ("own_lm_heads", "train_vocab"), [(False, "sampled"), (False, "full"), (True, "full")]
+    ("own_lm_heads", "train_vocab", "recurrent"),
+    [(False, "sampled", False), (False, "full", False), (True, "full", False), (False, "sampled", True)],
 )
 def test_a_few_steps_reduce_the_loss(
-    tiny_base: BaseModel, tiny_sequences: Sequences, tmp_path: Path, own_lm_heads: bool, train_vocab: str
+    tiny_base: BaseModel,
+    tiny_sequences: Sequences,
+    tmp_path: Path,
+    own_lm_heads: bool,
+    train_vocab: str,
+    recurrent: bool,
 ) -> None:
-    settings = replace(SETTINGS, own_lm_heads=own_lm_heads, train_vocab=train_vocab)
+    settings = replace(SETTINGS, own_lm_heads=own_lm_heads, train_vocab=train_vocab, recurrent=recurrent)
     trainer = _trainer(tiny_base, tiny_sequences, settings, tmp_path)
     before = _full_loss(trainer, tiny_base, tiny_sequences)
     trainer.run()

@@ -64,6 +64,9 @@ class ModelParts:
     lm_head: nn.Module
     heads: nn.Module | None
     draft_vocabulary: DraftVocabulary | None = None
+    embed_tokens: nn.Module | None = (
+        None  # the input embeddings (recurrent heads read their tokens' embeddings)
+    )
 
     def __post_init__(self) -> None:
         use_row_attention(self.decoder)  # tree forwards need per-node key order (engine/attention.py)
@@ -140,10 +143,13 @@ def forward_tokens(
     return output.last_hidden_state
 
 
-def draft(parts: ModelParts, hidden: torch.Tensor) -> torch.Tensor | None:
-    """hidden: [B, H] at each row's last accepted token -> the heads' top-k drafts [B, K, DRAFT_TOPK]."""
+def draft(parts: ModelParts, hidden: torch.Tensor, next_tokens: torch.Tensor) -> torch.Tensor | None:
+    """hidden: [B, H] at each row's last accepted token, next_tokens [B] the tokens it chose
+    -> the heads' top-k drafts [B, K, DRAFT_TOPK]."""
     if parts.heads is None:
         return None
+    if parts.heads.recurrent:
+        return _draft_recurrent(parts, hidden, next_tokens)
     if parts.heads.own_lm_heads:
         logits = parts.heads(hidden[:, None, :], parts.lm_head)[:, :, 0]  # [K, B, V]
         return logits.topk(DRAFT_TOPK, dim=-1).indices.permute(1, 0, 2).contiguous()
@@ -153,6 +159,23 @@ def draft(parts: ModelParts, hidden: torch.Tensor) -> torch.Tensor | None:
     projection = parts.lm_head if vocabulary is None else vocabulary.projection
     ranks = projection(projected).topk(DRAFT_TOPK, dim=-1).indices.permute(1, 0, 2)  # [B, K, DRAFT_TOPK]
     return (ranks if vocabulary is None else vocabulary.token_ids[ranks]).contiguous()
+
+
+def _draft_recurrent(parts: ModelParts, hidden: torch.Tensor, next_tokens: torch.Tensor) -> torch.Tensor:
+    """Recurrent heads draft along their own top-1 path: head k continues next_tokens and heads 0..k-1's best
+    drafts, so row b's drafts [K, DRAFT_TOPK] fit trees whose nodes branch off that path only
+    (tree.spine_choices)."""
+    heads, vocabulary = parts.heads, parts.draft_vocabulary
+    projection = parts.lm_head if vocabulary is None or heads.own_lm_heads else vocabulary.projection
+    state, token, drafts = hidden, next_tokens, []
+    for k in range(heads.num_heads):
+        state = heads.head_state(k, state, parts.embed_tokens(token))  # [B, H]
+        ranks = heads.project(k, state, projection).topk(DRAFT_TOPK, dim=-1).indices  # [B, DRAFT_TOPK]
+        if vocabulary is not None and not heads.own_lm_heads:
+            ranks = vocabulary.token_ids[ranks]
+        drafts.append(ranks)
+        token = ranks[:, 0]
+    return torch.stack(drafts, dim=1)
 
 
 def generate_candidates(
@@ -270,7 +293,7 @@ def speculative_step(
     batch_index = torch.arange(candidates.shape[0], device=candidates.device)
     new_next = choose_next_tokens(logits[batch_index, last_nodes], rows)
     cache.compact(kept_nodes, accepted + 1)
-    new_drafts = draft(parts, hidden[batch_index, last_nodes]) if want_drafts else None
+    new_drafts = draft(parts, hidden[batch_index, last_nodes], new_next) if want_drafts else None
     drafted_tokens = candidates.gather(1, kept_nodes.clamp(min=0))[:, 1:].tolist()
     accepted_list = accepted.tolist()
     next_list = new_next.tolist()
@@ -296,7 +319,7 @@ def plain_step(
         hidden = forward_tokens(parts, cache, next_tokens[:, None], root_only, root_only)  # [B, 1, H]
     new_next = choose_next_tokens(row_logits(parts.lm_head, hidden[:, 0]), rows)
     cache.advance(1)
-    new_drafts = draft(parts, hidden[:, 0]) if want_drafts else None
+    new_drafts = draft(parts, hidden[:, 0], new_next) if want_drafts else None
     return StepOutcome([[token] for token in new_next.tolist()], [0] * len(rows), new_next, new_drafts)
 
 
@@ -348,5 +371,5 @@ def prefill(
         [[token] for token in next_tokens.tolist()],
         [0] * len(prompts),
         next_tokens,
-        draft(parts, last_hidden),
+        draft(parts, last_hidden, next_tokens),
     )

@@ -6,8 +6,14 @@ Two variants exist:
 * own projections (FasterDecoding's released heads): head k has its own `Linear(H, V, bias=False)`;
 * shared projection (TGI's "MedusaHeadV2"): every head reuses the base model's `lm_head`.
 
+Either variant can be *recurrent* (gorgon's, after Hydra and ReDrafter): head k's first block also reads the
+embedding of the token drafted before it, and its state comes from head k - 1 instead of h_t:
+`s_0 = h_t`, `s_{k+1} = s_k + SiLU(Linear([s_k; E(x_{k+1})]))` (then the head's other ResBlocks), where x_1 is the
+token the base model chose and x_{k+1} head k - 1's draft. Head k then knows the path it continues, which a
+Medusa-1 head (it sees only h_t) does not. Its first linear is `[H, 2H]` wide; the rest of the format is the same.
+
 On disk (a directory): `config.json` with `medusa_num_heads`, `medusa_num_layers`, `base_model_name_or_path`
-(and, written by us, `medusa_own_lm_heads`), plus `medusa_lm_head.safetensors` or `medusa_lm_head.pt` holding
+(and, written by us, `medusa_own_lm_heads` and `medusa_recurrent`), plus `medusa_lm_head.safetensors` or `medusa_lm_head.pt` holding
 `{head}.{layer}.linear.weight|bias` and, with own projections, `{head}.{num_layers}.weight`.
 The head count is taken from the weights (the released medusa-vicuna-7b-v1.3 config says 2, the file holds 5),
 and loading is strict: a missing or unexpected key is an error, never silently untrained heads.
@@ -51,8 +57,22 @@ class ResBlock(nn.Module):
         return x + self.act(self.linear(x))
 
 
+class RecurrentBlock(nn.Module):
+    """state + SiLU(Linear([state; token_embedding])); starts as the identity on the state, like ResBlock."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2 * hidden_size, hidden_size)
+        nn.init.zeros_(self.linear.weight)
+        self.act = nn.SiLU()
+
+    def forward(self, state: torch.Tensor, token_embedding: torch.Tensor) -> torch.Tensor:
+        return state + self.act(self.linear(torch.cat([state, token_embedding], dim=-1)))
+
+
 class MedusaHeads(nn.Module):
-    """K Medusa heads. `heads[k]` is a Sequential of `num_layers` ResBlocks (+ its own projection if any)."""
+    """K Medusa heads. `heads[k]` is a Sequential of `num_layers` blocks (+ its own projection if any); with
+    `recurrent`, block 0 of each head is a RecurrentBlock (see the module docstring)."""
 
     def __init__(
         self,
@@ -62,31 +82,66 @@ class MedusaHeads(nn.Module):
         num_layers: int = 1,
         *,
         own_lm_heads: bool,
+        recurrent: bool = False,
     ) -> None:
         super().__init__()
-        if num_heads < 1 or num_layers < 0:
-            raise ValueError(f"need num_heads >= 1 and num_layers >= 0, got {num_heads}, {num_layers}")
+        if num_heads < 1 or num_layers < int(recurrent):
+            raise ValueError(
+                f"need num_heads >= 1 and num_layers >= {int(recurrent)}, got {num_heads}, {num_layers}"
+            )
         self.hidden_size = hidden_size
         self.vocab_size = vocab_size
         self.num_heads = num_heads
         self.num_layers = num_layers
         self.own_lm_heads = own_lm_heads
+        self.recurrent = recurrent
         self.heads = nn.ModuleList(self._build_head() for _ in range(num_heads))
 
     def _build_head(self) -> nn.Sequential:
-        # A fresh ResBlock per layer: never `[ResBlock(h)] * n`, which shares one module n times.
+        # A fresh block per layer: never `[ResBlock(h)] * n`, which shares one module n times.
         layers: list[nn.Module] = [ResBlock(self.hidden_size) for _ in range(self.num_layers)]
+        if self.recurrent:
+            layers[0] = RecurrentBlock(self.hidden_size)
         if self.own_lm_heads:
             layers.append(nn.Linear(self.hidden_size, self.vocab_size, bias=False))
         return nn.Sequential(*layers)
 
-    def forward(self, hidden: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-        """hidden: [B, S, H] (last hidden state of the base model) -> logits: [K, B, S, V]."""
-        outputs = []
-        for head in self.heads:
-            projected = head(hidden)
-            outputs.append(projected if self.own_lm_heads else lm_head(projected))
-        return torch.stack(outputs, dim=0)
+    def head_state(
+        self, k: int, state: torch.Tensor, token_embedding: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Head k's blocks over `state` [..., H] (recurrent heads also read the previous token's embedding)."""
+        blocks = list(self.heads[k])[: self.num_layers]
+        if self.recurrent:
+            if token_embedding is None:
+                raise ValueError("recurrent heads need the embedding of the token each head continues")
+            state = blocks.pop(0)(state, token_embedding)
+        for block in blocks:
+            state = block(state)
+        return state
+
+    def project(self, k: int, state: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """Head k's logits from its state: its own projection, or the shared lm_head."""
+        return self.heads[k][self.num_layers](state) if self.own_lm_heads else lm_head(state)
+
+    def forward(
+        self, hidden: torch.Tensor, lm_head: nn.Module, token_embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """hidden: [B, S, H] (last hidden state of the base model) -> logits: [K, B, S, V].
+
+        Recurrent heads also take token_embeddings [K, B, S, H]: entry k embeds the token head k continues (the
+        base model's choice for k = 0, the true or drafted token before it otherwise).
+        """
+        if not self.recurrent:
+            return torch.stack(
+                [self.project(k, self.head_state(k, hidden), lm_head) for k in range(self.num_heads)]
+            )
+        if token_embeddings is None:
+            raise ValueError("recurrent heads need token_embeddings [K, B, S, H]")
+        outputs, state = [], hidden
+        for k in range(self.num_heads):
+            state = self.head_state(k, state, token_embeddings[k])
+            outputs.append(self.project(k, state, lm_head))
+        return torch.stack(outputs)
 
     def state_dict_faster_decoding(self) -> dict[str, torch.Tensor]:
         """Weights under FasterDecoding's key names (`{head}.{layer}.linear.weight`, `{head}.{L}.weight`)."""
@@ -105,6 +160,7 @@ def save_medusa_heads(heads: MedusaHeads, path: str | Path, *, base_model_name_o
         "medusa_num_heads": heads.num_heads,
         "medusa_num_layers": heads.num_layers,
         "medusa_own_lm_heads": heads.own_lm_heads,
+        "medusa_recurrent": heads.recurrent,
         "base_model_name_or_path": base_model_name_or_path,
         "hidden_size": heads.hidden_size,
         "vocab_size": heads.vocab_size,
@@ -180,6 +236,18 @@ def _infer_layout(weights: dict[str, torch.Tensor], config: dict, source: Path) 
     return num_heads, num_layers, own_lm_heads
 
 
+def _is_recurrent(first_linear: torch.Tensor | None, config: dict, source: Path) -> bool:
+    """Recurrent heads' first linear reads [state; token embedding]: [H, 2H] instead of [H, H]."""
+    recurrent = first_linear is not None and first_linear.shape[1] == 2 * first_linear.shape[0]
+    recorded = config.get("medusa_recurrent")
+    if recorded is not None and bool(recorded) != recurrent:
+        raise MedusaCheckpointError(
+            f"{source}/{CONFIG_FILE} says medusa_recurrent={recorded} but head 0's first linear has shape "
+            f"{tuple(first_linear.shape) if first_linear is not None else None}"
+        )
+    return recurrent
+
+
 def _layers_with_linear(weights: dict[str, torch.Tensor]) -> int:
     return len({key.split(".")[1] for key in weights if key.startswith("0.") and ".linear." in key})
 
@@ -194,10 +262,9 @@ def load_medusa_heads(
     config = read_medusa_config(directory)
     weights = _read_weights(directory)
     num_heads, num_layers, own_lm_heads = _infer_layout(weights, config, directory)
-    if num_layers > 0:
-        hidden_size = weights["0.0.linear.weight"].shape[1] if "0.0.linear.weight" in weights else None
-    else:
-        hidden_size = None
+    first_linear = weights.get("0.0.linear.weight") if num_layers > 0 else None
+    hidden_size = int(first_linear.shape[0]) if first_linear is not None else None
+    recurrent = _is_recurrent(first_linear, config, directory)
     if own_lm_heads:
         vocab_size, projection_hidden = weights[f"0.{num_layers}.weight"].shape
         hidden_size = hidden_size or projection_hidden
@@ -207,7 +274,9 @@ def load_medusa_heads(
         hidden_size = int(config.get("hidden_size", 0))
     if not hidden_size:
         raise MedusaCheckpointError(f"cannot tell the hidden size of the Medusa heads at {directory}")
-    heads = MedusaHeads(hidden_size, vocab_size, num_heads, num_layers, own_lm_heads=own_lm_heads)
+    heads = MedusaHeads(
+        hidden_size, vocab_size, num_heads, num_layers, own_lm_heads=own_lm_heads, recurrent=recurrent
+    )
     expected = heads.state_dict_faster_decoding()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -224,8 +293,9 @@ def load_medusa_heads(
             )
     heads.load_state_dict({f"heads.{name}": tensor for name, tensor in weights.items()}, strict=True)
     log.info(
-        "loaded %d Medusa heads (%d layers, %s projections) from %s",
+        "loaded %d %sMedusa heads (%d layers, %s projections) from %s",
         num_heads,
+        "recurrent " if recurrent else "",
         num_layers,
         "own" if own_lm_heads else "shared lm_head",
         directory,

@@ -32,7 +32,7 @@ from gorgon.engine.loader import LoadedModel
 from gorgon.engine.medusa import MedusaHeads, has_medusa_heads, load_medusa_heads
 from gorgon.engine.packed import can_pack, packed_copy
 from gorgon.engine.shapes import ShapeSelector
-from gorgon.engine.tree import TreeBuffers, build_tree_buffers, chain, tree_by_name
+from gorgon.engine.tree import TREES, TreeBuffers, build_tree_buffers, chain, spine_choices
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +63,28 @@ def build_shapes(
 
 
 def _configured_tree(settings: EngineSettings, heads: MedusaHeads, device: torch.device) -> TreeBuffers:
-    """The named tree; with `auto`, the tree shipped beside the heads (medusa_choices.json) or the device default."""
+    """The named tree; with `auto`, the tree shipped beside the heads (medusa_choices.json) or the device default.
+
+    Recurrent heads draft along their own best path, so a tree is cut to the nodes that branch off it."""
     shipped = settings.heads_path / HEADS_TREE_FILE
     if settings.medusa_choices == "auto" and shipped.is_file():
-        choices = [tuple(path) for path in json.loads(shipped.read_text())]
-        usable = [path for path in choices if len(path) <= heads.num_heads]
-        return build_tree_buffers(usable, name="heads_tree", device=device)
-    name = default_tree_name(device) if settings.medusa_choices == "auto" else settings.medusa_choices
-    try:
-        return tree_by_name(name, num_heads=heads.num_heads, device=device)
-    except ValueError as exc:
-        raise GorgonError(str(exc), param="medusa_choices", code="configuration_error") from exc
+        name, choices = "heads_tree", [tuple(path) for path in json.loads(shipped.read_text())]
+    else:
+        name = default_tree_name(device) if settings.medusa_choices == "auto" else settings.medusa_choices
+        if name not in TREES:
+            raise GorgonError(
+                f"unknown Medusa tree {name!r}; known: {', '.join(TREES)}",
+                param="medusa_choices",
+                code="configuration_error",
+            )
+        choices = list(TREES[name])
+    usable = [path for path in choices if len(path) <= heads.num_heads]
+    if heads.recurrent:
+        spine = spine_choices(usable)
+        if len(spine) < len(usable):
+            log.info("tree %s: %d of %d nodes fit recurrent heads", name, len(spine), len(usable))
+        usable = spine
+    return build_tree_buffers(usable, name=name, device=device)
 
 
 class MedusaEngine:
@@ -292,9 +303,10 @@ def _draft_vocabulary(
 def build_parts(loaded: LoadedModel, heads: MedusaHeads | None, settings: EngineSettings) -> ModelParts:
     """The modules a step calls: the model's own, or packed copies sharing its weights (engine/packed.py)."""
     decoder, lm_head = loaded.model.get_decoder(), loaded.model.get_output_embeddings()
+    embed_tokens = loaded.model.get_input_embeddings()
     vocabulary = _draft_vocabulary(settings, heads, lm_head)
     if not (settings.prepack_weights and can_pack(loaded.device, loaded.dtype)):
-        return ModelParts(decoder, lm_head, heads, vocabulary)
+        return ModelParts(decoder, lm_head, heads, vocabulary, embed_tokens)
     if vocabulary is not None:
         vocabulary = DraftVocabulary(vocabulary.token_ids, packed_copy(vocabulary.projection))
     return ModelParts(
@@ -302,6 +314,7 @@ def build_parts(loaded: LoadedModel, heads: MedusaHeads | None, settings: Engine
         packed_copy(lm_head),
         packed_copy(heads) if heads is not None else None,
         vocabulary,
+        embed_tokens,
     )
 
 

@@ -146,6 +146,12 @@ def build_tree_buffers(
     ).to(device)
 
 
+def spine_choices(choices: Choices) -> list[tuple[int, ...]]:
+    """The paths that branch off the top-1 chain only, (0, ..., 0, r): the nodes recurrent heads can fill
+    (they draft along their own best path, see decode._draft_recurrent)."""
+    return [tuple(path) for path in choices if all(rank == 0 for rank in path[:-1])]
+
+
 def tree_by_name(name: str, *, num_heads: int, device: str | torch.device = "cpu") -> TreeBuffers:
     """A shipped tree, cut to the heads available (paths deeper than num_heads are dropped)."""
     if name not in TREES:

@@ -47,6 +47,15 @@ class BaseModel:
                 copy.bias.copy_(served.bias.float())
         return copy.requires_grad_(False)
 
+    @cached_property
+    def embed_tokens(self) -> torch.nn.Module:
+        """A float32 copy of the input embeddings, frozen: what recurrent heads read their tokens through."""
+        served = self.model.get_input_embeddings()
+        copy = torch.nn.Embedding(served.num_embeddings, served.embedding_dim)
+        with torch.no_grad():
+            copy.weight.copy_(served.weight.float())
+        return copy.requires_grad_(False)
+
     @property
     def final_norm(self) -> torch.nn.Module:
         """The module whose output is the hidden state the lm_head (and every Medusa head) reads."""

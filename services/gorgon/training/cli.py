@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--num-heads", type=int, default=TRAIN_DEFAULTS.num_heads)
     train.add_argument("--num-layers", type=int, default=TRAIN_DEFAULTS.num_layers, help="ResBlocks per head")
     train.add_argument("--own-lm-heads", action="store_true", help="train a vocabulary projection per head")
+    train.add_argument(
+        "--recurrent",
+        action="store_true",
+        help="recurrent heads: head k also reads the token before it and head k-1's state (drafts along "
+        "their best path; tree search limited to nodes branching off it)",
+    )
     train.add_argument("--epochs", type=float, default=TRAIN_DEFAULTS.epochs)
     train.add_argument("--batch-tokens", type=int, default=TRAIN_DEFAULTS.batch_tokens)
     train.add_argument("--learning-rate", type=float, default=TRAIN_DEFAULTS.learning_rate)
@@ -126,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             num_heads=args.num_heads,
             num_layers=args.num_layers,
             own_lm_heads=args.own_lm_heads,
+            recurrent=args.recurrent,
             epochs=args.epochs,
             batch_tokens=args.batch_tokens,
             learning_rate=args.learning_rate,

@@ -20,7 +20,7 @@ from torch import nn
 
 from gorgon.engine.medusa import MedusaHeads
 from gorgon.training.settings import VERIFY_COST_MS
-from gorgon.training.trainer import IGNORE, Positions
+from gorgon.training.trainer import IGNORE, Positions, head_logits
 
 MAX_RANK = 10
 """Ranks at or beyond this count as a miss (the tree search never considers them)."""
@@ -28,15 +28,22 @@ MAX_RANK = 10
 
 @torch.inference_mode()
 def target_ranks(
-    heads: MedusaHeads, lm_head: nn.Module, positions: Positions, batch_tokens: int = 512
+    heads: MedusaHeads,
+    lm_head: nn.Module,
+    positions: Positions,
+    batch_tokens: int = 512,
+    embed_tokens: nn.Module | None = None,
 ) -> torch.Tensor:
-    """ranks: [N, K] — rank of the true token among each head's logits (MAX_RANK = beyond or no target)."""
+    """ranks: [N, K] — rank of the true token among each head's logits (MAX_RANK = beyond or no target).
+
+    Recurrent heads are read teacher-forced (each continues the true tokens): a node is only accepted when
+    its whole path was right, so that is the condition under which its rank matters."""
     heads.eval()
     chunks = []
     for start in range(0, len(positions), batch_tokens):
-        hidden = positions.hidden[start : start + batch_tokens].float().unsqueeze(0)
-        targets = positions.targets[start : start + batch_tokens]
-        logits = heads(hidden, lm_head)[:, 0]  # [K, N, V]
+        rows = slice(start, start + batch_tokens)
+        targets = positions.targets[rows]
+        logits = head_logits(heads, lm_head, embed_tokens, positions, rows)  # [K, N, V]
         target_logits = logits.gather(-1, targets.clamp(min=0).T.unsqueeze(-1))  # [K, N, 1]
         ranks = (logits > target_logits).sum(-1).T  # [N, K]
         ranks = torch.where(targets == IGNORE, MAX_RANK, ranks.clamp(max=MAX_RANK))
@@ -107,15 +114,18 @@ def grow_tree(
     max_nodes: int,
     top_k: int = MAX_RANK,
     cost_table: Sequence[tuple[int, float]] = VERIFY_COST_MS,
+    *,
+    spine_only: bool = False,
 ) -> TreeSearch:
-    """Greedy tree growth on empirical path frequencies; ranks: [N, K]."""
+    """Greedy tree growth on empirical path frequencies; ranks: [N, K]. With `spine_only` (recurrent heads)
+    only nodes branching off the top-1 chain, (0, ..., 0, r), are grown."""
     num_heads = ranks.shape[1]
     match_masks: dict[tuple[int, ...], torch.Tensor] = {}
     frontier: dict[tuple[int, ...], float] = {}
 
     def offer_children(parent: tuple[int, ...], parent_mask: torch.Tensor) -> None:
         depth = len(parent)
-        if depth == num_heads:
+        if depth == num_heads or (spine_only and any(parent)):
             return
         for rank in range(top_k):
             mask = parent_mask & (ranks[:, depth] == rank)

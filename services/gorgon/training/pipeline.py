@@ -115,7 +115,12 @@ def export_with_own_projections(heads: MedusaHeads, lm_head: torch.nn.Module) ->
     if heads.own_lm_heads:
         return heads
     full = MedusaHeads(
-        heads.hidden_size, heads.vocab_size, heads.num_heads, heads.num_layers, own_lm_heads=True
+        heads.hidden_size,
+        heads.vocab_size,
+        heads.num_heads,
+        heads.num_layers,
+        own_lm_heads=True,
+        recurrent=heads.recurrent,
     )
     with torch.no_grad():
         for shared_head, own_head in zip(heads.heads, full.heads, strict=True):
@@ -170,14 +175,17 @@ def run_training(settings: RunSettings, base: BaseModel | None = None) -> dict:
     train_positions = head_targets(train_sequences, settings.train.num_heads)
     held_out_positions = head_targets(held_out_sequences, settings.train.num_heads)
     heads = new_heads(settings.train, base.lm_head, base.hidden_size, base.vocab_size)
-    trainer = Trainer(settings.train, heads, base.lm_head, train_positions, settings.work_dir)
+    embed_tokens = base.embed_tokens if settings.train.recurrent else None
+    trainer = Trainer(settings.train, heads, base.lm_head, train_positions, settings.work_dir, embed_tokens)
     trainer.resume()
     result = trainer.run()
     timings["training"] = time.monotonic() - mark
     mark = time.monotonic()
-    ranks = target_ranks(result.heads, base.lm_head, held_out_positions)
+    ranks = target_ranks(result.heads, base.lm_head, held_out_positions, embed_tokens=embed_tokens)
     accuracies = head_accuracies(ranks, held_out_positions.targets)
-    search = grow_tree(ranks, settings.tree_max_nodes, cost_table=settings.cost_table)
+    search = grow_tree(
+        ranks, settings.tree_max_nodes, cost_table=settings.cost_table, spine_only=settings.train.recurrent
+    )
     timings["evaluation"] = time.monotonic() - mark
     timings["total"] = time.monotonic() - started
     stats = {

@@ -27,6 +27,7 @@ class TrainSettings:
     num_heads: int = 4
     num_layers: int = 1
     own_lm_heads: bool = False
+    recurrent: bool = False
     epochs: float = 3.0
     batch_tokens: int = 256
     learning_rate: float = 1e-3

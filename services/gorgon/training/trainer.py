@@ -36,18 +36,26 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 @dataclass(frozen=True, slots=True)
 class Positions:
-    """Training positions: hidden [N, H] and targets [N, K] (IGNORE past the end of a response)."""
+    """Training positions: hidden [N, H], the token each hidden state produced [N], and targets [N, K]
+    (IGNORE past the end of a response)."""
 
     hidden: torch.Tensor
+    tokens: torch.Tensor
     targets: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.hidden.shape[0])
 
+    def head_inputs(self, rows: torch.Tensor | slice) -> torch.Tensor:
+        """[n, K] the token each head continues under teacher forcing: r_j for head 0, r_{j+k} for head k
+        (ids past a response's end are clamped to 0: their targets are IGNORE)."""
+        previous = self.targets[rows, :-1].clamp(min=0)
+        return torch.cat([self.tokens[rows, None], previous], dim=1)
+
 
 def head_targets(sequences: Sequences, num_heads: int) -> Positions:
     """Targets r_{j+1+k} for every response position j that has at least one (the last position has none)."""
-    hidden_rows, target_rows = [], []
+    hidden_rows, token_rows, target_rows = [], [], []
     start = 0
     for length in sequences.lengths.tolist():
         ids = sequences.response_ids[start : start + length].long()
@@ -56,9 +64,29 @@ def head_targets(sequences: Sequences, num_heads: int) -> Positions:
         targets = torch.stack([padded[1 + k : 1 + k + length] for k in range(num_heads)], dim=1)
         keep = targets[:, 0] != IGNORE
         hidden_rows.append(sequences.hidden[start : start + length][keep])
+        token_rows.append(ids[keep])
         target_rows.append(targets[keep])
         start += length
-    return Positions(hidden=torch.cat(hidden_rows), targets=torch.cat(target_rows))
+    return Positions(
+        hidden=torch.cat(hidden_rows), tokens=torch.cat(token_rows), targets=torch.cat(target_rows)
+    )
+
+
+def head_logits(
+    heads: MedusaHeads,
+    projection: nn.Module,
+    embed_tokens: nn.Module | None,
+    positions: Positions,
+    rows: torch.Tensor | slice,
+) -> torch.Tensor:
+    """Teacher-forced logits of every head at positions[rows]: [K, n, V']."""
+    hidden = positions.hidden[rows].float().unsqueeze(0)  # [1, n, H]
+    embeddings = None
+    if heads.recurrent:
+        if embed_tokens is None:
+            raise ConfigurationError("recurrent heads need the base model's input embeddings")
+        embeddings = embed_tokens(positions.head_inputs(rows)).float().permute(1, 0, 2).unsqueeze(1)
+    return heads(hidden, projection, embeddings)[:, 0]
 
 
 def training_vocabulary(positions: Positions, vocab_size: int, train_vocab: TrainVocab) -> torch.Tensor:
@@ -89,7 +117,12 @@ def new_heads(settings: TrainSettings, lm_head: nn.Module, hidden_size: int, voc
     """Fresh heads (seeded); own projections start as copies of the base lm_head, as in Medusa."""
     torch.manual_seed(settings.seed)
     heads = MedusaHeads(
-        hidden_size, vocab_size, settings.num_heads, settings.num_layers, own_lm_heads=settings.own_lm_heads
+        hidden_size,
+        vocab_size,
+        settings.num_heads,
+        settings.num_layers,
+        own_lm_heads=settings.own_lm_heads,
+        recurrent=settings.recurrent,
     )
     if settings.own_lm_heads:
         with torch.no_grad():
@@ -182,6 +215,7 @@ class Trainer:
         lm_head: nn.Module,
         positions: Positions,
         work_dir: Path,
+        embed_tokens: nn.Module | None = None,
     ) -> None:
         vocab_size = int(lm_head.weight.shape[0])
         if settings.own_lm_heads and settings.train_vocab != "full":
@@ -192,7 +226,9 @@ class Trainer:
         self.heads = heads
         self.vocabulary = training_vocabulary(positions, vocab_size, settings.train_vocab)
         self.lm_head = lm_head
+        self.embed_tokens = embed_tokens
         self.others = complement(self.vocabulary, vocab_size)
+        self.positions = positions
         self.hidden = positions.hidden
         self.targets = remap_targets(positions.targets, self.vocabulary, vocab_size)
         self.optimizer = torch.optim.AdamW(
@@ -245,8 +281,7 @@ class Trainer:
     def train_step(self, batch: torch.Tensor) -> tuple[float, list[float]]:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate_at(self.step, self.total_steps, self.settings)
-        hidden = self.hidden[batch].float().unsqueeze(0)  # [1, N, H]
-        logits = self.heads(hidden, self._projection())[:, 0]  # [K, N, V']
+        logits = head_logits(self.heads, self._projection(), self.embed_tokens, self.positions, batch)
         loss, per_head = weighted_loss(logits, self.targets[batch], self.settings.loss_decay)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
