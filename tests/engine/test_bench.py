@@ -40,3 +40,38 @@ def test_engine_package_and_bench_command_import_without_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_rounds_below_one_are_a_one_line_error(capsys) -> None:
+    assert main(["bench", "engine", "--rounds", "0", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == "gorgon: error: --rounds must be at least 1, got 0"
+
+
+def test_rounds_alternate_the_order_and_report_the_median() -> None:
+    from gorgon.engine.bench_runner import RunOutput, _alternating_rounds, _batch_results
+
+    calls: list[str] = []
+    seconds = {
+        "hf_generate": iter([1.0, 4.0, 2.0]),
+        "plain": iter([2.0, 2.0, 8.0]),
+        "medusa": iter([1.0] * 3),
+    }
+
+    def runner(mode: str):
+        def run(prompts):
+            calls.append(mode)
+            tokens = [[1, 2], [3, 4]] if mode != "medusa" or len(calls) < 9 else [[1, 2], [3, 5]]
+            return RunOutput(tokens, next(seconds[mode]), 1.5 if mode == "medusa" else 1.0)
+
+        return run
+
+    outputs = _alternating_rounds({mode: runner(mode) for mode in seconds}, [[0]], 3, lambda: None)
+    order = ["hf_generate", "plain", "medusa"]
+    assert calls == [*order, *reversed(order), *order]
+    results = {result.mode: result for result in _batch_results(2, outputs)}
+    assert results["hf_generate"].tokens_per_s == 4 / 2.0  # median of 4, 1, 2 tokens/s
+    assert results["plain"].tokens_per_s == 4 / 2.0
+    assert results["medusa"].tokens_per_step == 1.5
+    assert results["medusa"].identical_to_plain is False  # the last round's output differed

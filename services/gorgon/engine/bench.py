@@ -19,6 +19,7 @@ DEFAULT_MAX_NEW_TOKENS = 128
 DEFAULT_BATCH_SIZES = (1, 4, 16)
 QUICK_MAX_NEW_TOKENS = 32
 QUICK_BATCH_SIZES = (1, 4)
+DEFAULT_ROUNDS = 1
 BENCH_PROMPTS = (
     "Explain how a hash map works.",
     "Write a short poem about the sea.",
@@ -74,10 +75,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-deepspeed", action="store_true", help="run the bare HF model")
     parser.add_argument("--medusa-choices", default=None, help="tree name (see gorgon.engine.tree.TREES)")
     parser.add_argument("--quick", action="store_true", help="batch 1,4 and 32 new tokens: under two minutes")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_ROUNDS,
+        help="runs of every mode per batch size, in alternating order; tokens/s is their median",
+    )
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.rounds < 1:
+        from gorgon.core.errors import ConfigurationError  # noqa: PLC0415 - keep `gorgon --help` light
+
+        raise ConfigurationError(f"--rounds must be at least 1, got {args.rounds}")
     quick = args.quick
     max_new_tokens = args.max_new_tokens or (QUICK_MAX_NEW_TOKENS if quick else DEFAULT_MAX_NEW_TOKENS)
     if args.batch_sizes:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +105,44 @@ def _until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
     return tokens
 
 
+def _alternating_rounds(
+    runners: dict[str, Callable[[Sequence[list[int]]], RunOutput]],
+    prompts: Sequence[list[int]],
+    rounds: int,
+    on_run: Callable[[], object],
+) -> dict[str, list[RunOutput]]:
+    """Every runner `rounds` times; odd rounds run the modes in reverse order, so that no mode always runs
+    first (a cold cache) or last (a machine that got busier)."""
+    outputs: dict[str, list[RunOutput]] = {mode: [] for mode in runners}
+    for round_index in range(rounds):
+        order = list(runners) if round_index % 2 == 0 else list(reversed(runners))
+        for mode in order:
+            outputs[mode].append(runners[mode](prompts))
+            on_run()
+    return outputs
+
+
+def _batch_results(batch: int, outputs: dict[str, list[RunOutput]]) -> list[BenchResult]:
+    """One result per mode: median tokens/s over the rounds; Medusa identical only if every round was."""
+    results = []
+    for mode, runs in outputs.items():
+        identical = (
+            all(run.token_ids == plain.token_ids for run, plain in zip(runs, outputs["plain"], strict=True))
+            if mode == "medusa"
+            else None
+        )
+        results.append(
+            BenchResult(
+                mode,
+                batch,
+                statistics.median(run.tokens_per_s for run in runs),
+                statistics.fmean(run.tokens_per_step for run in runs),
+                identical,
+            )
+        )
+    return results
+
+
 def run_benchmark(
     args: argparse.Namespace, *, max_new_tokens: int, batch_sizes: Sequence[int], prompts: Sequence[str]
 ) -> dict:
@@ -120,28 +159,23 @@ def run_benchmark(
     encoded = [plain_engine.encode([ChatMessage("user", prompt)]) for prompt in prompts]
     for engine in (plain_engine, medusa_engine):
         run_engine(engine, encoded[:1], WARMUP_TOKENS)
+    rounds = args.rounds
     results: list[BenchResult] = []
-    with tqdm(total=3 * len(batch_sizes), desc="bench engine", unit="run") as progress:
+    with tqdm(total=3 * len(batch_sizes) * rounds, desc="bench engine", unit="run") as progress:
         for batch in batch_sizes:
             batch_prompts = [encoded[index % len(encoded)] for index in range(batch)]
-            hf = run_hf_generate(loaded, batch_prompts, max_new_tokens)
-            progress.update()
-            plain = run_engine(plain_engine, batch_prompts, max_new_tokens)
-            progress.update()
-            medusa = run_engine(medusa_engine, batch_prompts, max_new_tokens)
-            progress.update()
-            results += [
-                BenchResult("hf_generate", batch, hf.tokens_per_s, hf.tokens_per_step, None),
-                BenchResult("plain", batch, plain.tokens_per_s, plain.tokens_per_step, None),
-                BenchResult(
-                    "medusa",
-                    batch,
-                    medusa.tokens_per_s,
-                    medusa.tokens_per_step,
-                    medusa.token_ids == plain.token_ids,
-                ),
-            ]
-            log.info("batch %d: hf identical to plain: %s", batch, hf.token_ids == plain.token_ids)
+            runners = {
+                "hf_generate": lambda prompts: run_hf_generate(loaded, prompts, max_new_tokens),
+                "plain": lambda prompts: run_engine(plain_engine, prompts, max_new_tokens),
+                "medusa": lambda prompts: run_engine(medusa_engine, prompts, max_new_tokens),
+            }
+            outputs = _alternating_rounds(runners, batch_prompts, rounds, progress.update)
+            results += _batch_results(batch, outputs)
+            log.info(
+                "batch %d: hf identical to plain: %s",
+                batch,
+                outputs["hf_generate"][0].token_ids == outputs["plain"][0].token_ids,
+            )
     return {
         "model": loaded.name,
         "device": str(loaded.device),
