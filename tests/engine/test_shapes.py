@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from gorgon.engine.shapes import MIN_SAMPLES, REEXPLORE_EVERY, ShapeSelector, batch_bucket
+from gorgon.engine.shapes import (
+    ACCEPTANCE_SAMPLES,
+    MIN_SAMPLES,
+    REEXPLORE_EVERY,
+    ShapeSelector,
+    batch_bucket,
+)
 from gorgon.engine.tree import build_tree_buffers, chain
 
 
@@ -38,16 +44,29 @@ def _run(selector: ShapeSelector, batch: int, steps: int) -> list[str]:
     return chosen
 
 
+EXPLORATION = 1 + MIN_SAMPLES + 2 * max(1 + MIN_SAMPLES, ACCEPTANCE_SAMPLES)
+"""Steps before every shape is judged: plain's warm-up and timed steps, then each speculative shape's."""
+
+
 def test_explores_every_shape_then_picks_the_fastest() -> None:
     selector = _selector()
-    chosen = _run(selector, batch=1, steps=40)
-    assert set(chosen[: 3 * MIN_SAMPLES]) == {"plain", "chain_3", "tree"}
-    assert set(chosen[3 * MIN_SAMPLES :]) == {"tree"}  # 3 tokens / 0.05 s beats 2 / 0.045 s and 1 / 0.04 s
+    chosen = _run(selector, batch=1, steps=EXPLORATION + 20)
+    assert set(chosen[:EXPLORATION]) == {"plain", "chain_3", "tree"}
+    assert set(chosen[EXPLORATION:]) == {"tree"}  # 3 tokens / 0.05 s beats 2 / 0.045 s and 1 / 0.04 s
+
+
+def test_the_first_step_of_a_shape_is_not_timed() -> None:
+    selector = _selector()
+    plain = selector.plain
+    selector.record(plain, 1, 5.0, [])  # a cold first step
+    selector.record(plain, 1, 0.04, [])
+    assert selector.step_seconds[("plain", 1)].value == 0.04
+    assert selector.step_seconds[("plain", 1)].samples == 1
 
 
 def test_large_batches_fall_back_to_plain() -> None:
     selector = _selector()
-    _run(selector, batch=1, steps=20)
+    _run(selector, batch=1, steps=EXPLORATION)
     chosen = _run(selector, batch=16, steps=30)
     assert chosen[-20:] == ["plain"] * 20  # 3 / 0.35 s and 2 / 0.25 s lose to 1 / 0.1 s
     assert selector.choose(1, speculative_rows=1).name == "tree"  # batch 1 keeps its own measurements
@@ -60,7 +79,7 @@ def test_no_speculative_rows_means_plain() -> None:
 def test_other_shapes_are_remeasured_now_and_then() -> None:
     selector = _selector()
     chosen = _run(selector, batch=16, steps=REEXPLORE_EVERY + 10)
-    assert "chain_3" in chosen[3 * MIN_SAMPLES :] or "tree" in chosen[3 * MIN_SAMPLES :]
+    assert "chain_3" in chosen[EXPLORATION:] or "tree" in chosen[EXPLORATION:]
 
 
 def test_batch_buckets_are_powers_of_two() -> None:
@@ -70,7 +89,7 @@ def test_batch_buckets_are_powers_of_two() -> None:
 def test_shape_losing_at_small_batch_is_not_explored_at_larger_batches() -> None:
     selector = _selector()
     losing = {"plain": 1, "chain_3": 1, "tree": 1}  # untrained heads: nothing accepted
-    for _ in range(12):
+    for _ in range(EXPLORATION):
         shape = selector.choose(1, speculative_rows=1)
         gained = [losing[shape.name]] if shape.num_nodes > 1 else []
         selector.record(shape, 1, STEP_SECONDS[(shape.name, 1)], gained)

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from gorgon.engine.tree import TreeBuffers
 
 SMOOTHING = 0.2  # weight of a new measurement in the running means
-MIN_SAMPLES = 2  # measurements of a shape at a bucket before it is judged
+MIN_SAMPLES = 2  # timed steps of a shape at a bucket before it is judged (after its warm-up step)
+ACCEPTANCE_SAMPLES = 8  # speculative steps of a shape (any bucket) before its acceptance is judged
 REEXPLORE_EVERY = 200  # steps at one bucket between re-measurements of the shapes not chosen
 
 
@@ -43,6 +44,7 @@ class ShapeSelector:
     step_seconds: dict[tuple[str, int], RunningMean] = field(default_factory=lambda: defaultdict(RunningMean))
     tokens_per_row: dict[str, RunningMean] = field(default_factory=lambda: defaultdict(RunningMean))
     steps_at_bucket: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    warmed_up: set[tuple[str, int]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not self.shapes or self.shapes[0].num_nodes != 1:
@@ -59,13 +61,20 @@ class ShapeSelector:
         step = self.steps_at_bucket[bucket]
         candidates = [shape for shape in self.shapes if not self.lost_at_smaller_batch(shape, bucket)]
         for shape in candidates:
-            if self.step_seconds[(shape.name, bucket)].samples < MIN_SAMPLES:
+            if self.needs_samples(shape, bucket):
                 return shape
         best = max(candidates, key=lambda shape: self.expected_rate(shape, bucket))
         if step > 0 and step % REEXPLORE_EVERY == 0:
             others = [shape for shape in self.shapes if shape is not best]
             return others[(step // REEXPLORE_EVERY) % len(others)]
         return best
+
+    def needs_samples(self, shape: TreeBuffers, bucket: int) -> bool:
+        """Too few timed steps at this bucket, or (speculative shapes) too few steps to judge acceptance,
+        which varies from step to step far more than step time does."""
+        if self.step_seconds[(shape.name, bucket)].samples < MIN_SAMPLES:
+            return True
+        return shape.num_nodes > 1 and self.tokens_per_row[shape.name].samples < ACCEPTANCE_SAMPLES
 
     def lost_at_smaller_batch(self, shape: TreeBuffers, bucket: int) -> bool:
         """A shape measured slower than plain at a smaller batch is slower here too (verification cost relative
@@ -92,9 +101,13 @@ class ShapeSelector:
     def record(
         self, shape: TreeBuffers, batch_size: int, seconds: float, speculative_tokens: Sequence[int]
     ) -> None:
-        """One finished step: its duration and the tokens each speculative row gained."""
+        """One finished step: its duration and the tokens each speculative row gained. The first step of a
+        shape at a bucket is not timed: new shapes warm up kernels and allocations."""
         bucket = batch_bucket(batch_size)
         self.steps_at_bucket[bucket] += 1
-        self.step_seconds[(shape.name, bucket)].add(seconds)
+        key = (shape.name, bucket)
+        if key in self.warmed_up:
+            self.step_seconds[key].add(seconds)
+        self.warmed_up.add(key)
         if shape.num_nodes > 1 and speculative_tokens:
             self.tokens_per_row[shape.name].add(sum(speculative_tokens) / len(speculative_tokens))
