@@ -10,6 +10,7 @@ from gorgon.core.protocol import (
     RequestPayload,
     WireError,
     WireSampling,
+    decode_chunks,
 )
 
 
@@ -52,3 +53,11 @@ def test_foreign_or_other_version_messages_are_refused(raw: bytes) -> None:
 def test_payload_without_sampling_is_refused() -> None:
     with pytest.raises(ProtocolError):
         RequestPayload.decode(orjson.dumps({"v": PROTOCOL_VERSION, "request_id": "r1"}))
+
+
+def test_a_reply_message_carries_one_chunk_or_an_array_of_them() -> None:
+    first, second = Chunk("r1", attempt=1, seq=0, text="a"), Chunk("r2", attempt=1, seq=3, final=True)
+    assert decode_chunks(first.encode()) == [first]
+    assert decode_chunks(b"[" + first.encode() + b"," + second.encode() + b"]") == [first, second]
+    with pytest.raises(ProtocolError):
+        decode_chunks(b"[" + first.encode() + b", 2]")

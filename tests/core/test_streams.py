@@ -5,7 +5,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from gorgon.core.protocol import Chunk, RequestPayload, WireSampling
+from gorgon.core.protocol import Chunk, RequestPayload, WireSampling, decode_chunks
 from gorgon.core.streams import (
     CONSUMER_GROUP,
     EntryRef,
@@ -113,6 +113,26 @@ async def test_only_the_current_attempt_may_publish(
     assert await read_progress(redis_async, redis_names, "r1", 0) == [first, fresh]
     assert await read_result(redis_async, redis_names, "r1") == fresh
     assert (await claim_attempt(redis_async, redis_names, "r1", 30)).finished
+
+
+async def test_one_step_reaches_each_api_process_as_one_message(
+    redis_async: aioredis.Redis, redis_names: RedisNames
+) -> None:
+    listener = redis_async.pubsub()
+    await listener.subscribe("api-1", "api-2")
+    for _ in range(2):
+        await listener.get_message(timeout=5)
+    chunks = [Chunk(request_id, attempt=1, seq=0, text=request_id) for request_id in ("r1", "r2", "r3")]
+    channels = ["api-1", "api-2", "api-1"]
+    publications = [
+        Publication(chunk, True, None, 30, channel) for chunk, channel in zip(chunks, channels, strict=True)
+    ]
+    assert await Publisher(redis_async, redis_names).publish(publications) == [True, True, True]
+    messages = [await listener.get_message(timeout=5) for _ in range(2)]
+    assert await listener.get_message(timeout=0.2) is None
+    await listener.aclose()
+    by_channel = {message["channel"]: decode_chunks(message["data"]) for message in messages if message}
+    assert by_channel == {b"api-1": [chunks[0], chunks[2]], b"api-2": [chunks[1]]}
 
 
 async def test_a_final_chunk_acknowledges_its_entry_only_when_it_is_published(

@@ -241,7 +241,8 @@ async def test_entry_of_a_dead_worker_is_resumed_where_it_stopped(
     publisher = streams.Publisher(redis_async, redis_names)
     for seq, char in enumerate(already):
         chunk = Chunk("r1", attempt=1, seq=seq, text=char, token_ids=tuple(char.encode()))
-        await publisher.publish([streams.Publication(chunk, True, None, 60, subscriber.channel)])
+        # published to a channel nobody hears (the resumed attempt reads them from the progress list)
+        await publisher.publish([streams.Publication(chunk, True, None, 60, "elsewhere")])
     queue = subscriber.register("r1")
     worker, task = await start_worker(redis_async, redis_names, name="w2")
     chunks = await collect(queue, timeout=10)

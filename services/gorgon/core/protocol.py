@@ -1,7 +1,8 @@
 """Typed, versioned messages that cross Redis between the API and the workers.
 
     RequestPayload   API → worker, one request-stream entry (field `p`, JSON)
-    Chunk            worker → API, one pub/sub message on the reply channel of the API process (JSON)
+    Chunk            worker → API, on the reply channel of the API process: one JSON array of chunks per worker
+                     step and API process (`decode_chunks`; a single chunk object is read too)
 
 Both carry `v` = PROTOCOL_VERSION; a reader refuses any other version with ProtocolError, so a mixed rollout
 fails loudly instead of misreading fields. Nothing here imports torch.
@@ -114,7 +115,11 @@ class Chunk:
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Chunk:
-        body = _load_versioned(raw)
+        return cls.from_body(_load_versioned(raw))
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Chunk:
+        """A chunk from its decoded JSON object (version already checked and removed)."""
         error = body.pop("error", None)
         try:
             return cls(
@@ -126,11 +131,26 @@ class Chunk:
             raise ProtocolError(f"bad chunk: {exc}") from exc
 
 
-def _load_versioned(raw: bytes | str) -> dict[str, Any]:
+def decode_chunks(raw: bytes | str) -> list[Chunk]:
+    """The chunks of one reply-channel message: a JSON array of chunks (a worker publishes one array per step
+    and API process), or a single chunk object."""
+    message = _load_json(raw)
+    bodies = message if isinstance(message, list) else [message]
+    return [Chunk.from_body(_versioned(body)) for body in bodies]
+
+
+def _load_json(raw: bytes | str) -> Any:
     try:
-        body = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"not JSON: {exc}") from exc
+
+
+def _load_versioned(raw: bytes | str) -> dict[str, Any]:
+    return _versioned(_load_json(raw))
+
+
+def _versioned(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ProtocolError("message is not a JSON object")
     version = body.pop("v", None)
