@@ -118,12 +118,26 @@ def test_training_is_deterministic_and_resumes_to_the_same_heads(
         assert torch.equal(tensor, other), name
 
 
-def test_a_checkpoint_of_other_settings_is_refused(
+def test_runs_of_other_settings_keep_their_own_checkpoints(
     tiny_base: BaseModel, tiny_sequences: Sequences, tmp_path: Path
 ) -> None:
     _trainer(tiny_base, tiny_sequences, replace(SETTINGS, epochs=0.5), tmp_path).run()
-    with pytest.raises(ConfigurationError, match="other settings"):
-        _trainer(tiny_base, tiny_sequences, replace(SETTINGS, epochs=1, seed=7), tmp_path).resume()
+    other = _trainer(tiny_base, tiny_sequences, replace(SETTINGS, epochs=1, seed=7), tmp_path)
+    assert not other.resume()  # a fresh start, the first run's checkpoint untouched
+    assert _trainer(tiny_base, tiny_sequences, replace(SETTINGS, epochs=0.5), tmp_path).resume()
+
+
+def test_a_checkpoint_of_other_data_is_refused(
+    tiny_base: BaseModel, tiny_sequences: Sequences, tmp_path: Path
+) -> None:
+    _trainer(tiny_base, tiny_sequences, replace(SETTINGS, epochs=0.5), tmp_path).run()
+    fewer = Sequences(
+        hidden=tiny_sequences.hidden[:-5],
+        response_ids=tiny_sequences.response_ids[:-5],
+        lengths=torch.cat([tiny_sequences.lengths[:-1], tiny_sequences.lengths[-1:] - 5]),
+    )
+    with pytest.raises(ConfigurationError, match="other data"):
+        _trainer(tiny_base, fewer, replace(SETTINGS, epochs=0.5), tmp_path).resume()
 
 
 def test_own_projections_need_the_full_vocabulary(

@@ -12,6 +12,8 @@ held-out argmaxes fell outside the target vocabulary); the held-out report alway
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Iterator
@@ -31,7 +33,7 @@ from gorgon.training.settings import TrainSettings, TrainVocab
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_PREFIX = "checkpoint"  # checkpoint-<digest of the training settings>.pt
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +199,12 @@ def total_steps(num_positions: int, settings: TrainSettings) -> int:
     return math.ceil(settings.epochs * math.ceil(num_positions / settings.batch_tokens))
 
 
+def checkpoint_name(settings: TrainSettings) -> str:
+    """One checkpoint per training recipe, so runs of different recipes on the same data each resume their own."""
+    digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
+    return f"{CHECKPOINT_PREFIX}-{digest}.pt"
+
+
 @dataclass
 class TrainResult:
     heads: MedusaHeads
@@ -236,7 +244,7 @@ class Trainer:
             lr=settings.learning_rate,
             weight_decay=0.0,
         )
-        self.checkpoint_path = work_dir / CHECKPOINT_NAME
+        self.checkpoint_path = work_dir / checkpoint_name(settings)
         self.total_steps = total_steps(len(positions), settings)
         self.step = 0
 
@@ -260,7 +268,7 @@ class Trainer:
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         if state["settings"] != asdict(self.settings) or state["num_positions"] != int(self.hidden.shape[0]):
             raise ConfigurationError(
-                f"{self.checkpoint_path} belongs to a run with other settings or data; "
+                f"{self.checkpoint_path} belongs to a run with other data (or other settings); "
                 f"delete it or use another --work-dir"
             )
         self.heads.load_state_dict(state["heads"], strict=True)
