@@ -172,6 +172,12 @@ def test_malformed_json_and_oversized_bodies_are_refused(api: str) -> None:
     assert chat.status_code == 400 and chat.json()["error"]["param"] == "messages"
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_generation_paths_refuse_other_methods_in_openai_shape(api: str, path: str) -> None:
+    reply = httpx.get(f"{api}{path}")
+    assert reply.status_code == 405 and reply.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_health_ready_and_metrics(api: str) -> None:
     assert httpx.get(f"{api}/health").json() == {"status": "ok"}
     assert httpx.get(f"{api}/ready").json()["models"] == ["echo"]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gorgon.api.config import ApiSettings, get_api_settings
 from gorgon.api.deps import ApiState
+from gorgon.api.direct_routes import DirectRoutes
 from gorgon.api.errors import OpenAIError, install_error_handlers
 from gorgon.api.generation import Gateway
 from gorgon.api.registry import ModelRegistry
@@ -85,6 +88,7 @@ def create_app(settings: ApiSettings | None = None, redis_settings: RedisSetting
         gateway = Gateway(redis, names, subscriber, settings.max_backlog, settings.retry_after_s)
         registry = ModelRegistry(redis, names, settings.model_cache_s, settings.default_model)
         app.state.gorgon = ApiState(settings, redis, names, gateway, registry)
+        gc.freeze()  # what start-up built lives as long as the process: keep it out of every collection
         try:
             yield
         finally:
@@ -99,6 +103,10 @@ def create_app(settings: ApiSettings | None = None, redis_settings: RedisSetting
     install_error_handlers(app)
     for module in (completions, chat, models, health):
         app.include_router(module.router)
+    generation_routes = [*completions.router.routes, *chat.router.routes]
+    app.add_middleware(
+        DirectRoutes, routes=[route for route in generation_routes if isinstance(route, APIRoute)]
+    )
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestTelemetry)
     return app

@@ -75,32 +75,40 @@ def validation_error(exc: RequestValidationError | ValidationError) -> OpenAIErr
 _STATUS_TYPES = {401: "authentication_error", 404: "invalid_request_error", 405: "invalid_request_error"}
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(OpenAIError)
-    async def _openai_error(_: Request, exc: OpenAIError) -> Response:
+def error_response(exc: Exception) -> Response:
+    """The OpenAI-shaped answer to an exception raised while serving a request (before its response started)."""
+    if isinstance(exc, OpenAIError):
         return exc.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_request(_: Request, exc: RequestValidationError) -> Response:
+    if isinstance(exc, RequestValidationError):
         return validation_error(exc).response()
-
-    @app.exception_handler(GorgonError)
-    async def _gorgon_error(_: Request, exc: GorgonError) -> Response:
+    if isinstance(exc, GorgonError):
         return OpenAIError(400, str(exc), code=exc.code, param=exc.param).response()
-
-    @app.exception_handler(RedisError)
-    async def _redis_down(_: Request, exc: RedisError) -> Response:
+    if isinstance(exc, RedisError):
         log.warning("Redis error while serving a request: %s", exc)
         return OpenAIError(
             503, "the queue is unavailable; retry shortly", type_="server_error", code="redis_unavailable"
         ).response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    if isinstance(exc, StarletteHTTPException):
         type_ = _STATUS_TYPES.get(exc.status_code, "invalid_request_error")
         return OpenAIError(exc.status_code, str(exc.detail), type_=type_).response()
+    log.exception("unexpected error while serving a request", exc_info=exc)
+    return OpenAIError(500, "internal error", type_="server_error", code="internal_error").response()
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> Response:
-        log.exception("unexpected error while serving a request", exc_info=exc)
-        return OpenAIError(500, "internal error", type_="server_error", code="internal_error").response()
+
+ANSWERED_ERRORS: tuple[type[Exception], ...] = (
+    OpenAIError,
+    RequestValidationError,
+    GorgonError,
+    RedisError,
+    StarletteHTTPException,
+)
+"""Answered where they are raised; anything else goes up through the middleware (whose own answers, such as
+the body limit's 413, come first) to the outermost handler, which answers 500."""
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def _handle(_: Request, exc: Exception) -> Response:
+        return error_response(exc)
+
+    for error_class in (*ANSWERED_ERRORS, Exception):
+        app.add_exception_handler(error_class, _handle)

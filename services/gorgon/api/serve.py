@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
 
     from gorgon.api.app import create_app  # noqa: PLC0415
     from gorgon.api.config import ApiSettings  # noqa: PLC0415
+    from gorgon.api.http_protocol import HeadCoalescingProtocol  # noqa: PLC0415
     from gorgon.core.config import get_redis_settings  # noqa: PLC0415
     from gorgon.core.streams import require_redis_url  # noqa: PLC0415
     from gorgon.core.tracing import configure_tracing  # noqa: PLC0415
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        http=HeadCoalescingProtocol,
         timeout_graceful_shutdown=5,
     )
     return 0

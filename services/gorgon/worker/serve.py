@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -73,6 +74,7 @@ async def serve(settings: WorkerSettings) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, worker.request_stop)
         log.info("worker %s serving model %s", worker_id, engine.info.name)
+        gc.freeze()  # the engine and what start-up built live as long as the process: keep them out of collections
         await worker.run()
         log.info("worker %s stopped", worker_id)
     finally:
