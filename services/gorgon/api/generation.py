@@ -10,6 +10,7 @@ on exit without a final chunk (client gone, deadline): set the cancel flag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -84,11 +85,13 @@ class Gateway:
         finished = False
         try:
             await self._enqueue(payload)
-            async for chunk in self._relay(queue, payload):
-                finished = chunk.final
-                if chunk.error is not None:
-                    raise OpenAIError.from_wire(chunk.error)
-                yield chunk
+            # closed here: left to the garbage collector, the relay's finaliser would schedule a task per request
+            async with contextlib.aclosing(self._relay(queue, payload)) as relay:
+                async for chunk in relay:
+                    finished = chunk.final
+                    if chunk.error is not None:
+                        raise OpenAIError.from_wire(chunk.error)
+                    yield chunk
         except RedisError as exc:
             log.warning("Redis failed during request %s: %s", payload.request_id, exc)
             raise OpenAIError(
