@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import orjson
 from redis.asyncio import Connection, ConnectionPool
 from redis.asyncio import Redis as AsyncRedis
@@ -685,14 +686,29 @@ class WaitingConnectionPool(ConnectionPool):
 
 
 class PromptWriteConnection(Connection):
-    """A connection that writes a command at once when the socket's buffer is empty.
+    """A connection that packs commands in C and writes them at once when the socket's buffer is empty.
 
     With a socket timeout set (redis-py's default is 5 s), redis-py wraps every write in `asyncio.wait_for`, which
     on Python 3.11 runs it in a task of its own: the command leaves one loop iteration later, and the caller
     resumes one more iteration after that. A write into an empty buffer cannot block, so it needs no timeout;
     only a write behind unsent data takes redis-py's timed path (which waits for the buffer to drain).
     Reads keep their timeout.
+
+    redis-py's asyncio connection packs commands in Python, argument by argument; `hiredis.pack_command` (what
+    redis-py's own synchronous client uses when hiredis is installed) builds the same bytes in C: 14 us instead
+    of 110 for the step script of a worker serving seven streams.
     """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        name = args[0]
+        if isinstance(name, str):
+            args = (*name.encode().split(), *args[1:])
+        elif b" " in name:
+            args = (*name.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:  # an argument neither packs (a bool, None): redis-py's own error (DataError)
+            return super().pack_command(*args)
 
     async def send_packed_command(
         self, command: bytes | str | Iterable[bytes], check_health: bool = True
