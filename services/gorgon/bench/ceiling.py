@@ -1,6 +1,7 @@
-"""The HTTP ceiling of this machine for `gorgon bench platform`: a FastAPI app served exactly like the API
-(uvicorn, uvloop, httptools, one process) whose POST route answers a constant completion without Redis or a
-worker. The platform's throughput is reported next to this one, measured in the same run."""
+"""The HTTP ceiling of this machine for `gorgon bench platform`: a FastAPI app served by plain uvicorn (uvloop,
+httptools, one process; the API itself serves its generation routes past FastAPI's routing, with its own uvicorn
+protocol) whose POST route answers a constant completion without Redis or a worker. The platform's throughput is
+reported next to this one, measured in the same run."""
 
 from __future__ import annotations
 

@@ -399,7 +399,7 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         "|---|---|---|",
         f"| API throughput, non-streaming, {args.concurrency} connections, {args.max_tokens} tokens | "
         f"{throughput.per_second:.0f} req/s ({throughput.errors} errors) | ≥ 1000 req/s |",
-        f"| HTTP ceiling: constant FastAPI route, same server and client | {ceiling.per_second:.0f} req/s | |",
+        f"| HTTP ceiling: constant FastAPI route, plain uvicorn, same client | {ceiling.per_second:.0f} req/s | |",
         f"| platform throughput / HTTP ceiling | {throughput.per_second / ceiling.per_second:.2f} | |",
         f"| CPU per request: API / worker / Redis / load generator | {cpu['api']:.2f} / {cpu['worker']:.2f} / "
         f"{cpu['redis']:.2f} / {cpu['load_generator']:.2f} ms | |",
