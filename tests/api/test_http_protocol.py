@@ -31,10 +31,11 @@ async def test_head_and_body_leave_in_one_write() -> None:
     transport.write(HEAD)
     assert inner.sent == []
     transport.write(b"{}")
-    transport.write(b"more")
+    transport.write(memoryview(b"more"))
+    transport.writelines([HEAD, b"{}"])
     assert inner.sent == [HEAD + b"{}", b"more"]
     await asyncio.sleep(0)
-    assert inner.sent == [HEAD + b"{}", b"more"]
+    assert inner.sent == [HEAD + b"{}", b"more", HEAD + b"{}"]
 
 
 async def test_a_head_alone_is_sent_when_the_loop_comes_round_or_on_close() -> None:

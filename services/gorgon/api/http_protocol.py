@@ -10,6 +10,7 @@ when the loop comes round, so nothing waits longer than that.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -27,16 +28,19 @@ class HeadHoldingTransport:
         self._loop = loop
         self._held: bytes | None = None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         held = self._held
         if held is not None:
             self._held = None
             self._transport.write(held + data)
-        elif data.startswith(RESPONSE_HEAD_PREFIX):
+        elif isinstance(data, bytes) and data.startswith(RESPONSE_HEAD_PREFIX):
             self._held = data
             self._loop.call_soon(self.release)
         else:
             self._transport.write(data)
+
+    def writelines(self, pieces: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.write(b"".join(pieces))
 
     def release(self) -> None:
         """Send a held head now (nothing else was written after it)."""
