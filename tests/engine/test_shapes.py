@@ -67,7 +67,7 @@ def test_the_first_step_of_a_shape_is_not_timed() -> None:
 def test_large_batches_fall_back_to_plain() -> None:
     selector = _selector()
     _run(selector, batch=1, steps=EXPLORATION)
-    chosen = _run(selector, batch=16, steps=30)
+    chosen = _run(selector, batch=16, steps=40)
     assert chosen[-20:] == ["plain"] * 20  # 3 / 0.35 s and 2 / 0.25 s lose to 1 / 0.1 s
     assert selector.choose(1, speculative_rows=1).name == "tree"  # batch 1 keeps its own measurements
 

@@ -36,7 +36,8 @@ from gorgon.engine.tree import TREES, TreeBuffers, build_tree_buffers, chain, sp
 
 log = logging.getLogger(__name__)
 
-CHAIN_DEPTH = 3  # drafted tokens in the chain shape (fewer when fewer heads)
+CHAIN_DEPTH = 3  # drafted tokens in the chain shape of Medusa-1 heads (fewer when fewer heads)
+# Recurrent heads chain over all their heads: each continues the one before it, so deep drafts stay useful.
 HEADS_TREE_FILE = "medusa_choices.json"  # a tree tuned for the heads, written beside them
 DRAFT_VOCABULARY_FILE = (
     "draft_vocab.json"  # the heads' draft tokens, most frequent first, written beside them
@@ -54,7 +55,7 @@ def build_shapes(
     shapes = [build_tree_buffers((), name="plain", device=device)]
     if heads is None:
         return shapes
-    depth = min(CHAIN_DEPTH, heads.num_heads)
+    depth = heads.num_heads if heads.recurrent else min(CHAIN_DEPTH, heads.num_heads)
     shapes.append(build_tree_buffers(chain(depth), name=f"chain_{depth}", device=device))
     tree = _configured_tree(settings, heads, device)
     if tree.num_nodes > 1 and tree.choices != shapes[-1].choices:

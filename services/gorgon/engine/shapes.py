@@ -9,14 +9,16 @@ a shape that became worthwhile (trained heads, smaller batch) gets picked again.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import statistics
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gorgon.engine.tree import TreeBuffers
 
-SMOOTHING = 0.2  # weight of a new measurement in the running means
-MIN_SAMPLES = 2  # timed steps of a shape at a bucket before it is judged (after its warm-up step)
+SMOOTHING = 0.2  # weight of a new measurement in the running mean of acceptance
+TIMING_WINDOW = 9  # step times per (shape, bucket) whose median is the shape's step time
+MIN_SAMPLES = 3  # timed steps of a shape at a bucket before it is judged (after its warm-up step)
 ACCEPTANCE_SAMPLES = 8  # speculative steps of a shape (any bucket) before its acceptance is judged
 REEXPLORE_EVERY = 200  # steps at one bucket between re-measurements of the shapes not chosen
 
@@ -37,11 +39,30 @@ class RunningMean:
 
 
 @dataclass(slots=True)
+class RunningMedian:
+    """Median of the last TIMING_WINDOW observations: one step stalled by another process (a page fault, a
+    busy core) must not make a shape look slow until its next re-measurement."""
+
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=TIMING_WINDOW))
+    samples: int = 0
+
+    @property
+    def value(self) -> float:
+        return statistics.median(self.recent) if self.recent else 0.0
+
+    def add(self, observation: float) -> None:
+        self.recent.append(observation)
+        self.samples += 1
+
+
+@dataclass(slots=True)
 class ShapeSelector:
     """shapes[0] must be the plain one-node tree; the others are tried in the given order."""
 
     shapes: Sequence[TreeBuffers]
-    step_seconds: dict[tuple[str, int], RunningMean] = field(default_factory=lambda: defaultdict(RunningMean))
+    step_seconds: dict[tuple[str, int], RunningMedian] = field(
+        default_factory=lambda: defaultdict(RunningMedian)
+    )
     tokens_per_row: dict[str, RunningMean] = field(default_factory=lambda: defaultdict(RunningMean))
     steps_at_bucket: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     warmed_up: set[tuple[str, int]] = field(default_factory=set)

@@ -91,6 +91,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=VERIFY_COST_MS,
         help="measured forward latency per tree size, tokens:ms pairs",
     )
+    out.add_argument(
+        "--branching-cost",
+        type=float,
+        default=RunSettings.__dataclass_fields__["branching_cost_ms"].default,
+        help="extra ms per step of a branching tree over a chain (the tree search then may pick a chain)",
+    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (1 is fastest on a busy CPU)"
     )
@@ -146,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         export_own_projections=args.export_own_projections,
         tree_max_nodes=args.tree_max_nodes,
         cost_table=args.verify_cost,
+        branching_cost_ms=args.branching_cost,
     )
     report = run_training(settings)
     summary = {

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from gorgon.engine.medusa import MedusaHeads
+from gorgon.engine.tree import chain
 from gorgon.training.settings import VERIFY_COST_MS
 from gorgon.training.trainer import IGNORE, Positions, head_logits
 
@@ -116,9 +117,11 @@ def grow_tree(
     cost_table: Sequence[tuple[int, float]] = VERIFY_COST_MS,
     *,
     spine_only: bool = False,
+    branching_cost_ms: float = 0.0,
 ) -> TreeSearch:
     """Greedy tree growth on empirical path frequencies; ranks: [N, K]. With `spine_only` (recurrent heads)
-    only nodes branching off the top-1 chain, (0, ..., 0, r), are grown."""
+    only nodes branching off the top-1 chain, (0, ..., 0, r), are grown. The best tree is compared with the best
+    top-1 chain, branching trees paying `branching_cost_ms` more per step; the chain wins when it is faster."""
     num_heads = ranks.shape[1]
     match_masks: dict[tuple[int, ...], torch.Tensor] = {}
     frontier: dict[tuple[int, ...], float] = {}
@@ -145,4 +148,42 @@ def grow_tree(
         speed = expected / verify_cost_ms(1 + len(chosen), cost_table) * plain_cost
         curve.append(TreePoint(len(chosen), expected, speed))
     best_point = max(curve, key=lambda point: point.relative_speed)
-    return TreeSearch(choices=tuple(chosen), curve=tuple(curve), best=best_point)
+    search = TreeSearch(choices=tuple(chosen), curve=tuple(curve), best=best_point)
+    return _with_chain_if_faster(search, ranks, cost_table, branching_cost_ms)
+
+
+def chain_tokens_per_step(ranks: torch.Tensor, depth: int) -> float:
+    """Expected tokens per step of the top-1 chain of `depth` drafts: 1 + sum_d P(heads 0..d-1 all rank 0)."""
+    all_right = torch.ones(ranks.shape[0], dtype=torch.bool)
+    expected = 1.0
+    for head in range(depth):
+        all_right &= ranks[:, head] == 0
+        expected += float(all_right.float().mean())
+    return expected
+
+
+def _with_chain_if_faster(
+    search: TreeSearch, ranks: torch.Tensor, cost_table: Sequence[tuple[int, float]], branching_cost_ms: float
+) -> TreeSearch:
+    """Branching trees pay `branching_cost_ms` per step on top of the token cost (the per-node key gather of
+    engine/attention.py; chains need none), so the best top-1 chain can beat every grown tree."""
+    plain_cost = verify_cost_ms(1, cost_table)
+
+    def speed(tokens_per_step: float, nodes: int, branching: bool) -> float:
+        cost = verify_cost_ms(1 + nodes, cost_table) + (branching_cost_ms if branching else 0.0)
+        return tokens_per_step / cost * plain_cost
+
+    best = search.best
+    branching = any(any(path) for path in search.choices[: best.nodes])
+    tree_point = TreePoint(
+        best.nodes, best.tokens_per_step, speed(best.tokens_per_step, best.nodes, branching)
+    )
+    chains = [
+        TreePoint(depth, expected, speed(expected, depth, False))
+        for depth in range(1, ranks.shape[1] + 1)
+        for expected in [chain_tokens_per_step(ranks, depth)]
+    ]
+    best_chain = max(chains, key=lambda point: point.relative_speed)
+    if best_chain.relative_speed <= tree_point.relative_speed:
+        return TreeSearch(search.choices, search.curve, tree_point)
+    return TreeSearch(chain(best_chain.nodes), search.curve, best_chain)

@@ -149,6 +149,7 @@ def _report(
         ],
         "tree": {
             "cost_table_ms": [list(point) for point in settings.cost_table],
+            "branching_cost_ms": settings.branching_cost_ms,
             "best_nodes": search.best.nodes,
             "expected_tokens_per_step": search.best.tokens_per_step,
             "expected_relative_speed": search.best.relative_speed,
@@ -184,7 +185,11 @@ def run_training(settings: RunSettings, base: BaseModel | None = None) -> dict:
     ranks = target_ranks(result.heads, base.lm_head, held_out_positions, embed_tokens=embed_tokens)
     accuracies = head_accuracies(ranks, held_out_positions.targets)
     search = grow_tree(
-        ranks, settings.tree_max_nodes, cost_table=settings.cost_table, spine_only=settings.train.recurrent
+        ranks,
+        settings.tree_max_nodes,
+        cost_table=settings.cost_table,
+        spine_only=settings.train.recurrent,
+        branching_cost_ms=settings.branching_cost_ms,
     )
     timings["evaluation"] = time.monotonic() - mark
     timings["total"] = time.monotonic() - started

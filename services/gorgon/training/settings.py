@@ -11,6 +11,11 @@ TrainVocab = Literal["sampled", "full"]
 VERIFY_COST_MS: tuple[tuple[int, float], ...] = ((1, 40.0), (8, 53.0), (16, 68.0), (64, 109.0))
 """Measured latency of one bf16 forward of SmolLM2-135M over q new tokens on the 2-core dev CPU (q, ms)."""
 
+BRANCHING_COST_MS = 10.0
+"""Extra step time of a branching tree over a chain of as many tokens (the per-node key gather of
+engine/attention.py), SmolLM2 bf16 batch 1 on the dev CPU: 4-node tree 1.28x plain against 1.49x for a 4-deep
+chain at 1.55 / 1.49 tokens per step (2026-12-01)."""
+
 
 @dataclass(frozen=True, slots=True)
 class DataSettings:
@@ -48,3 +53,4 @@ class RunSettings:
     export_own_projections: Path | None = None
     tree_max_nodes: int = 63
     cost_table: tuple[tuple[int, float], ...] = VERIFY_COST_MS
+    branching_cost_ms: float = BRANCHING_COST_MS
