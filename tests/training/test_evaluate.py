@@ -103,3 +103,13 @@ def test_spine_only_growth_branches_off_the_top1_chain_only() -> None:
     assert all(not any(path[:-1]) for path in search.choices)
     unrestricted = grow_tree(ranks, max_nodes=12)
     assert any(any(path[:-1]) for path in unrestricted.choices)
+
+
+def test_a_chain_wins_over_trees_that_pay_for_branching() -> None:
+    generator = torch.Generator().manual_seed(1)
+    ranks = torch.where(torch.rand(500, 3, generator=generator) < 0.6, 0, torch.randint(1, 4, (500, 3)))
+    free = grow_tree(ranks, max_nodes=12, spine_only=True)
+    assert any(any(path) for path in free.best_choices)  # without a branching cost, siblings pay
+    costly = grow_tree(ranks, max_nodes=12, spine_only=True, branching_cost_ms=30.0)
+    assert costly.best_choices == [[0] * depth for depth in range(1, costly.best.nodes + 1)]
+    assert costly.best.tokens_per_step < free.best.tokens_per_step
