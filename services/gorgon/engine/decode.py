@@ -165,13 +165,14 @@ def _draft_recurrent(parts: ModelParts, hidden: torch.Tensor, next_tokens: torch
     """Recurrent heads draft along their own top-1 path: head k continues next_tokens and heads 0..k-1's best
     drafts, so row b's drafts [K, DRAFT_TOPK] fit trees whose nodes branch off that path only
     (tree.spine_choices)."""
-    heads, vocabulary = parts.heads, parts.draft_vocabulary
-    projection = parts.lm_head if vocabulary is None or heads.own_lm_heads else vocabulary.projection
+    heads = parts.heads
+    vocabulary = None if heads.own_lm_heads else parts.draft_vocabulary  # own projections span the vocabulary
+    projection = parts.lm_head if vocabulary is None else vocabulary.projection
     state, token, drafts = hidden, next_tokens, []
     for k in range(heads.num_heads):
         state = heads.head_state(k, state, parts.embed_tokens(token))  # [B, H]
         ranks = heads.project(k, state, projection).topk(DRAFT_TOPK, dim=-1).indices  # [B, DRAFT_TOPK]
-        if vocabulary is not None and not heads.own_lm_heads:
+        if vocabulary is not None:
             ranks = vocabulary.token_ids[ranks]
         drafts.append(ranks)
         token = ranks[:, 0]

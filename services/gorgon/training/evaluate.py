@@ -138,18 +138,28 @@ def grow_tree(
     offer_children((), torch.ones(ranks.shape[0], dtype=torch.bool))
     chosen: list[tuple[int, ...]] = []
     expected = 1.0
-    plain_cost = verify_cost_ms(1, cost_table)
+    branching = False
     curve = [TreePoint(0, 1.0, 1.0)]
     while frontier and len(chosen) < max_nodes:
         best = max(frontier, key=lambda path: (frontier[path], [-rank for rank in path]))
         expected += frontier.pop(best)
         chosen.append(best)
+        branching = branching or any(best)
         offer_children(best, match_masks[best])
-        speed = expected / verify_cost_ms(1 + len(chosen), cost_table) * plain_cost
+        speed = relative_speed(expected, len(chosen), cost_table, branching_cost_ms if branching else 0.0)
         curve.append(TreePoint(len(chosen), expected, speed))
     best_point = max(curve, key=lambda point: point.relative_speed)
     search = TreeSearch(choices=tuple(chosen), curve=tuple(curve), best=best_point)
-    return _with_chain_if_faster(search, ranks, cost_table, branching_cost_ms)
+    return _with_chain_if_faster(search, ranks, cost_table)
+
+
+def relative_speed(
+    tokens_per_step: float, nodes: int, cost_table: Sequence[tuple[int, float]], extra_ms: float = 0.0
+) -> float:
+    """Speed relative to plain decoding of a shape of `nodes` drafted nodes costing `extra_ms` beyond its tokens."""
+    return (
+        tokens_per_step / (verify_cost_ms(1 + nodes, cost_table) + extra_ms) * verify_cost_ms(1, cost_table)
+    )
 
 
 def chain_tokens_per_step(ranks: torch.Tensor, depth: int) -> float:
@@ -163,27 +173,16 @@ def chain_tokens_per_step(ranks: torch.Tensor, depth: int) -> float:
 
 
 def _with_chain_if_faster(
-    search: TreeSearch, ranks: torch.Tensor, cost_table: Sequence[tuple[int, float]], branching_cost_ms: float
+    search: TreeSearch, ranks: torch.Tensor, cost_table: Sequence[tuple[int, float]]
 ) -> TreeSearch:
-    """Branching trees pay `branching_cost_ms` per step on top of the token cost (the per-node key gather of
-    engine/attention.py; chains need none), so the best top-1 chain can beat every grown tree."""
-    plain_cost = verify_cost_ms(1, cost_table)
-
-    def speed(tokens_per_step: float, nodes: int, branching: bool) -> float:
-        cost = verify_cost_ms(1 + nodes, cost_table) + (branching_cost_ms if branching else 0.0)
-        return tokens_per_step / cost * plain_cost
-
-    best = search.best
-    branching = any(any(path) for path in search.choices[: best.nodes])
-    tree_point = TreePoint(
-        best.nodes, best.tokens_per_step, speed(best.tokens_per_step, best.nodes, branching)
-    )
+    """The greedy growth adds siblings early, so the top-1 chains (which pay no branching cost) are not on its
+    curve: the best of them replaces the best grown tree when it is faster."""
     chains = [
-        TreePoint(depth, expected, speed(expected, depth, False))
+        TreePoint(depth, expected, relative_speed(expected, depth, cost_table))
         for depth in range(1, ranks.shape[1] + 1)
         for expected in [chain_tokens_per_step(ranks, depth)]
     ]
     best_chain = max(chains, key=lambda point: point.relative_speed)
-    if best_chain.relative_speed <= tree_point.relative_speed:
-        return TreeSearch(search.choices, search.curve, tree_point)
+    if best_chain.relative_speed <= search.best.relative_speed:
+        return search
     return TreeSearch(chain(best_chain.nodes), search.curve, best_chain)
