@@ -109,6 +109,54 @@ def test_a_path_through_a_second_sibling_is_moved_into_place(tiny_model) -> None
     torch.testing.assert_close(cache.storage[:, :, :, : len(text)], fresh.storage[:, :, :, : len(text)])
 
 
+def test_a_lookahead_leaf_holding_the_next_token_drafts_the_next_step(tiny_model) -> None:
+    """Head 0's true token at rank 1: the chain is rejected, leaf (1,) holds the chosen token, and its own
+    logits become the next step's first draft, whose top-1 is the token greedy decoding gives after it."""
+    parts = _parts(tiny_model)
+    prompt = [9, 8, 7, 6, 5, 4]
+    greedy = _greedy(tiny_model, prompt, 6)
+    cache = _cache(tiny_model, 1)
+    first = prefill(parts, cache, [prompt], [RowSampling()])
+    drafts = _oracle_drafts([greedy[1:]], correct_heads=[2])
+    drafts[0, 0, :2] = drafts[0, 0, :2].flip(0)
+    tree = build_tree_buffers([(0,), (1,), (0, 0), (2,)], lookahead=True)
+    outcome = speculative_step(
+        parts, cache, first.next_tokens, drafts, tree, [RowSampling()], TypicalAcceptance(), want_drafts=True
+    )
+    assert outcome.accepted_drafts == [0]
+    assert outcome.emitted == [greedy[1:2]]
+    assert outcome.draft_topk is not None and outcome.draft_topk.shape == (1, NUM_HEADS, DRAFT_TOPK)
+    assert outcome.draft_topk[0, 0, 0].item() == greedy[2]
+    text = prompt + greedy[:1]
+    fresh = _cache(tiny_model, 1)
+    prefill(parts, fresh, [text], [RowSampling()])
+    assert cache.lengths.tolist() == [len(text)]
+    torch.testing.assert_close(cache.storage[:, :, :, : len(text)], fresh.storage[:, :, :, : len(text)])
+
+
+def test_lookahead_tree_steps_reproduce_greedy(tiny_model) -> None:
+    parts = _parts(tiny_model)
+    prompt = [3, 1, 4, 1, 5]
+    greedy = _greedy(tiny_model, prompt, 30)
+    cache = _cache(tiny_model, 1)
+    outcome = prefill(parts, cache, [prompt], [RowSampling()])
+    produced = list(outcome.emitted[0])
+    tree = build_tree_buffers([(0,), (1,), (2,), (0, 0), (0, 1), (0, 0, 0), (0, 0, 1)], lookahead=True)
+    lookahead_drafts = 0
+    while len(produced) < 24:
+        drafts = outcome.draft_topk
+        if len(produced) % 3 == 0 or drafts is None:  # now and then oracle drafts, else the step's own
+            drafts = _oracle_drafts([greedy[len(produced) :]], correct_heads=[len(produced) % NUM_HEADS])
+            drafts[0, 0, :2] = drafts[0, 0, :2].flip(0)
+        lookahead_drafts += int(drafts[0, 0, 0].item() == greedy[len(produced)])
+        outcome = speculative_step(
+            parts, cache, outcome.next_tokens, drafts, tree, [RowSampling()], TypicalAcceptance(), want_drafts=True
+        )
+        produced += outcome.emitted[0]
+    assert produced[:24] == greedy[:24]
+    assert lookahead_drafts > 0  # leaves' logits drafted right first tokens
+
+
 def test_repeated_speculative_steps_reproduce_greedy(tiny_model) -> None:
     parts = _parts(tiny_model)
     prompt = [1, 2, 3, 4]

@@ -229,4 +229,5 @@ def test_recurrent_heads_give_the_plain_greedy_output_alone_and_batched(make_eng
 def test_a_tree_is_cut_to_the_nodes_recurrent_heads_can_fill(make_engine) -> None:
     engine = make_engine(random_heads(recurrent=True), medusa_choices="cpu_12")
     tree = engine.selector.shapes[-1]
-    assert tree.choices == ((0,), (1,), (2,), (0, 0), (0, 1), (0, 0, 0), (0, 0, 1))
+    assert tree.choices == ((0,), (0, 0), (0, 0, 0), (1,), (2,), (0, 1), (0, 0, 1))  # chain first
+    assert tree.lookahead and tree.spine_nodes == 4

@@ -232,7 +232,7 @@ def evaluate(
         return zeros, zeros
     children = paths[:, 1:]  # [P, D]
     valid = children >= 0
-    node_ok = _node_acceptance(logits, candidates, tree, rows, rule)  # [B, T] child accepted given its parent
+    node_ok = _node_acceptance(logits, candidates, tree.parents, rows, rule)  # [B, T] child accepted given its parent
     path_ok = node_ok[:, children.clamp(min=0)] & valid[None]  # [B, P, D]
     accept_lengths = path_ok.long().cumprod(-1).sum(-1)  # [B, P]
     best = accept_lengths.argmax(-1)
@@ -242,13 +242,12 @@ def evaluate(
 def _node_acceptance(
     logits: torch.Tensor,
     candidates: torch.Tensor,
-    tree: TreeBuffers,
+    parents: torch.Tensor,
     rows: Sequence[RowSampling],
     rule: TypicalAcceptance,
 ) -> torch.Tensor:
-    """[B, T] bool: node i's token is accepted after its parent (node 0: True)."""
-    parent_of = tree.parents  # [T]
-    parent_logits = logits[:, parent_of]  # [B, T, V]
+    """[B, T] bool: node i's token is accepted after its parent parents[i] (node 0: True)."""
+    parent_logits = logits[:, parents]  # [B, T, V]
     accepted = candidates == parent_logits.argmax(-1)
     for row, sampling in enumerate(rows):
         if not sampling.speculative:
@@ -282,6 +281,8 @@ def speculative_step(
     """One step for every row: candidates → tree forward → evaluate → accept → update KV."""
     if tree.num_nodes == 1:
         return plain_step(parts, cache, next_tokens, rows, want_drafts=want_drafts)
+    if tree.lookahead and not tree.is_chain:
+        return lookahead_step(parts, cache, next_tokens, draft_topk, tree, rows, rule, want_drafts=want_drafts)
     candidates = generate_candidates(next_tokens, draft_topk, tree)  # [B, T]
     ancestors = None if tree.is_chain else tree.ancestors
     hidden = forward_tokens(
@@ -302,6 +303,78 @@ def speculative_step(
         [*drafted_tokens[row][: accepted_list[row]], next_list[row]] for row in range(candidates.shape[0])
     ]
     return StepOutcome(emitted, accepted_list, new_next, new_drafts)
+
+
+def lookahead_step(
+    parts: ModelParts,
+    cache: RowKVCache,
+    next_tokens: torch.Tensor,
+    draft_topk: torch.Tensor | None,
+    tree: TreeBuffers,
+    rows: Sequence[RowSampling],
+    rule: TypicalAcceptance,
+    *,
+    want_drafts: bool,
+) -> StepOutcome:
+    """A spine tree in one masked window: the top-1 chain is verified, the leaves off it draft the next step.
+
+    The chain (nodes 0 .. spine_nodes - 1) sits at its depths, so it rounds exactly as a chain step and as
+    plain decoding do. A leaf sits past the chain's slots, so its outputs round differently and are never
+    emitted; but when the token chosen after the accepted chain is a leaf's token, that leaf has already run the
+    base model on it: its logits are the next step's first drafts (their top-1 is, up to rounding, the base
+    model's next token), and the heads continue from its hidden state. The gain an accepted sibling gives a
+    tree step arrives one step later, without gathering keys per node (engine/attention.py), which costs more
+    than it gains on a CPU.
+    """
+    candidates = generate_candidates(next_tokens, draft_topk, tree)  # [B, T]
+    hidden = forward_tokens(parts, cache, candidates, tree.depths, tree.attention_mask)  # [B, T, H]
+    logits = parts.lm_head(hidden)  # [B, T, V]
+    spine = tree.spine_nodes
+    chain_parents = tree.parents[:spine]
+    node_ok = _node_acceptance(logits[:, :spine], candidates[:, :spine], chain_parents, rows, rule)
+    accepted = node_ok[:, 1:].long().cumprod(-1).sum(-1)  # [B]; chain node d is node d
+    batch_index = torch.arange(candidates.shape[0], device=candidates.device)
+    new_next = choose_next_tokens(logits[batch_index, accepted], rows)
+    cache.compact(tree.depths[:spine].expand(candidates.shape[0], -1), accepted + 1)
+    new_drafts = None
+    if want_drafts:
+        new_drafts = _lookahead_drafts(parts, tree, candidates, hidden, logits, accepted, new_next)
+    chain_tokens = candidates[:, 1:spine].tolist()
+    accepted_list, next_list = accepted.tolist(), new_next.tolist()
+    emitted = [
+        [*chain_tokens[row][: accepted_list[row]], next_list[row]] for row in range(candidates.shape[0])
+    ]
+    return StepOutcome(emitted, accepted_list, new_next, new_drafts)
+
+
+def _lookahead_drafts(
+    parts: ModelParts,
+    tree: TreeBuffers,
+    candidates: torch.Tensor,
+    hidden: torch.Tensor,
+    logits: torch.Tensor,
+    last_nodes: torch.Tensor,
+    new_next: torch.Tensor,
+) -> torch.Tensor | None:
+    """Next step's drafts [B, K, DRAFT_TOPK]: from the leaf holding new_next where there is one (its top-k
+    logits first, the heads' drafts from its hidden state after), else from the last accepted chain node."""
+    leaves = torch.arange(candidates.shape[1], device=candidates.device) >= tree.spine_nodes  # [T]
+    holds_next = (
+        leaves[None, :]
+        & (tree.parents[None, :] == last_nodes[:, None])
+        & (candidates == new_next[:, None])
+    )  # [B, T]
+    found = holds_next.any(-1)
+    leaf = holds_next.long().argmax(-1)  # the matching leaf (siblings hold distinct tokens)
+    batch_index = torch.arange(candidates.shape[0], device=candidates.device)
+    leaf_logits = logits[batch_index, leaf]  # [B, V]
+    source = torch.where(found, leaf, last_nodes)
+    tokens = torch.where(found, leaf_logits.argmax(-1), new_next)
+    drafts = draft(parts, hidden[batch_index, source], tokens)
+    if drafts is None or not bool(found.any()):
+        return drafts
+    shifted = torch.cat([leaf_logits.topk(DRAFT_TOPK, dim=-1).indices[:, None], drafts[:, :-1]], dim=1)
+    return torch.where(found[:, None, None], shifted, drafts)
 
 
 def plain_step(

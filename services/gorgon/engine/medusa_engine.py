@@ -32,7 +32,7 @@ from gorgon.engine.loader import LoadedModel
 from gorgon.engine.medusa import MedusaHeads, has_medusa_heads, load_medusa_heads
 from gorgon.engine.packed import can_pack, packed_copy
 from gorgon.engine.shapes import ShapeSelector
-from gorgon.engine.tree import TREES, TreeBuffers, build_tree_buffers, chain, spine_choices
+from gorgon.engine.tree import TREES, TreeBuffers, build_tree_buffers, chain, is_spine_tree, spine_choices
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def build_shapes(
 def _configured_tree(settings: EngineSettings, heads: MedusaHeads, device: torch.device) -> TreeBuffers:
     """The named tree; with `auto`, the tree shipped beside the heads (medusa_choices.json) or the device default.
 
-    Recurrent heads draft along their own best path, so a tree is cut to the nodes that branch off it."""
+    Recurrent heads draft along their own best path, so a tree is cut to the nodes that branch off it. A tree
+    that only branches off its top-1 chain runs as a lookahead tree (decode.lookahead_step)."""
     shipped = settings.heads_path / HEADS_TREE_FILE
     if settings.medusa_choices == "auto" and shipped.is_file():
         name, choices = "heads_tree", [tuple(path) for path in json.loads(shipped.read_text())]
@@ -85,7 +86,7 @@ def _configured_tree(settings: EngineSettings, heads: MedusaHeads, device: torch
         if len(spine) < len(usable):
             log.info("tree %s: %d of %d nodes fit recurrent heads", name, len(spine), len(usable))
         usable = spine
-    return build_tree_buffers(usable, name=name, device=device)
+    return build_tree_buffers(usable, name=name, device=device, lookahead=is_spine_tree(usable))
 
 
 class MedusaEngine:

@@ -62,6 +62,9 @@ class TreeBuffers:
     parents:        [T] long, parent node of each node (the root is its own parent).
     ancestors:      [T, D + 1] long, the node at each depth of node i's root path (i itself at its own depth),
                     -1 past it.
+    lookahead:      a spine tree laid out top-1 chain first (nodes 0 .. spine_nodes - 1 at their depths), its
+                    other nodes leaves off that chain: only the chain is verified, the leaves draft the next step
+                    (decode.lookahead_step).
     """
 
     name: str
@@ -73,6 +76,7 @@ class TreeBuffers:
     parents: torch.Tensor
     ancestors: torch.Tensor
     topk: int
+    lookahead: bool = False
 
     @property
     def num_nodes(self) -> int:
@@ -81,6 +85,11 @@ class TreeBuffers:
     @property
     def max_depth(self) -> int:
         return int(self.retrieve_indices.shape[1]) - 1
+
+    @property
+    def spine_nodes(self) -> int:
+        """The root and the top-1 chain under it, (0,), (0, 0), ...: with `lookahead` they come first."""
+        return 1 + sum(1 for path in self.choices if not any(path))
 
     @property
     def is_chain(self) -> bool:
@@ -98,6 +107,7 @@ class TreeBuffers:
             self.parents.to(device),
             self.ancestors.to(device),
             self.topk,
+            self.lookahead,
         )
 
 
@@ -114,9 +124,14 @@ def sorted_choices(choices: Choices) -> list[tuple[int, ...]]:
 
 
 def build_tree_buffers(
-    choices: Choices, *, name: str = "custom", device: str | torch.device = "cpu"
+    choices: Choices, *, name: str = "custom", device: str | torch.device = "cpu", lookahead: bool = False
 ) -> TreeBuffers:
+    """The buffers of a tree; with `lookahead` (spine trees only, see is_spine_tree) the top-1 chain comes first."""
     paths = sorted_choices(choices)
+    if lookahead:
+        if not is_spine_tree(paths):
+            raise ValueError("a lookahead tree may only branch off its top-1 chain: (0, ..., 0, r) nodes")
+        paths.sort(key=lambda path: (any(path), len(path), path))
     topk = max((max(path) for path in paths), default=-1) + 1
     node_of = {(): 0} | {path: index + 1 for index, path in enumerate(paths)}
     num_nodes = len(paths) + 1
@@ -142,7 +157,16 @@ def build_tree_buffers(
         for depth in range(len(leaf) + 1):
             retrieve[row, depth] = node_of[leaf[:depth]]
     return TreeBuffers(
-        name, tuple(paths), attention_mask, tree_indices, depths, retrieve, parents, ancestors, max(topk, 1)
+        name,
+        tuple(paths),
+        attention_mask,
+        tree_indices,
+        depths,
+        retrieve,
+        parents,
+        ancestors,
+        max(topk, 1),
+        lookahead,
     ).to(device)
 
 
@@ -150,6 +174,11 @@ def spine_choices(choices: Choices) -> list[tuple[int, ...]]:
     """The paths that branch off the top-1 chain only, (0, ..., 0, r): the nodes recurrent heads can fill
     (they draft along their own best path, see decode._draft_recurrent)."""
     return [tuple(path) for path in choices if all(rank == 0 for rank in path[:-1])]
+
+
+def is_spine_tree(choices: Choices) -> bool:
+    """Every node branches off the top-1 chain (see spine_choices)."""
+    return len(spine_choices(choices)) == len(choices)
 
 
 def tree_by_name(name: str, *, num_heads: int, device: str | torch.device = "cpu") -> TreeBuffers:
