@@ -150,7 +150,14 @@ def test_lookahead_tree_steps_reproduce_greedy(tiny_model) -> None:
             drafts[0, 0, :2] = drafts[0, 0, :2].flip(0)
         lookahead_drafts += int(drafts[0, 0, 0].item() == greedy[len(produced)])
         outcome = speculative_step(
-            parts, cache, outcome.next_tokens, drafts, tree, [RowSampling()], TypicalAcceptance(), want_drafts=True
+            parts,
+            cache,
+            outcome.next_tokens,
+            drafts,
+            tree,
+            [RowSampling()],
+            TypicalAcceptance(),
+            want_drafts=True,
         )
         produced += outcome.emitted[0]
     assert produced[:24] == greedy[:24]

@@ -232,7 +232,9 @@ def evaluate(
         return zeros, zeros
     children = paths[:, 1:]  # [P, D]
     valid = children >= 0
-    node_ok = _node_acceptance(logits, candidates, tree.parents, rows, rule)  # [B, T] child accepted given its parent
+    node_ok = _node_acceptance(
+        logits, candidates, tree.parents, rows, rule
+    )  # [B, T] child accepted given its parent
     path_ok = node_ok[:, children.clamp(min=0)] & valid[None]  # [B, P, D]
     accept_lengths = path_ok.long().cumprod(-1).sum(-1)  # [B, P]
     best = accept_lengths.argmax(-1)
@@ -282,7 +284,9 @@ def speculative_step(
     if tree.num_nodes == 1:
         return plain_step(parts, cache, next_tokens, rows, want_drafts=want_drafts)
     if tree.lookahead and not tree.is_chain:
-        return lookahead_step(parts, cache, next_tokens, draft_topk, tree, rows, rule, want_drafts=want_drafts)
+        return lookahead_step(
+            parts, cache, next_tokens, draft_topk, tree, rows, rule, want_drafts=want_drafts
+        )
     candidates = generate_candidates(next_tokens, draft_topk, tree)  # [B, T]
     ancestors = None if tree.is_chain else tree.ancestors
     hidden = forward_tokens(
@@ -360,9 +364,7 @@ def _lookahead_drafts(
     logits first, the heads' drafts from its hidden state after), else from the last accepted chain node."""
     leaves = torch.arange(candidates.shape[1], device=candidates.device) >= tree.spine_nodes  # [T]
     holds_next = (
-        leaves[None, :]
-        & (tree.parents[None, :] == last_nodes[:, None])
-        & (candidates == new_next[:, None])
+        leaves[None, :] & (tree.parents[None, :] == last_nodes[:, None]) & (candidates == new_next[:, None])
     )  # [B, T]
     found = holds_next.any(-1)
     leaf = holds_next.long().argmax(-1)  # the matching leaf (siblings hold distinct tokens)
