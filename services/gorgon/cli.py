@@ -27,6 +27,11 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("api",), "gorgon.api.serve", "run the API service"),
     (("worker",), "gorgon.worker.serve", "run one worker"),
     (("bench", "engine"), "gorgon.engine.bench", "benchmark HF generate vs plain vs Medusa decoding"),
+    (
+        ("bench", "step-cost"),
+        "gorgon.engine.step_cost",
+        "time one decoding step by tree size (for the tree search)",
+    ),
     (("bench", "platform"), "gorgon.bench.platform", "benchmark the API + queue overhead on the echo engine"),
     (("bench", "telemetry"), "gorgon.bench.telemetry", "cost of the API's per-request metrics and spans"),
     (("train-heads",), "gorgon.training.cli", "train Medusa heads by self-distillation"),

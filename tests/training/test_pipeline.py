@@ -18,6 +18,7 @@ from gorgon.training.pipeline import (
     draft_coverage,
     export_with_own_projections,
     most_frequent_tokens,
+    retune_tree,
     run_training,
 )
 from gorgon.training.settings import DataSettings, RunSettings, TrainSettings
@@ -76,6 +77,25 @@ def test_a_repeated_run_reuses_data_and_checkpoint_and_gives_the_same_heads(
     _, second = _run(tiny_base, tmp_path)
     assert (settings.output / "medusa_lm_head.safetensors").read_bytes() == weights
     assert second["held_out_accuracy"] == first["held_out_accuracy"]
+
+
+def test_the_tree_is_regrown_for_shipped_heads_without_training_them(
+    tiny_base: BaseModel, tmp_path: Path
+) -> None:
+    settings, trained_report = _run(tiny_base, tmp_path)
+    weights = (settings.output / "medusa_lm_head.safetensors").read_bytes()
+    # forwards that cost ten times more per extra node: the regrown tree is smaller
+    costly = replace(settings, cost_table=((1, 10.0), (2, 100.0), (64, 6400.0)))
+    report = retune_tree(costly, base=tiny_base)
+    assert (settings.output / "medusa_lm_head.safetensors").read_bytes() == weights
+    assert report["data"] == trained_report["data"]  # the training run's record is kept
+    assert (
+        report["held_out_accuracy"] == trained_report["held_out_accuracy"]
+    )  # same heads, same held-out data
+    assert report["tree"]["cost_table_ms"] == [[1, 10.0], [2, 100.0], [64, 6400.0]]
+    assert report["tree"]["best_nodes"] < trained_report["tree"]["best_nodes"]
+    assert json.loads((settings.output / CHOICES_NAME).read_text()) == report["tree"]["medusa_choices"]
+    assert json.loads((settings.output / REPORT_NAME).read_text()) == report
 
 
 def test_a_text_file_can_replace_the_prompt_set(tiny_base: BaseModel, tmp_path: Path) -> None:

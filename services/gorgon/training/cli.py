@@ -83,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write the heads with the lm_head copied into each head (FasterDecoding's original layout)",
     )
     out.add_argument(
+        "--tree-only",
+        action="store_true",
+        help="no training: grow the tree again for the heads already in --output, on the held-out data and "
+        "--verify-cost (measure it with `gorgon bench step-cost`)",
+    )
+    out.add_argument(
         "--tree-max-nodes", type=int, default=RunSettings.__dataclass_fields__["tree_max_nodes"].default
     )
     out.add_argument(
@@ -119,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     import torch  # noqa: PLC0415 - heavy import, only when the command runs
 
-    from gorgon.training.pipeline import run_training  # noqa: PLC0415
+    from gorgon.training.pipeline import retune_tree, run_training  # noqa: PLC0415
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,6 +160,17 @@ def run(args: argparse.Namespace) -> int:
         cost_table=args.verify_cost,
         branching_cost_ms=args.branching_cost,
     )
+    if args.tree_only:
+        report = retune_tree(settings)
+        tree = report["tree"]
+        summary = {
+            "output": str(args.output),
+            "tree_nodes": tree["best_nodes"],
+            "expected_tokens_per_step": round(tree["expected_tokens_per_step"], 3),
+            "medusa_choices": tree["medusa_choices"],
+        }
+        print(json.dumps(summary))  # the command's result, on stdout
+        return 0
     report = run_training(settings)
     summary = {
         "output": str(args.output),

@@ -120,8 +120,10 @@ def grow_tree(
     branching_cost_ms: float = 0.0,
 ) -> TreeSearch:
     """Greedy tree growth on empirical path frequencies; ranks: [N, K]. With `spine_only` (recurrent heads)
-    only nodes branching off the top-1 chain, (0, ..., 0, r), are grown. The best tree is compared with the best
-    top-1 chain, branching trees paying `branching_cost_ms` more per step; the chain wins when it is faster."""
+    only nodes branching off the top-1 chain, (0, ..., 0, r), are grown. Such spine trees run as lookahead trees
+    in one masked window (decode.lookahead_step) and cost what a chain of as many nodes costs; a tree with a node
+    deeper off the chain pays `branching_cost_ms` more per step (its keys are gathered per node). The best tree is
+    compared with the best top-1 chain; the chain wins when it is faster."""
     num_heads = ranks.shape[1]
     match_masks: dict[tuple[int, ...], torch.Tensor] = {}
     frontier: dict[tuple[int, ...], float] = {}
@@ -144,7 +146,7 @@ def grow_tree(
         best = max(frontier, key=lambda path: (frontier[path], [-rank for rank in path]))
         expected += frontier.pop(best)
         chosen.append(best)
-        branching = branching or any(best)
+        branching = branching or any(best[:-1])  # off the top-1 chain: a lookahead tree no longer
         offer_children(best, match_masks[best])
         speed = relative_speed(expected, len(chosen), cost_table, branching_cost_ms if branching else 0.0)
         curve.append(TreePoint(len(chosen), expected, speed))

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from gorgon.core.errors import ConfigurationError
-from gorgon.engine.medusa import MedusaHeads, save_medusa_heads
+from gorgon.engine.medusa import MedusaHeads, load_medusa_heads, save_medusa_heads
 from gorgon.engine.medusa_engine import DRAFT_VOCABULARY_FILE
 from gorgon.training.base_model import BaseModel, load_base_model
 from gorgon.training.distill import (
@@ -32,7 +32,7 @@ from gorgon.training.distill import (
 from gorgon.training.evaluate import HeadAccuracy, TreeSearch, grow_tree, head_accuracies, target_ranks
 from gorgon.training.prompts import Split, prompts_for
 from gorgon.training.settings import DataSettings, RunSettings
-from gorgon.training.trainer import Trainer, head_targets, new_heads
+from gorgon.training.trainer import Positions, Trainer, head_targets, new_heads
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +60,24 @@ def distillation_data(base: BaseModel, settings: DataSettings, work_dir: Path) -
     """(training, held-out) sequences, generated or read back from the work directory's shards."""
     if settings.text_file is not None:
         return _text_file_data(base, settings, work_dir)
-    splits = {Split.TRAIN: settings.num_prompts, Split.HELD_OUT: settings.held_out_prompts}
-    results = []
-    for split, count in splits.items():
-        prompts = prompts_for(split, count)
-        if len(prompts) < count:
-            raise ConfigurationError(f"the prompt set has only {len(prompts)} {split} prompts, {count} asked")
-        source = f"prompts:{split}:engine:{str(base.model.dtype).removeprefix('torch.')}"
-        batch = settings.generation_batch_size
-        distill = DistillSettings(base.name, source, settings.max_new_tokens, batch * SHARD_BATCHES)
-        maker = _prompt_batch_maker(base, settings.max_new_tokens, batch)
-        results.append(
-            build_shards(work_dir / "data" / str(split), distill, prompts, maker, f"distilling {split}")
-        )
-    return results[0], results[1]
+    return (
+        prompt_split_data(base, settings, work_dir, Split.TRAIN, settings.num_prompts),
+        prompt_split_data(base, settings, work_dir, Split.HELD_OUT, settings.held_out_prompts),
+    )
+
+
+def prompt_split_data(
+    base: BaseModel, settings: DataSettings, work_dir: Path, split: Split, count: int
+) -> Sequences:
+    """The base model's responses to the first `count` prompts of `split`, generated or read back."""
+    prompts = prompts_for(split, count)
+    if len(prompts) < count:
+        raise ConfigurationError(f"the prompt set has only {len(prompts)} {split} prompts, {count} asked")
+    source = f"prompts:{split}:engine:{str(base.model.dtype).removeprefix('torch.')}"
+    batch = settings.generation_batch_size
+    distill = DistillSettings(base.name, source, settings.max_new_tokens, batch * SHARD_BATCHES)
+    maker = _prompt_batch_maker(base, settings.max_new_tokens, batch)
+    return build_shards(work_dir / "data" / str(split), distill, prompts, maker, f"distilling {split}")
 
 
 def _text_file_data(base: BaseModel, settings: DataSettings, work_dir: Path) -> tuple[Sequences, Sequences]:
@@ -129,6 +133,18 @@ def export_with_own_projections(heads: MedusaHeads, lm_head: torch.nn.Module) ->
     return full.eval()
 
 
+def _tree_report(settings: RunSettings, search: TreeSearch) -> dict:
+    return {
+        "cost_table_ms": [list(point) for point in settings.cost_table],
+        "branching_cost_ms": settings.branching_cost_ms,
+        "best_nodes": search.best.nodes,
+        "expected_tokens_per_step": search.best.tokens_per_step,
+        "expected_relative_speed": search.best.relative_speed,
+        "medusa_choices": search.best_choices,
+        "curve": [asdict(point) for point in search.curve],
+    }
+
+
 def _report(
     settings: RunSettings,
     base: BaseModel,
@@ -147,15 +163,7 @@ def _report(
             asdict(accuracy) | {"medusa_vicuna_7b_top1": _vicuna_top1(accuracy.head)}
             for accuracy in accuracies
         ],
-        "tree": {
-            "cost_table_ms": [list(point) for point in settings.cost_table],
-            "branching_cost_ms": settings.branching_cost_ms,
-            "best_nodes": search.best.nodes,
-            "expected_tokens_per_step": search.best.tokens_per_step,
-            "expected_relative_speed": search.best.relative_speed,
-            "medusa_choices": search.best_choices,
-            "curve": [asdict(point) for point in search.curve],
-        },
+        "tree": _tree_report(settings, search),
     }
 
 
@@ -182,15 +190,7 @@ def run_training(settings: RunSettings, base: BaseModel | None = None) -> dict:
     result = trainer.run()
     timings["training"] = time.monotonic() - mark
     mark = time.monotonic()
-    ranks = target_ranks(result.heads, base.lm_head, held_out_positions, embed_tokens=embed_tokens)
-    accuracies = head_accuracies(ranks, held_out_positions.targets)
-    search = grow_tree(
-        ranks,
-        settings.tree_max_nodes,
-        cost_table=settings.cost_table,
-        spine_only=settings.train.recurrent,
-        branching_cost_ms=settings.branching_cost_ms,
-    )
+    accuracies, search = evaluate_heads(settings, base, result.heads, held_out_positions)
     timings["evaluation"] = time.monotonic() - mark
     timings["total"] = time.monotonic() - started
     stats = {
@@ -211,6 +211,48 @@ def run_training(settings: RunSettings, base: BaseModel | None = None) -> dict:
     report = _report(settings, base, stats, accuracies=accuracies, search=search, timings=timings)
     _write_outputs(settings, base, result.heads, report, search.best_choices)
     (settings.output / DRAFT_VOCABULARY_FILE).write_text(json.dumps(draft_tokens) + "\n")
+    return report
+
+
+def evaluate_heads(
+    settings: RunSettings, base: BaseModel, heads: MedusaHeads, held_out: Positions
+) -> tuple[list[HeadAccuracy], TreeSearch]:
+    """Per-head accuracy on held-out positions, and the tree grown from them for settings' cost table."""
+    embed_tokens = base.embed_tokens if heads.recurrent else None
+    ranks = target_ranks(heads, base.lm_head, held_out, embed_tokens=embed_tokens)
+    search = grow_tree(
+        ranks,
+        settings.tree_max_nodes,
+        cost_table=settings.cost_table,
+        spine_only=heads.recurrent,
+        branching_cost_ms=settings.branching_cost_ms,
+    )
+    return head_accuracies(ranks, held_out.targets), search
+
+
+def retune_tree(settings: RunSettings, base: BaseModel | None = None) -> dict:
+    """Grow the tree again for the heads already in settings.output (no training): held-out data only, this
+    cost table. Rewrites medusa_choices.json and the report's tree and accuracy; returns the report."""
+    started = time.monotonic()
+    base = base or load_base_model()
+    heads = load_medusa_heads(settings.output)
+    if settings.data.text_file is not None:
+        held_out_sequences = distillation_data(base, settings.data, settings.work_dir)[1]
+    else:
+        held_out_sequences = prompt_split_data(
+            base, settings.data, settings.work_dir, Split.HELD_OUT, settings.data.held_out_prompts
+        )
+    held_out = head_targets(held_out_sequences, heads.num_heads)
+    accuracies, search = evaluate_heads(settings, base, heads, held_out)
+    report_path = settings.output / REPORT_NAME
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {"base_model": base.name}
+    report["held_out_accuracy"] = [
+        asdict(accuracy) | {"medusa_vicuna_7b_top1": _vicuna_top1(accuracy.head)} for accuracy in accuracies
+    ]
+    report["tree"] = _tree_report(settings, search) | {"retuned_seconds": time.monotonic() - started}
+    (settings.output / CHOICES_NAME).write_text(json.dumps(search.best_choices) + "\n")
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    log.info("tree for the heads in %s regrown: %d nodes", settings.output, search.best.nodes)
     return report
 
 

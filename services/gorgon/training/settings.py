@@ -12,9 +12,10 @@ VERIFY_COST_MS: tuple[tuple[int, float], ...] = ((1, 40.0), (8, 53.0), (16, 68.0
 """Measured latency of one bf16 forward of SmolLM2-135M over q new tokens on the 2-core dev CPU (q, ms)."""
 
 BRANCHING_COST_MS = 10.0
-"""Extra step time of a branching tree over a chain of as many tokens (the per-node key gather of
-engine/attention.py), SmolLM2 bf16 batch 1 on the dev CPU: 4-node tree 1.28x plain against 1.49x for a 4-deep
-chain at 1.55 / 1.49 tokens per step (2026-12-01)."""
+"""Extra step time of a tree with nodes deeper off its top-1 chain than (0, ..., 0, r), over a chain of as many
+tokens (the per-node key gather of engine/attention.py), SmolLM2 bf16 batch 1 on the dev CPU: 4-node tree 1.28x
+plain against 1.49x for a 4-deep chain at 1.55 / 1.49 tokens per step (2026-12-01). Spine trees do not pay it:
+they run as lookahead trees."""
 
 
 @dataclass(frozen=True, slots=True)
