@@ -75,3 +75,28 @@ def test_rounds_alternate_the_order_and_report_the_median() -> None:
     assert results["plain"].tokens_per_s == 4 / 2.0
     assert results["medusa"].tokens_per_step == 1.5
     assert results["medusa"].identical_to_plain is False  # the last round's output differed
+
+
+def test_every_batch_size_runs_every_prompt() -> None:
+    from gorgon.engine.bench_runner import prompt_groups
+
+    prompts = [[index] for index in range(6)]
+    assert prompt_groups(prompts, 1) == [[[index]] for index in range(6)]
+    assert prompt_groups(prompts, 4) == [[[0], [1], [2], [3]], [[4], [5], [0], [1]]]
+    assert prompt_groups(prompts, 6) == [prompts]
+    assert prompt_groups(prompts, 8) == [[*prompts, [0], [1]]]
+
+
+def test_batches_of_one_mode_add_up_to_one_output() -> None:
+    from gorgon.engine.bench_runner import RunOutput, over_groups
+
+    def run(group):
+        return RunOutput(
+            [[token] * 3 for [token] in group], 0.5 * len(group), 2.0 if len(group) == 2 else 1.0
+        )
+
+    output = over_groups(run, [[[1], [2]], [[3]]])
+    assert output.token_ids == [[1] * 3, [2] * 3, [3] * 3]
+    assert output.seconds == 1.5
+    assert output.tokens_per_step == (2.0 * 2 + 1.0) / 3  # averaged over sequences, not batches
+    assert output.tokens_per_s == 9 / 1.5

@@ -19,6 +19,7 @@ DEFAULT_MAX_NEW_TOKENS = 128
 DEFAULT_BATCH_SIZES = (1, 4, 16)
 QUICK_MAX_NEW_TOKENS = 32
 QUICK_BATCH_SIZES = (1, 4)
+QUICK_PROMPTS = 4  # the first prompts of the set
 DEFAULT_ROUNDS = 1
 BENCH_PROMPTS = (
     "Explain how a hash map works.",
@@ -74,7 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     parser.add_argument("--no-deepspeed", action="store_true", help="run the bare HF model")
     parser.add_argument("--medusa-choices", default=None, help="tree name (see gorgon.engine.tree.TREES)")
-    parser.add_argument("--quick", action="store_true", help="batch 1,4 and 32 new tokens: under two minutes")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"batch 1,4, the first {QUICK_PROMPTS} prompts, 32 new tokens: under two minutes",
+    )
     parser.add_argument(
         "--rounds",
         type=int,
@@ -97,9 +102,8 @@ def run(args: argparse.Namespace) -> int:
         batch_sizes = QUICK_BATCH_SIZES if quick else DEFAULT_BATCH_SIZES
     from gorgon.engine.bench_runner import run_benchmark  # noqa: PLC0415 - torch loads only here
 
-    report = run_benchmark(
-        args, max_new_tokens=max_new_tokens, batch_sizes=batch_sizes, prompts=BENCH_PROMPTS
-    )
+    prompts = BENCH_PROMPTS[:QUICK_PROMPTS] if quick else BENCH_PROMPTS
+    report = run_benchmark(args, max_new_tokens=max_new_tokens, batch_sizes=batch_sizes, prompts=prompts)
     if args.json:
         payload = {key: value for key, value in report.items() if key != "results"}
         payload["results"] = [asdict(result) for result in report["results"]]

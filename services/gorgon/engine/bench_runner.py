@@ -8,6 +8,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from tqdm import tqdm
@@ -98,6 +99,32 @@ def run_hf_generate(loaded: LoadedModel, prompts: Sequence[list[int]], max_new_t
     return RunOutput(generated, seconds, 1.0)
 
 
+def prompt_groups(prompts: Sequence[list[int]], batch: int) -> list[list[list[int]]]:
+    """The batches a mode runs at one batch size: every prompt once, in consecutive batches of `batch` (the last
+    one filled up from the start of the set); a batch larger than the set cycles through it."""
+    if batch >= len(prompts):
+        return [[prompts[index % len(prompts)] for index in range(batch)]]
+    count = -(-len(prompts) // batch)
+    return [
+        [prompts[(start + row) % len(prompts)] for row in range(batch)]
+        for start in range(0, count * batch, batch)
+    ]
+
+
+def over_groups(
+    run: Callable[[Sequence[list[int]]], RunOutput], groups: Sequence[Sequence[list[int]]]
+) -> RunOutput:
+    """`run` on each batch in turn, as one output: every sequence's tokens, the summed time, tokens per step
+    averaged over all sequences."""
+    outputs = [run(group) for group in groups]
+    sequences = sum(len(output.token_ids) for output in outputs)
+    return RunOutput(
+        [tokens for output in outputs for tokens in output.token_ids],
+        sum(output.seconds for output in outputs),
+        sum(output.tokens_per_step * len(output.token_ids) for output in outputs) / sequences,
+    )
+
+
 def _until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
     for index, token in enumerate(tokens):
         if token in eos_ids:
@@ -106,8 +133,8 @@ def _until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
 
 
 def _alternating_rounds(
-    runners: dict[str, Callable[[Sequence[list[int]]], RunOutput]],
-    prompts: Sequence[list[int]],
+    runners: dict[str, Callable[[Sequence], RunOutput]],
+    prompts: Sequence,
     rounds: int,
     on_run: Callable[[], object],
 ) -> dict[str, list[RunOutput]]:
@@ -163,13 +190,14 @@ def run_benchmark(
     results: list[BenchResult] = []
     with tqdm(total=3 * len(batch_sizes) * rounds, desc="bench engine", unit="run") as progress:
         for batch in batch_sizes:
-            batch_prompts = [encoded[index % len(encoded)] for index in range(batch)]
+            groups = prompt_groups(encoded, batch)
             runners = {
                 "hf_generate": lambda prompts: run_hf_generate(loaded, prompts, max_new_tokens),
                 "plain": lambda prompts: run_engine(plain_engine, prompts, max_new_tokens),
                 "medusa": lambda prompts: run_engine(medusa_engine, prompts, max_new_tokens),
             }
-            outputs = _alternating_rounds(runners, batch_prompts, rounds, progress.update)
+            in_batches = {mode: partial(over_groups, runner) for mode, runner in runners.items()}
+            outputs = _alternating_rounds(in_batches, groups, rounds, progress.update)
             results += _batch_results(batch, outputs)
             log.info(
                 "batch %d: hf identical to plain: %s",
