@@ -13,7 +13,7 @@ from gorgon.engine.config import EngineSettings
 from gorgon.engine.interface import GenerationRequest, SamplingParams
 from gorgon.engine.loader import LoadedModel
 from gorgon.engine.medusa_engine import MedusaEngine
-from gorgon.engine.packed import PackedLinear, can_pack, packed_copy
+from gorgon.engine.packed import PackedLinear, RowBlockedLinear, can_pack, packed_copy, row_blocked_copy
 
 pytestmark = pytest.mark.skipif(
     not can_pack(torch.device("cpu"), torch.bfloat16), reason="oneDNN is not available"
@@ -40,6 +40,19 @@ def test_every_row_of_a_packed_linear_is_what_it_is_in_a_two_row_product() -> No
     pairs = torch.cat([packed(x[row : row + 2])[:1] for row in range(128)])
     assert torch.equal(packed(x), pairs)
     assert torch.equal(packed(x.reshape(4, 32, 576)), pairs.reshape(4, 32, 1536))
+
+
+def test_every_row_of_an_unpacked_engine_linear_is_what_it_is_in_a_small_product() -> None:
+    """With prepacking off the engine still splits rows into blocks (F.linear rounds >32-row bf16 products
+    differently on AMX CPUs, like the packed kernel)."""
+    torch.manual_seed(0)
+    linear = nn.Linear(576, 1536, bias=False).to(torch.bfloat16)
+    blocked = row_blocked_copy(linear)
+    assert isinstance(blocked, RowBlockedLinear) and blocked.weight is linear.weight
+    x = (torch.randn(128, 576) * 2).to(torch.bfloat16)
+    pairs = torch.cat([linear(x[row : row + 2])[:1] for row in range(128)])
+    assert torch.equal(blocked(x), pairs)
+    assert torch.equal(blocked(x.reshape(4, 32, 576)), pairs.reshape(4, 32, 1536))
 
 
 def test_packed_copy_shares_weights_and_leaves_the_model_alone() -> None:
@@ -78,6 +91,6 @@ def test_a_packed_bf16_engine_generates_what_the_unpacked_one_does(tokenizer, tm
     assert isinstance(packed.parts.lm_head, PackedLinear)
     assert isinstance(packed.parts.draft_vocabulary.projection, PackedLinear)
     assert type(model.lm_head) is nn.Linear
-    assert _generate(packed, prompts) == _generate(
-        _engine(model, tokenizer, heads, tmp_path, prepack=False), prompts
-    )
+    unpacked = _engine(model, tokenizer, heads, tmp_path, prepack=False)
+    assert isinstance(unpacked.parts.lm_head, RowBlockedLinear)
+    assert _generate(packed, prompts) == _generate(unpacked, prompts)

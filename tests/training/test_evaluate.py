@@ -45,10 +45,12 @@ def test_accuracies_skip_positions_without_a_target() -> None:
 
 
 def test_verify_cost_interpolates_the_measured_table() -> None:
-    assert verify_cost_ms(1) == 40.0
-    assert verify_cost_ms(16) == 68.0
-    assert verify_cost_ms(12) == pytest.approx(60.5)
-    assert verify_cost_ms(80) > verify_cost_ms(64)
+    table = ((1, 40.0), (8, 53.0), (16, 68.0), (64, 109.0))
+    assert verify_cost_ms(1, table) == 40.0
+    assert verify_cost_ms(16, table) == 68.0
+    assert verify_cost_ms(12, table) == pytest.approx(60.5)
+    assert verify_cost_ms(80, table) > verify_cost_ms(64, table)
+    assert verify_cost_ms(64) > verify_cost_ms(40) > verify_cost_ms(1)  # the default table, extrapolated
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from gorgon.engine.interface import ChatMessage
 from gorgon.engine.kv import RowKVCache
 from gorgon.engine.loader import LoadedModel, load_model_and_tokenizer
 from gorgon.engine.medusa import MedusaHeads, load_medusa_heads
-from gorgon.engine.tree import TreeBuffers, build_tree_buffers
+from gorgon.engine.tree import TreeBuffers, build_tree_buffers, is_spine_tree
 from gorgon.training.pipeline import CHOICES_NAME, REPORT_NAME
 from gorgon.training.prompts import Split, prompts_for
 
@@ -22,8 +22,9 @@ SMOLLM2_HIDDEN, SMOLLM2_VOCAB = 576, 49152
 
 
 def _shipped_tree() -> TreeBuffers:
-    choices = json.loads((DEFAULT_HEADS_PATH / CHOICES_NAME).read_text())
-    return build_tree_buffers([tuple(path) for path in choices], name="shipped")
+    """The shipped tree as the engine runs it (a spine tree runs as a lookahead tree)."""
+    choices = [tuple(path) for path in json.loads((DEFAULT_HEADS_PATH / CHOICES_NAME).read_text())]
+    return build_tree_buffers(choices, name="shipped", lookahead=is_spine_tree(choices))
 
 
 def test_shipped_heads_load_strictly_and_fit_the_default_model() -> None:

@@ -30,7 +30,7 @@ from gorgon.engine.detok import IncrementalDetokenizer, StopSequenceFilter
 from gorgon.engine.interface import ChatMessage, FinishReason, GenerationRequest, ModelInfo, TokenEvent
 from gorgon.engine.loader import LoadedModel
 from gorgon.engine.medusa import MedusaHeads, has_medusa_heads, load_medusa_heads
-from gorgon.engine.packed import can_pack, packed_copy
+from gorgon.engine.packed import can_pack, packed_copy, row_blocked_copy
 from gorgon.engine.shapes import ShapeSelector
 from gorgon.engine.tree import TREES, TreeBuffers, build_tree_buffers, chain, is_spine_tree, spine_choices
 
@@ -303,20 +303,22 @@ def _draft_vocabulary(
 
 
 def build_parts(loaded: LoadedModel, heads: MedusaHeads | None, settings: EngineSettings) -> ModelParts:
-    """The modules a step calls: the model's own, or packed copies sharing its weights (engine/packed.py)."""
+    """The modules a step calls, on CPU copies sharing the model's weights whose linears are packed (or, with
+    prepacking off, only split into row blocks): engine/packed.py. On CUDA the model's own."""
     decoder, lm_head = loaded.model.get_decoder(), loaded.model.get_output_embeddings()
     embed_tokens = loaded.model.get_input_embeddings()
     vocabulary = _draft_vocabulary(settings, heads, lm_head)
-    if not (settings.prepack_weights and can_pack(loaded.device, loaded.dtype)):
+    if loaded.device.type != "cpu":
         return ModelParts(decoder, lm_head, heads, vocabulary, embed_tokens)
+    wrap = (
+        packed_copy
+        if settings.prepack_weights and can_pack(loaded.device, loaded.dtype)
+        else row_blocked_copy
+    )
     if vocabulary is not None:
-        vocabulary = DraftVocabulary(vocabulary.token_ids, packed_copy(vocabulary.projection))
+        vocabulary = DraftVocabulary(vocabulary.token_ids, wrap(vocabulary.projection))
     return ModelParts(
-        packed_copy(decoder),
-        packed_copy(lm_head),
-        packed_copy(heads) if heads is not None else None,
-        vocabulary,
-        embed_tokens,
+        wrap(decoder), wrap(lm_head), wrap(heads) if heads is not None else None, vocabulary, embed_tokens
     )
 
 

@@ -25,6 +25,24 @@ kernels, whose rounding differs from the 2-row product in some rows (measured: 1
 how many rows share the forward (batch, tree size, prefill length), which greedy exactness needs."""
 
 
+class RowBlockedLinear(nn.Module):
+    """y = x W^T + b computed in blocks of ROW_BLOCK rows with F.linear: the unpacked engine's linear on CPU, so
+    that its rows too are independent of how many share a forward (GORGON_ENGINE_PREPACK_WEIGHTS=false)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] <= ROW_BLOCK:
+            return nn.functional.linear(x, self.weight, self.bias)
+        blocks = [nn.functional.linear(block, self.weight, self.bias) for block in rows.split(ROW_BLOCK)]
+        return torch.cat(blocks).reshape(*x.shape[:-1], self.out_features)
+
+
 class PackedLinear(nn.Module):
     """y = x W^T + b with W pre-reordered for oneDNN; `weight` stays the original tensor (shared, not copied)."""
 
@@ -55,12 +73,21 @@ def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
 
 def packed_copy(module: nn.Module) -> nn.Module:
     """A copy of `module` sharing its parameters and buffers, with every nn.Linear replaced by a PackedLinear."""
+    return _copy_replacing_linears(module, PackedLinear)
+
+
+def row_blocked_copy(module: nn.Module) -> nn.Module:
+    """A copy of `module` sharing its parameters and buffers, with every nn.Linear a RowBlockedLinear."""
+    return _copy_replacing_linears(module, RowBlockedLinear)
+
+
+def _copy_replacing_linears(module: nn.Module, replacement: type[nn.Module]) -> nn.Module:
     shared = {id(tensor): tensor for tensor in (*module.parameters(), *module.buffers())}
     clone = copy.deepcopy(module, memo=shared)
     if type(clone) is nn.Linear:
-        return PackedLinear(clone)
+        return replacement(clone)
     for parent in list(clone.modules()):
         for attribute, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, attribute, PackedLinear(child))
+                setattr(parent, attribute, replacement(child))
     return clone

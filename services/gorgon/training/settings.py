@@ -8,8 +8,20 @@ from typing import Literal
 
 TrainVocab = Literal["sampled", "full"]
 
-VERIFY_COST_MS: tuple[tuple[int, float], ...] = ((1, 40.0), (8, 53.0), (16, 68.0), (64, 109.0))
-"""Measured latency of one bf16 forward of SmolLM2-135M over q new tokens on the 2-core dev CPU (q, ms)."""
+VERIFY_COST_MS: tuple[tuple[int, float], ...] = (
+    (1, 68.5),
+    (2, 82.2),
+    (4, 89.1),
+    (6, 89.2),
+    (8, 90.8),
+    (12, 94.6),
+    (16, 97.3),
+    (24, 115.8),
+    (32, 119.7),
+    (40, 174.1),
+)
+"""Median engine step of SmolLM2-135M bf16 at batch 1 by tree size (nodes, ms) on the 2-core dev CPU, measured by
+`gorgon bench step-cost` on 2026-12-01 (load average ~1.9). Only the ratios matter to the tree search."""
 
 BRANCHING_COST_MS = 10.0
 """Extra step time of a tree with nodes deeper off its top-1 chain than (0, ..., 0, r), over a chain of as many
