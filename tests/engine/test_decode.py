@@ -263,3 +263,21 @@ def test_recurrent_heads_draft_along_their_own_top1_path(tiny_model) -> None:
     assert torch.equal(logits.topk(DRAFT_TOPK, dim=-1).indices.permute(1, 0, 2), drafts)
     other = draft(parts, hidden, torch.tensor([6, 77]))
     assert not torch.equal(other[0], drafts[0]) and torch.equal(other[1], drafts[1])
+
+
+def test_a_sampled_row_in_a_lookahead_tree_accepts_by_typical_acceptance(tiny_model) -> None:
+    """A nearly greedy temperature: the drafted chain's right tokens have p ~ 1 and pass the typical test."""
+    parts = _parts(tiny_model)
+    prompt = [2, 7, 1, 8, 2, 8]
+    greedy = _greedy(tiny_model, prompt, 8)
+    rows = [RowSampling(temperature=1e-4, generator=torch.Generator().manual_seed(0))]
+    cache = _cache(tiny_model, 1)
+    first = prefill(parts, cache, [prompt], rows)
+    drafts = _oracle_drafts([greedy[1:]], correct_heads=[2])
+    tree = build_tree_buffers([(0,), (0, 0), (0, 0, 0), (1,), (0, 1), (0, 0, 1)], lookahead=True)
+    outcome = speculative_step(
+        parts, cache, first.next_tokens, drafts, tree, rows, TypicalAcceptance(), want_drafts=True
+    )
+    assert outcome.accepted_drafts == [2]
+    assert outcome.emitted == [greedy[1:4]]
+    assert cache.lengths.tolist() == [len(prompt) + 3]
