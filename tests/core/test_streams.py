@@ -2,13 +2,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from gorgon.core.protocol import Chunk, RequestPayload, WireSampling, decode_chunks
 from gorgon.core.streams import (
     CONSUMER_GROUP,
+    CommandConnection,
     EntryRef,
+    LuaScript,
     Publication,
     Publisher,
     RedisNames,
@@ -205,3 +211,59 @@ async def test_live_workers_are_found_through_the_index_which_forgets_expired_on
     assert await live_workers(redis_async, redis_names) == [infos["w2"]]
     index = await redis_async.smembers(redis_names.worker_index())
     assert index == {redis_names.worker_key("n", "w2").encode()}
+
+
+async def test_the_subscriber_subscribes_again_after_losing_its_connection(
+    redis_async: aioredis.Redis, redis_names: RedisNames
+) -> None:
+    def pubsub_ids(clients: list[dict[str, Any]]) -> set[str]:
+        return {str(client["id"]) for client in clients}
+
+    before = pubsub_ids(await redis_async.client_list(_type="pubsub"))
+    subscriber = TokenSubscriber(redis_async, redis_names)
+    await subscriber.start()
+    queue = subscriber.register("r1")
+    (own,) = pubsub_ids(await redis_async.client_list(_type="pubsub")) - before
+    await redis_async.client_kill_filter(_id=own)
+    async with asyncio.timeout(10):
+        while True:
+            await asyncio.sleep(0.05)
+            current = pubsub_ids(await redis_async.client_list(_type="pubsub")) - before
+            if current and own not in current:
+                break
+    await redis_async.publish(subscriber.channel, Chunk("r1", attempt=1, seq=0, text="again").encode())
+    chunk = await asyncio.wait_for(queue.get(), 5)
+    await subscriber.close()
+    assert chunk.text == "again"
+
+
+async def test_command_connection_pipelines_concurrent_commands_and_keeps_their_order(
+    redis_async: aioredis.Redis, redis_names: RedisNames
+) -> None:
+    commands = CommandConnection(redis_async.connection_pool)
+    key = f"{redis_names.namespace}:counter"
+    replies = await asyncio.gather(*(commands.execute("INCR", key) for _ in range(50)))
+    assert replies == list(range(1, 51))
+    with pytest.raises(ResponseError):
+        await commands.execute("LPUSH", key, "x")  # wrong type: an error reply, the connection stays usable
+    assert await commands.execute("GET", key) == b"50"
+    await commands.close()
+
+
+async def test_command_connection_loads_a_script_redis_forgot_and_reconnects_after_a_kill(
+    redis_async: aioredis.Redis, redis_names: RedisNames
+) -> None:
+    commands = CommandConnection(redis_async.connection_pool)
+    script = LuaScript(f"return 'hello from {redis_names.namespace}'")  # never loaded: NOSCRIPT first
+    assert await script.run(commands, [], []) == f"hello from {redis_names.namespace}".encode()
+    own = await commands.execute("CLIENT", "ID")
+    waiting = asyncio.ensure_future(
+        commands.execute("BLPOP", f"{redis_names.namespace}:nothing", 5, block_s=5)
+    )
+    await asyncio.sleep(0.2)
+    await redis_async.client_kill_filter(_id=str(own))
+    with pytest.raises(RedisConnectionError):
+        await waiting
+    assert await commands.execute("PING") in (b"PONG", "PONG")
+    assert await commands.execute("CLIENT", "ID") != own
+    await commands.close()

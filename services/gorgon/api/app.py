@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -75,6 +76,28 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": response.body})
 
 
+class GorgonApp(FastAPI):
+    """FastAPI, with the generation endpoints taken at the application's entry by `direct` (see
+    api/direct_routes.py); every other request goes through FastAPI as usual."""
+
+    direct: DirectRoutes | None = None
+    direct_stack: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        direct = self.direct
+        if (
+            direct is not None
+            and self.direct_stack is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in direct.paths
+        ):
+            scope["app"] = self
+            await self.direct_stack(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: ApiSettings | None = None, redis_settings: RedisSettings | None = None) -> FastAPI:
     settings = settings or get_api_settings()
     redis_settings = redis_settings or get_redis_settings()
@@ -93,20 +116,24 @@ def create_app(settings: ApiSettings | None = None, redis_settings: RedisSetting
             yield
         finally:
             await registry.close()
+            await gateway.close()
             await subscriber.close()
             await redis.aclose()
 
     # FastAPI's own request spans would duplicate RequestTelemetry's (the parent of the worker's spans).
-    app = FastAPI(
+    app = GorgonApp(
         title="gorgon", lifespan=lifespan, docs_url=None, redoc_url=None, telemetry={"tracing": False}
     )
     install_error_handlers(app)
     for module in (completions, chat, models, health):
         app.include_router(module.router)
-    generation_routes = [*completions.router.routes, *chat.router.routes]
-    app.add_middleware(
-        DirectRoutes, routes=[route for route in generation_routes if isinstance(route, APIRoute)]
-    )
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestTelemetry)
+    generation_routes = [*completions.router.routes, *chat.router.routes]
+    app.direct = DirectRoutes(
+        functools.partial(FastAPI.__call__, app),
+        [route for route in generation_routes if isinstance(route, APIRoute)],
+        passed=(BodyTooLargeError,),
+    )
+    app.direct_stack = RequestTelemetry(BodySizeLimit(app.direct, settings.max_body_bytes))
     return app

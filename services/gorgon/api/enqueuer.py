@@ -1,6 +1,7 @@
 """Enqueueing with the round trips shared: the requests of one API process that reach the queue in the same
 event-loop iteration go to Redis in one pipeline (one socket write and one read for all of them, instead of one
-each). A lone request is sent as soon as the loop comes round, so nothing waits for company."""
+each). A lone request is sent as soon as the loop comes round, so nothing waits for company. The enqueuer's
+commands go over a `streams.CommandConnection` of its own (no redis-py machinery per command)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ class BatchingEnqueuer:
     """`streams.enqueue`, with the calls made in one loop iteration sent together."""
 
     def __init__(self, redis: AsyncRedis, names: RedisNames, max_backlog: int) -> None:
-        self._redis = redis
+        self._redis = streams.CommandConnection(redis.connection_pool)
         self._names = names
         self._max_backlog = max_backlog
         self._waiting: list[tuple[RequestPayload, asyncio.Future[str | None]]] = []
         self._sending: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        await self._redis.close()
 
     async def enqueue(self, payload: RequestPayload) -> str | None:
         """The entry id, or None when the model's backlog is full (raises RedisError if Redis fails)."""

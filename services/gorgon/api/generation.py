@@ -74,6 +74,9 @@ class Gateway:
         self._retry_after_s = retry_after_s
         self._cleanups: set[asyncio.Task[None]] = set()
 
+    async def close(self) -> None:
+        await self._enqueuer.close()
+
     @property
     def reply_channel(self) -> str:
         """The channel workers publish this process's chunks on (`RequestPayload.reply_to`)."""

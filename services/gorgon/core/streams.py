@@ -22,21 +22,22 @@ attempt resumes from the chunks already published (`claim_attempt`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 import orjson
 from redis.asyncio import Connection, ConnectionPool
 from redis.asyncio import Redis as AsyncRedis
-from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gorgon.core.errors import ConfigurationError
 from gorgon.core.protocol import PAYLOAD_FIELD, Chunk, ProtocolError, RequestPayload, decode_chunks
@@ -100,6 +101,131 @@ async def backlog(redis: AsyncRedis, names: RedisNames, model: str) -> int:
     return int(await redis.xlen(names.request_stream(model)))
 
 
+_NOT_ENOUGH_DATA = object()
+"""What `hiredis.Reader.gets()` returns while no whole reply is buffered (False is a reply of its own in RESP3)."""
+
+
+def _reply_error(error: hiredis.ReplyError) -> ResponseError:
+    message = str(error)
+    return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
+
+
+class _CommandProtocol(asyncio.Protocol):
+    """The reading side of a `CommandConnection`: replies come in the order the commands went out, each
+    completes the oldest waiting future (a caller that gave up still has its reply read, in order)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.closed = False
+        self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH_DATA)
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+
+    def send(self, packed: bytes, replies: int = 1) -> list[asyncio.Future[Any]]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(replies)]
+        self._waiting.extend(futures)
+        self.transport.write(packed)
+        return futures
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while (reply := self._reader.gets()) is not _NOT_ENOUGH_DATA:
+            future = self._waiting.popleft()
+            if future.done():
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                future.set_exception(_reply_error(reply))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(RedisConnectionError(f"Connection closed by server. ({exc})"))
+
+
+class CommandConnection:
+    """One Redis connection for the hot path's commands, without redis-py's per-command machinery (pool
+    checkout, retry wrapper, observability hooks, a timeout context per read, a task per timed write): a
+    command is packed by hiredis and written at once, and its reply completes its future straight from the
+    event loop's read callback. Concurrent callers share the connection (their commands are pipelined, the
+    replies matched in order), so a blocking command must only be sent by a caller that owns it alone.
+
+    redis-py opens the connection (address, TLS, AUTH, protocol handshake) and the class takes over its
+    transport; a lost connection fails the waiting commands with redis-py's ConnectionError and is opened again
+    by the next command. Errors are redis-py's (ResponseError, NoScriptError; TimeoutError past the pool's
+    socket timeout, which also closes the connection: replies would no longer match)."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self._timeout: float | None = pool.connection_kwargs.get("socket_timeout")
+        self._connection: Connection | None = None
+        self._protocol: _CommandProtocol | None = None
+        self._opening: asyncio.Lock | None = None
+
+    async def execute(self, *args: Any, block_s: float = 0.0) -> Any:
+        """One command's reply (`block_s`: how long a blocking command may wait in Redis, on top of the
+        timeout)."""
+        (reply,) = await self.execute_many([args], block_s=block_s)
+        return reply
+
+    async def execute_many(
+        self, commands: Sequence[Sequence[Any]], *, block_s: float = 0.0, raise_on_error: bool = True
+    ) -> list[Any]:
+        """Several commands in one write; their replies in order (errors as exceptions in the list, or raised)."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._open()
+        futures = protocol.send(
+            b"".join(hiredis.pack_command(tuple(args)) for args in commands), len(commands)
+        )
+        try:
+            if self._timeout is None:
+                replies = await asyncio.gather(*futures, return_exceptions=True)
+            else:
+                async with asyncio.timeout(self._timeout + block_s):
+                    replies = await asyncio.gather(*futures, return_exceptions=True)
+        except TimeoutError:
+            protocol.transport.close()
+            raise RedisTimeoutError("Timeout reading from Redis") from None
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+        return replies
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        return await self.execute("EVALSHA", sha, numkeys, *keys_and_args)
+
+    async def script_load(self, source: str) -> Any:
+        return await self.execute("SCRIPT", "LOAD", source)
+
+    async def close(self) -> None:
+        connection, self._connection, self._protocol = self._connection, None, None
+        if connection is not None:
+            await connection.disconnect(nowait=True)
+
+    async def _open(self) -> _CommandProtocol:
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._protocol is not None and not self._protocol.closed:
+                return self._protocol
+            connection = self._pool.make_connection()
+            await connection.connect()
+            writer = connection._writer  # the established transport, which this class takes over
+            if writer is None:
+                raise RedisConnectionError("the connection did not open")
+            transport = cast(asyncio.Transport, writer.transport)
+            protocol = _CommandProtocol(transport)
+            transport.set_protocol(protocol)
+            # kept referenced: redis-py closes the socket of a connection object that is garbage-collected
+            self._connection, self._protocol = connection, protocol
+            return protocol
+
+
 class LuaScript:
     """A server-side script called by its SHA (loaded on first use and again if the server forgot it)."""
 
@@ -107,7 +233,9 @@ class LuaScript:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def run(self, redis: AsyncRedis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def run(
+        self, redis: AsyncRedis | CommandConnection, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -115,9 +243,19 @@ class LuaScript:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
 
     async def run_many(
-        self, redis: AsyncRedis, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+        self, redis: AsyncRedis | CommandConnection, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
     ) -> list[Any]:
         """Several calls in one round trip (a non-transactional pipeline)."""
+        if isinstance(redis, CommandConnection):
+            commands = [("EVALSHA", self.sha, len(keys), *keys, *args) for keys, args in calls]
+            replies = await redis.execute_many(commands, raise_on_error=False)
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                await redis.script_load(self.source)
+                replies = await redis.execute_many(commands, raise_on_error=False)
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+            return replies
         for _ in range(2):
             async with redis.pipeline(transaction=False) as pipe:
                 for keys, args in calls:
@@ -141,7 +279,7 @@ _ENQUEUE = LuaScript(_ENQUEUE_SCRIPT)
 
 
 async def enqueue(
-    redis: AsyncRedis, names: RedisNames, payload: RequestPayload, max_backlog: int
+    redis: AsyncRedis | CommandConnection, names: RedisNames, payload: RequestPayload, max_backlog: int
 ) -> str | None:
     """Append a request to its model's stream; None when the backlog is at `max_backlog` (0 = no limit)."""
     entry_id = await _ENQUEUE.run(
@@ -151,7 +289,10 @@ async def enqueue(
 
 
 async def enqueue_many(
-    redis: AsyncRedis, names: RedisNames, payloads: Sequence[RequestPayload], max_backlog: int
+    redis: AsyncRedis | CommandConnection,
+    names: RedisNames,
+    payloads: Sequence[RequestPayload],
+    max_backlog: int,
 ) -> list[str | None]:
     """`enqueue` for several requests in one round trip (in order; each checked against the backlog). A single
     request is sent as one script call: redis-py's pipeline costs about 65 µs more, for nothing to share."""
@@ -495,11 +636,30 @@ class StepReply:
 
 
 class Publisher:
-    """Publishes chunks through the fencing script: all the chunks of one step in one script call."""
+    """Publishes chunks through the fencing script: all the chunks of one step in one script call. Its commands
+    go over a `CommandConnection` of its own, which also serves the worker loop's blocking reads
+    (`read_new`): the loop is its only user, one command at a time."""
 
     def __init__(self, redis: AsyncRedis, names: RedisNames) -> None:
-        self._redis = redis
+        self._redis = CommandConnection(redis.connection_pool)
         self._names = names
+
+    async def close(self) -> None:
+        await self._redis.close()
+
+    async def read_new(
+        self, model: str, consumer: str, count: int, block_ms: int | None
+    ) -> list[StreamEntry]:
+        """New entries (">") for `consumer`, waiting up to `block_ms` for one (None: not at all)."""
+        stream = self._names.request_stream(model)
+        command: list[Any] = ["XREADGROUP", "GROUP", CONSUMER_GROUP, consumer, "COUNT", count]
+        if block_ms is not None:
+            command += ["BLOCK", block_ms]
+        reply = await self._redis.execute(*command, "STREAMS", stream, ">", block_s=(block_ms or 0) / 1000)
+        if not reply:
+            return []
+        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+        return [_parse_raw_entry(entry_id, fields) for entry_id, fields in entries]
 
     async def publish(self, publications: Sequence[Publication]) -> list[bool]:
         """Publish in order; one flag per publication: False when the attempt was fenced out."""
@@ -563,36 +723,72 @@ class Publisher:
 
 # --- API side: one pub/sub connection for all requests of a process ------------------------------------------
 
+RESUBSCRIBE_FIRST_S = 0.1
+RESUBSCRIBE_MAX_S = 2.0
+"""After losing its connection, the subscriber reconnects with a delay doubling from the first to the max."""
+
+
+class _ReplyChannelProtocol(asyncio.Protocol):
+    """The reading side of the subscribed connection: each message is routed from `data_received`, as soon as
+    its bytes arrive (no reader task to wake, no call through redis-py's pub/sub machinery per message)."""
+
+    def __init__(self, route: Callable[[bytes], None], lost: Callable[[Exception | None], None]) -> None:
+        self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reader = hiredis.Reader()
+        self._route = route
+        self._lost = lost
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while (reply := self._reader.gets()) is not False:
+            if not isinstance(reply, list) or len(reply) != 3:
+                if isinstance(reply, hiredis.ReplyError) and not self.subscribed.done():
+                    self.subscribed.set_exception(ResponseError(str(reply)))
+                continue
+            kind = reply[0]
+            if kind == b"message":
+                self._route(reply[2])
+            elif kind == b"subscribe" and not self.subscribed.done():
+                self.subscribed.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.subscribed.done():
+            self.subscribed.set_exception(RedisConnectionError(f"connection lost while subscribing: {exc}"))
+        self._lost(exc)
+
 
 class TokenSubscriber:
     """Receives the chunks of all requests of one API process on its own reply channel (one subscription,
     confirmed by Redis in `start` before any request is enqueued: pub/sub drops messages nobody hears) and
-    routes them to per-request queues by request id."""
+    routes them to per-request queues by request id.
+
+    redis-py opens the connection (address, TLS, AUTH, protocol handshake); once it is established, the
+    subscriber takes over its transport with `_ReplyChannelProtocol`, which routes each message from the event
+    loop's read callback. A lost connection is reopened and subscribed again in the background; what was
+    published meanwhile is recovered by the waiting requests' quiet poll (`Gateway`)."""
 
     def __init__(self, redis: AsyncRedis, names: RedisNames, listener_id: str | None = None) -> None:
         self.channel = names.reply_channel(listener_id or uuid.uuid4().hex)
-        self._pubsub: PubSub = redis.pubsub()
+        self._pool = redis.connection_pool
         self._queues: dict[str, asyncio.Queue[Chunk]] = {}
-        self._reader: asyncio.Task[None] | None = None
+        self._connection: Connection | None = None
+        self._resubscribing: asyncio.Task[None] | None = None
         self._closing = False
 
     async def start(self) -> None:
-        """Subscribe and wait for Redis to confirm, then start routing."""
-        await self._pubsub.subscribe(self.channel)
+        """Subscribe and wait for Redis to confirm; from then on every message is routed."""
         async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
-            while True:
-                reply = await self._pubsub.parse_response(block=True)
-                if reply and reply[0] == b"subscribe":
-                    break
-        self._reader = asyncio.create_task(self._read_forever(), name="token-subscriber")
+            await self._subscribe()
 
     async def close(self) -> None:
         self._closing = True
-        if self._reader is not None:
-            self._reader.cancel()
+        if self._resubscribing is not None:
+            self._resubscribing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        await self._pubsub.aclose()
+                await self._resubscribing
+        if self._connection is not None:
+            await self._connection.disconnect(nowait=True)
+            self._connection = None
 
     def register(self, request_id: str) -> asyncio.Queue[Chunk]:
         """The queue that will receive `request_id`'s chunks."""
@@ -603,18 +799,46 @@ class TokenSubscriber:
     def unregister(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
 
-    async def _read_forever(self) -> None:
-        while True:
-            try:
-                reply = await self._pubsub.parse_response(block=True)
-            except (RedisError, OSError) as exc:
-                if self._closing:
-                    return
-                log.warning("token subscriber lost its connection (%s); reconnecting", exc)
-                await asyncio.sleep(0.1)
-                continue
-            if reply and reply[0] == b"message":
-                self._route(reply[2])
+    async def _subscribe(self) -> None:
+        connection = self._pool.make_connection()
+        await connection.connect()
+        try:
+            writer = connection._writer  # the established transport, which this class takes over
+            if writer is None:
+                raise RedisConnectionError("the subscriber's connection did not open")
+            transport = cast(asyncio.Transport, writer.transport)
+            protocol = _ReplyChannelProtocol(self._route, self._connection_lost)
+            transport.set_protocol(protocol)
+            transport.write(hiredis.pack_command(("SUBSCRIBE", self.channel)))
+            await protocol.subscribed
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        # kept referenced: redis-py closes the socket of a connection object that is garbage-collected
+        self._connection = connection
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if self._closing or self._resubscribing is not None:
+            return
+        log.warning("token subscriber lost its connection (%s); reconnecting", exc)
+        self._resubscribing = asyncio.get_running_loop().create_task(self._resubscribe(), name="resubscribe")
+
+    async def _resubscribe(self) -> None:
+        delay = RESUBSCRIBE_FIRST_S
+        try:
+            while not self._closing:
+                await asyncio.sleep(delay)
+                try:
+                    async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                        await self._subscribe()
+                except (RedisError, OSError, TimeoutError) as exc:
+                    log.debug("token subscriber still cannot subscribe: %s", exc)
+                    delay = min(2 * delay, RESUBSCRIBE_MAX_S)
+                    continue
+                log.info("token subscriber subscribed again to %s", self.channel)
+                return
+        finally:
+            self._resubscribing = None
 
     def _route(self, data: bytes) -> None:
         try:

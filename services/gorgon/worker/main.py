@@ -148,6 +148,7 @@ class Worker:
             self.ready = False
             heartbeat.cancel()
             await streams.unregister_worker(self._redis, self._names, self.model, self.worker_id)
+            await self._publisher.close()
             self._engine_thread.shutdown(wait=False)
 
     # --- admission ---------------------------------------------------------------------------------------------
@@ -158,8 +159,10 @@ class Worker:
         room = self._max_batch - len(self._active) - room_taken
         if room <= 0:
             return []
+        if not own:
+            return await self._publisher.read_new(self.model, self.worker_id, room, block_ms)
         return await streams.read_entries(
-            self._redis, self._names, self.model, self.worker_id, room, block_ms, own=own
+            self._redis, self._names, self.model, self.worker_id, room, block_ms, own=True
         )
 
     async def _admit_new(self) -> None:
