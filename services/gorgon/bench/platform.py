@@ -355,21 +355,20 @@ async def sse_delivery(host: str, port: int, body: bytes, rate: float, duration:
     async def one_stream() -> None:
         nonlocal errors
         connection = await Connection.open(host, port)
-        buffer = b""
+        arrivals: list[tuple[float, bytes]] = []
         try:
             async for piece in connection.post_stream(request):
-                received = time.time()
-                *events, buffer = (buffer + piece).split(b"\n\n")
-                for event in events:
-                    if event.startswith(b"data: {"):
-                        published = json.loads(event[6:]).get("gorgon_published_at")
-                        if published:
-                            delays.append(received - published)
+                arrivals.append((time.time(), piece))
         except (RuntimeError, OSError, ValueError) as exc:
             log.warning("a stream failed: %s", exc)
             errors += 1
         finally:
             await connection.close()
+        try:
+            delays.extend(_publish_to_receive_delays(arrivals))
+        except ValueError as exc:
+            log.warning("a stream sent an event that is not JSON: %s", exc)
+            errors += 1
 
     total = int(rate * duration)
     start = time.perf_counter()
@@ -379,6 +378,22 @@ async def sse_delivery(host: str, port: int, body: bytes, rate: float, duration:
         tasks.append(asyncio.create_task(one_stream()))
     await asyncio.gather(*tasks)
     return figures(delays, errors, time.perf_counter() - start)
+
+
+def _publish_to_receive_delays(arrivals: list[tuple[float, bytes]]) -> list[float]:
+    """Per SSE event of a stream: when the piece holding it arrived minus the worker's publish time. Decoded
+    once the stream has ended, so that decoding one stream's events does not delay reading the others (the
+    generator serves every stream from one process)."""
+    delays = []
+    buffer = b""
+    for received, piece in arrivals:
+        *events, buffer = (buffer + piece).split(b"\n\n")
+        for event in events:
+            if event.startswith(b"data: {"):
+                published = json.loads(event[6:]).get("gorgon_published_at")
+                if published:
+                    delays.append(received - published)
+    return delays
 
 
 def render(results: dict[str, Any], args: argparse.Namespace) -> str:

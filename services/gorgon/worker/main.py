@@ -233,8 +233,9 @@ class Worker:
     async def _step_once(self) -> None:
         admissions, self._pending_admissions = self._pending_admissions, []
         fenced, self._pending_drops = self._pending_drops, []
-        cancelled, expired = self._cancelled & set(self._active), self._expired_requests()
-        drops = fenced + [request_id for request_id in self._active if request_id in cancelled | expired]
+        cancelled, expired = self._cancelled & self._active.keys(), self._expired_requests()
+        leaving = cancelled | expired
+        drops = fenced + [request_id for request_id in self._active if request_id in leaving]
         admissions = [
             item for item in admissions if item.request_id in self._active and item.request_id not in drops
         ]
