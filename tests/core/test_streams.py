@@ -8,6 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gorgon.core.protocol import Chunk, RequestPayload, WireSampling, decode_chunks
 from gorgon.core.streams import (
@@ -267,3 +268,15 @@ async def test_command_connection_loads_a_script_redis_forgot_and_reconnects_aft
     assert await commands.execute("PING") in (b"PONG", "PONG")
     assert await commands.execute("CLIENT", "ID") != own
     await commands.close()
+
+
+async def test_command_connection_times_out_like_redis_py_and_opens_again(
+    redis_url: str, redis_names: RedisNames
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=0.3)
+    commands = CommandConnection(client.connection_pool)
+    with pytest.raises(RedisTimeoutError):
+        await commands.execute("BLPOP", f"{redis_names.namespace}:nothing", 2)  # blocks past the timeout
+    assert await commands.execute("PING") in (b"PONG", "PONG")
+    await commands.close()
+    await client.aclose()

@@ -160,7 +160,7 @@ class CommandConnection:
 
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
-        self._timeout: float | None = pool.connection_kwargs.get("socket_timeout")
+        self._timeout: float | None = None
         self._connection: Connection | None = None
         self._protocol: _CommandProtocol | None = None
         self._opening: asyncio.Lock | None = None
@@ -176,7 +176,7 @@ class CommandConnection:
     ) -> list[Any]:
         """Several commands in one write; their replies in order (errors as exceptions in the list, or raised)."""
         protocol = self._protocol
-        if protocol is None or protocol.closed:
+        if protocol is None or protocol.closed or protocol.transport.is_closing():
             protocol = await self._open()
         futures = protocol.send(
             b"".join(hiredis.pack_command(tuple(args)) for args in commands), len(commands)
@@ -188,6 +188,7 @@ class CommandConnection:
                 async with asyncio.timeout(self._timeout + block_s):
                     replies = await asyncio.gather(*futures, return_exceptions=True)
         except TimeoutError:
+            protocol.closed = True  # at once: the next command must not be sent on the closing transport
             protocol.transport.close()
             raise RedisTimeoutError("Timeout reading from Redis") from None
         if raise_on_error:
@@ -211,10 +212,15 @@ class CommandConnection:
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:
-            if self._protocol is not None and not self._protocol.closed:
+            if (
+                self._protocol is not None
+                and not self._protocol.closed
+                and not self._protocol.transport.is_closing()
+            ):
                 return self._protocol
             connection = self._pool.make_connection()
             await connection.connect()
+            self._timeout = connection.socket_timeout  # redis-py's own default (5 s) unless the URL sets one
             writer = connection._writer  # the established transport, which this class takes over
             if writer is None:
                 raise RedisConnectionError("the connection did not open")
