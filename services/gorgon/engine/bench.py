@@ -50,16 +50,21 @@ class BenchResult:
     identical_to_plain: bool | None
 
 
-def _batch_sizes(text: str) -> tuple[int, ...]:
+def positive_ints(text: str, flag: str) -> tuple[int, ...]:
+    """'1, 4,16' -> (1, 4, 16); anything else is a one-line ConfigurationError naming `flag`."""
     from gorgon.core.errors import ConfigurationError  # noqa: PLC0415 - keep `gorgon --help` light
 
     try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+        values = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError as exc:
-        raise ConfigurationError(f"--batch-sizes must be comma-separated integers, got {text!r}") from exc
-    if not sizes or min(sizes) < 1:
-        raise ConfigurationError(f"--batch-sizes must be positive integers, got {text!r}")
-    return sizes
+        raise ConfigurationError(f"{flag} must be comma-separated integers, got {text!r}") from exc
+    if not values or min(values) < 1:
+        raise ConfigurationError(f"{flag} must be positive integers, got {text!r}")
+    return values
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    return positive_ints(text, "--batch-sizes")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+from gorgon.engine.bench import positive_ints
+
 DEFAULT_NODES = (1, 2, 4, 6, 8, 12, 16, 24, 32, 40)
 DEFAULT_STEPS = 24
 DEFAULT_ROUNDS = 3
@@ -41,15 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _sizes(text: str) -> tuple[int, ...]:
-    from gorgon.core.errors import ConfigurationError  # noqa: PLC0415 - keep `gorgon --help` light
-
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise ConfigurationError(f"--nodes must be comma-separated integers, got {text!r}") from exc
-    if not sizes or min(sizes) < 1:
-        raise ConfigurationError(f"--nodes must be positive integers, got {text!r}")
-    return sizes
+    return positive_ints(text, "--nodes")
 
 
 def run(args: argparse.Namespace) -> int:
