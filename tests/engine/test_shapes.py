@@ -95,3 +95,29 @@ def test_shape_losing_at_small_batch_is_not_explored_at_larger_batches() -> None
         selector.record(shape, 1, STEP_SECONDS[(shape.name, 1)], gained)
     assert selector.choose(1, speculative_rows=1).name == "plain"
     assert selector.choose(16, speculative_rows=16).name == "plain"  # no exploration at 16
+
+
+def test_shape_winning_narrowly_at_batch_1_is_not_explored_at_batch_4() -> None:
+    """Measured here (SmolLM2, 2 cores without AMX): a 4-deep chain costs 1.18 plain steps at batch 1 and gains
+    1.49 tokens (1.26x); verifying 20 rows at batch 4 costs far more than 4 rows, so it is not tried there."""
+    selector = ShapeSelector(
+        [build_tree_buffers((), name="plain"), build_tree_buffers(chain(4), name="chain_4")]
+    )
+    seconds = {("plain", 1): 0.037, ("chain_4", 1): 0.0437, ("plain", 2): 0.038, ("chain_4", 2): 0.0517}
+    seconds[("plain", 4)] = 0.040
+
+    def run(batch: int, steps: int) -> list[str]:
+        chosen = []
+        for _ in range(steps):
+            shape = selector.choose(batch, speculative_rows=batch)
+            chosen.append(shape.name)
+            selector.record(
+                shape, batch, seconds[(shape.name, batch)], [1.49] * batch if shape.num_nodes > 1 else []
+            )
+        return chosen
+
+    run(1, EXPLORATION)
+    assert selector.choose(1, speculative_rows=1).name == "chain_4"
+    assert "chain_4" in run(2, 2 * EXPLORATION)  # predicted 1.36 plain steps for 1.49 tokens: explored
+    assert selector.choose(2, speculative_rows=2).name == "chain_4"  # and measured 1.36: it still wins
+    assert set(run(4, REEXPLORE_EVERY - 1)) == {"plain"}  # predicted 1.72 plain steps: not explored

@@ -3,7 +3,8 @@
 A tree step verifies more drafted tokens but costs more per forward, and the extra cost grows with the batch.
 The selector keeps, per shape, the mean tokens each row gains per step (acceptance, measured on speculative
 rows) and, per shape and batch-size bucket, the mean step time; it picks the shape with the most tokens per
-second. Shapes it has not measured at a bucket are tried first, and every shape is re-measured now and then, so
+second. Shapes it has not measured at a bucket are tried first (unless a smaller bucket's measurements predict
+a loss: see `predicted_to_lose`), and every shape is re-measured now and then, so
 a shape that became worthwhile (trained heads, smaller batch) gets picked again.
 """
 
@@ -80,7 +81,11 @@ class ShapeSelector:
             return self.plain
         bucket = batch_bucket(batch_size)
         step = self.steps_at_bucket[bucket]
-        candidates = [shape for shape in self.shapes if not self.lost_at_smaller_batch(shape, bucket)]
+        candidates = [
+            shape
+            for shape in self.shapes
+            if self.measured(shape, bucket) or not self.predicted_to_lose(shape, bucket)
+        ]
         for shape in candidates:
             if self.needs_samples(shape, bucket):
                 return shape
@@ -97,20 +102,29 @@ class ShapeSelector:
             return True
         return shape.num_nodes > 1 and self.tokens_per_row[shape.name].samples < ACCEPTANCE_SAMPLES
 
-    def lost_at_smaller_batch(self, shape: TreeBuffers, bucket: int) -> bool:
-        """A shape measured slower than plain at a smaller batch is slower here too (verification cost relative
-        to a plain step only grows with the batch), so it is not explored; periodic re-measurement still runs."""
-        smaller = 1
-        while smaller < bucket:
-            measured = self.step_seconds[(shape.name, smaller)].samples >= MIN_SAMPLES
-            plain_measured = self.step_seconds[(self.plain.name, smaller)].samples >= MIN_SAMPLES
-            if (
-                measured
-                and plain_measured
-                and self.expected_rate(shape, smaller) < self.expected_rate(self.plain, smaller)
-            ):
-                return True
-            smaller *= 2
+    def measured(self, shape: TreeBuffers, bucket: int) -> bool:
+        return self.step_seconds[(shape.name, bucket)].samples >= MIN_SAMPLES
+
+    def predicted_to_lose(self, shape: TreeBuffers, bucket: int) -> bool:
+        """Whether `shape`, not yet measured at this bucket, is predicted slower than plain here from the
+        largest smaller bucket where both were measured. Verifying a tree costs rows: past a few rows the
+        products are compute-bound, so its extra cost over a plain step grows in proportion to the batch while
+        the plain step grows far less. The prediction scales the measured extra cost by that ratio (a
+        pessimistic guess for the tree), so a shape that only just won at batch b is not explored at 4b, where
+        one exploration costs several plain steps."""
+        if shape.num_nodes == 1:
+            return False
+        smaller = bucket // 2
+        while smaller >= 1:
+            if self.measured(shape, smaller) and self.measured(self.plain, smaller):
+                extra = (
+                    self.step_seconds[(shape.name, smaller)].value
+                    / self.step_seconds[(self.plain.name, smaller)].value
+                    - 1.0
+                )
+                predicted_cost = 1.0 + max(extra, 0.0) * bucket / smaller
+                return self.tokens_per_row[shape.name].value < predicted_cost
+            smaller //= 2
         return False
 
     def expected_rate(self, shape: TreeBuffers, bucket: int) -> float:
