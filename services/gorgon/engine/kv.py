@@ -23,6 +23,7 @@ class SlotPlan:
     """Where the current forward writes (shared by every layer of one cache)."""
 
     write_slots: torch.Tensor | None = None  # [B, Q] long
+    rows: torch.Tensor | None = None  # [B, 1] long: arange(B), the row index of each write
     window: int = 0  # slots returned to attention (>= every row's length + Q)
 
 
@@ -44,11 +45,12 @@ class RowKVLayer(CacheLayerMixin):
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # key_states: [B, kv_heads, Q, head_dim]; write_slots: [B, Q]
-        slots = self.plan.write_slots
-        index = slots[:, None, :, None].expand(-1, key_states.shape[1], -1, key_states.shape[3])
-        self.keys.scatter_(2, index, key_states.to(self.keys.dtype))
-        self.values.scatter_(2, index, value_states.to(self.values.dtype))
+        # key_states: [B, kv_heads, Q, head_dim]; write_slots: [B, Q]. Written by indexing the slot-major view:
+        # on CPU `scatter_` with an expanded index costs 50-70 µs at batch 1 and ~870 µs at batch 16 per buffer,
+        # indexed assignment 7-13 µs (bf16, 2 cores), which is 3 ms of a 37 ms batch-1 step over 30 layers.
+        slots, rows = self.plan.write_slots, self.plan.rows
+        self.keys.permute(0, 2, 1, 3)[rows, slots] = key_states.permute(0, 2, 1, 3).to(self.keys.dtype)
+        self.values.permute(0, 2, 1, 3)[rows, slots] = value_states.permute(0, 2, 1, 3).to(self.values.dtype)
         window = self.plan.window
         return self.keys[:, :, :window], self.values[:, :, :window]
 
@@ -102,6 +104,7 @@ class RowKVCache(Cache):
     def plan_forward(self, offsets: torch.Tensor, window: int) -> None:
         """Next forward writes query q of row b at slot lengths[b] + offsets[b, q]; attention sees `window`."""
         self.plan.write_slots = self.lengths[:, None] + offsets
+        self.plan.rows = torch.arange(self.batch_size, device=self.lengths.device)[:, None]
         self.plan.window = min(window, self.capacity)
 
     def compact(self, source_offsets: torch.Tensor, accepted: torch.Tensor) -> None:
