@@ -18,6 +18,8 @@ import copy
 import torch
 from torch import nn
 
+from gorgon.engine.fused import fuse_projections
+
 ROW_BLOCK = 32
 """Rows per product. With AMX (Sapphire Rapids and later) oneDNN computes products of more than 32 rows with other
 kernels, whose rounding differs from the 2-row product in some rows (measured: 1536x576, 48 rows: 4 differ,
@@ -72,12 +74,14 @@ def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def packed_copy(module: nn.Module) -> nn.Module:
-    """A copy of `module` sharing its parameters and buffers, with every nn.Linear replaced by a PackedLinear."""
+    """A copy of `module` sharing its parameters and buffers, its projections of one input fused
+    (engine/fused.py), with every nn.Linear replaced by a PackedLinear."""
     return _copy_replacing_linears(module, PackedLinear)
 
 
 def row_blocked_copy(module: nn.Module) -> nn.Module:
-    """A copy of `module` sharing its parameters and buffers, with every nn.Linear a RowBlockedLinear."""
+    """A copy of `module` sharing its parameters and buffers, its projections of one input fused, with every
+    nn.Linear a RowBlockedLinear."""
     return _copy_replacing_linears(module, RowBlockedLinear)
 
 
@@ -86,6 +90,7 @@ def _copy_replacing_linears(module: nn.Module, replacement: type[nn.Module]) -> 
     clone = copy.deepcopy(module, memo=shared)
     if type(clone) is nn.Linear:
         return replacement(clone)
+    fuse_projections(clone)
     for parent in list(clone.modules()):
         for attribute, child in list(parent.named_children()):
             if type(child) is nn.Linear:
