@@ -12,6 +12,7 @@ from gorgon.engine.decode import (
     TypicalAcceptance,
     draft,
     filtered_probabilities,
+    greedy_tokens,
     prefill,
     row_logits,
     speculative_step,
@@ -281,3 +282,11 @@ def test_a_sampled_row_in_a_lookahead_tree_accepts_by_typical_acceptance(tiny_mo
     assert outcome.accepted_drafts == [2]
     assert outcome.emitted == [greedy[1:4]]
     assert cache.lengths.tolist() == [len(prompt) + 3]
+
+
+def test_greedy_tokens_are_the_argmax_with_the_first_of_equal_maxima() -> None:
+    torch.manual_seed(0)
+    logits = (torch.randn(5, 3, 4096) * 3).round().to(torch.bfloat16)  # coarse values: many ties
+    logits[0, 0, [7, 99, 4000]] = 100.0
+    assert torch.equal(greedy_tokens(logits), logits.argmax(-1))
+    assert int(greedy_tokens(logits)[0, 0]) == 7

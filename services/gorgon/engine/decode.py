@@ -249,20 +249,26 @@ def _node_acceptance(
     rule: TypicalAcceptance,
 ) -> torch.Tensor:
     """[B, T] bool: node i's token is accepted after its parent parents[i] (node 0: True)."""
-    parent_logits = logits[:, parents]  # [B, T, V]
-    accepted = candidates == parent_logits.argmax(-1)
+    accepted = candidates == greedy_tokens(logits)[:, parents]
     for row, sampling in enumerate(rows):
         if not sampling.speculative:
             accepted[row] = False
         elif not sampling.greedy:
-            accepted[row] = typical_accept(parent_logits[row], candidates[row], sampling.temperature, rule)
+            accepted[row] = typical_accept(logits[row, parents], candidates[row], sampling.temperature, rule)
     accepted[:, 0] = True
     return accepted
 
 
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """The argmax over the last dimension (the first index among equal maxima), computed as `max(-1).indices`:
+    the same tokens, but on CPU 3-4x faster than `argmax` in bf16 (49,152 logits, 2 cores: 1 row 210 -> 69 µs,
+    14 rows 1.5 -> 0.39 ms, 80 rows 8.8 -> 2.2 ms)."""
+    return logits.max(-1).indices
+
+
 def choose_next_tokens(logits: torch.Tensor, rows: Sequence[RowSampling]) -> torch.Tensor:
     """logits [B, V] at each row's last accepted node -> next token per row [B]."""
-    tokens = logits.argmax(-1)
+    tokens = greedy_tokens(logits)
     for row, sampling in enumerate(rows):
         if not sampling.greedy:
             tokens[row] = sample_token(logits[row], sampling)
@@ -371,7 +377,7 @@ def _lookahead_drafts(
     batch_index = torch.arange(candidates.shape[0], device=candidates.device)
     leaf_logits = logits[batch_index, leaf]  # [B, V]
     source = torch.where(found, leaf, last_nodes)
-    tokens = torch.where(found, leaf_logits.argmax(-1), new_next)
+    tokens = torch.where(found, greedy_tokens(leaf_logits), new_next)
     drafts = draft(parts, hidden[batch_index, source], tokens)
     if drafts is None or not bool(found.any()):
         return drafts
