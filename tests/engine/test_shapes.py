@@ -121,3 +121,22 @@ def test_shape_winning_narrowly_at_batch_1_is_not_explored_at_batch_4() -> None:
     assert "chain_4" in run(2, 2 * EXPLORATION)  # predicted 1.36 plain steps for 1.49 tokens: explored
     assert selector.choose(2, speculative_rows=2).name == "chain_4"  # and measured 1.36: it still wins
     assert set(run(4, REEXPLORE_EVERY - 1)) == {"plain"}  # predicted 1.72 plain steps: not explored
+
+
+def test_a_run_of_unlucky_steps_does_not_switch_a_winning_chain_off() -> None:
+    """Acceptance comes in runs (a hard passage of text); the chain still gains 1.67 tokens per step on average
+    at 1.12 plain steps' cost. An exponential mean dipped below break-even after twelve 1-token steps and left
+    the selector on plain until its next re-measurement."""
+    selector = ShapeSelector(
+        [build_tree_buffers((), name="plain"), build_tree_buffers(chain(4), name="chain_4")]
+    )
+    seconds = {"plain": 0.0367, "chain_4": 0.0411}
+    pattern = [1] * 12 + [3] * 6
+    chosen = []
+    for step in range(EXPLORATION + 3 * REEXPLORE_EVERY // 2):
+        shape = selector.choose(1, speculative_rows=1)
+        chosen.append(shape.name)
+        gained = [pattern[step % len(pattern)]] if shape.num_nodes > 1 else []
+        selector.record(shape, 1, seconds[shape.name], gained)
+    after_exploration = chosen[EXPLORATION:]
+    assert after_exploration.count("plain") <= 2  # the periodic re-measurement only
