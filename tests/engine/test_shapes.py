@@ -140,3 +140,16 @@ def test_a_run_of_unlucky_steps_does_not_switch_a_winning_chain_off() -> None:
         selector.record(shape, 1, seconds[shape.name], gained)
     after_exploration = chosen[EXPLORATION:]
     assert after_exploration.count("plain") <= 2  # the periodic re-measurement only
+
+
+def test_a_shape_far_slower_than_the_best_is_not_remeasured() -> None:
+    selector = ShapeSelector(
+        [build_tree_buffers((), name="plain"), build_tree_buffers(chain(3), name="chain_3")]
+    )
+    seconds = {"plain": 0.100, "chain_3": 0.400}  # 2 tokens per 0.4 s: half of plain's rate at batch 16
+    chosen = []
+    for _ in range(EXPLORATION + 2 * REEXPLORE_EVERY):
+        shape = selector.choose(16, speculative_rows=16)
+        chosen.append(shape.name)
+        selector.record(shape, 16, seconds[shape.name], [2] * 16 if shape.num_nodes > 1 else [])
+    assert "chain_3" not in chosen[EXPLORATION:]

@@ -22,6 +22,9 @@ TIMING_WINDOW = 9  # step times per (shape, bucket) whose median is the shape's 
 MIN_SAMPLES = 3  # timed steps of a shape at a bucket before it is judged (after its warm-up step)
 ACCEPTANCE_SAMPLES = 16  # speculative steps of a shape (any bucket) before its acceptance is judged
 REEXPLORE_EVERY = 200  # steps at one bucket between re-measurements of the shapes not chosen
+REMEASURE_WITHIN = (
+    0.75  # shapes known to run below this fraction of the best shape's rate are not re-measured
+)
 
 
 def batch_bucket(batch_size: int) -> int:
@@ -91,19 +94,27 @@ class ShapeSelector:
             return self.plain
         bucket = batch_bucket(batch_size)
         step = self.steps_at_bucket[bucket]
-        candidates = [
-            shape
-            for shape in self.shapes
-            if self.measured(shape, bucket) or not self.predicted_to_lose(shape, bucket)
-        ]
+        candidates = [shape for shape in self.shapes if not self.predicted_to_lose(shape, bucket)]
         for shape in candidates:
             if self.needs_samples(shape, bucket):
                 return shape
         best = max(candidates, key=lambda shape: self.expected_rate(shape, bucket))
         if step > 0 and step % REEXPLORE_EVERY == 0:
-            others = [shape for shape in self.shapes if shape is not best]
-            return others[(step // REEXPLORE_EVERY) % len(others)]
+            others = [
+                shape
+                for shape in self.shapes
+                if shape is not best and self.worth_remeasuring(shape, best, bucket)
+            ]
+            if others:
+                return others[(step // REEXPLORE_EVERY) % len(others)]
         return best
+
+    def worth_remeasuring(self, shape: TreeBuffers, best: TreeBuffers, bucket: int) -> bool:
+        """Re-measure a shape now and then unless it is known (measured or predicted) to be far slower than the
+        best one here: at batch 16 one step of a 14-node tree verifies 224 rows and costs ~5 plain steps, which
+        no change of load or heads turns into a win."""
+        rate, best_rate = self.relative_rate(shape, bucket), self.relative_rate(best, bucket)
+        return rate is None or best_rate is None or rate >= REMEASURE_WITHIN * best_rate
 
     def needs_samples(self, shape: TreeBuffers, bucket: int) -> bool:
         """Too few timed steps at this bucket, or (speculative shapes) too few steps to judge acceptance,
@@ -116,14 +127,23 @@ class ShapeSelector:
         return self.step_seconds[(shape.name, bucket)].samples >= MIN_SAMPLES
 
     def predicted_to_lose(self, shape: TreeBuffers, bucket: int) -> bool:
-        """Whether `shape`, not yet measured at this bucket, is predicted slower than plain here from the
-        largest smaller bucket where both were measured. Verifying a tree costs rows: past a few rows the
-        products are compute-bound, so its extra cost over a plain step grows in proportion to the batch while
-        the plain step grows far less. The prediction scales the measured extra cost by that ratio (a
+        """Whether `shape`, not yet measured at this bucket, is predicted slower than plain here."""
+        if self.measured(shape, bucket):
+            return False
+        rate = self.relative_rate(shape, bucket)
+        return rate is not None and rate < 1.0
+
+    def relative_rate(self, shape: TreeBuffers, bucket: int) -> float | None:
+        """Tokens per second of `shape` over plain's at this bucket: measured here, else predicted from the
+        largest smaller bucket where both were measured, else None. Verifying a tree costs rows: past a few rows
+        the products are compute-bound, so its extra cost over a plain step grows in proportion to the batch
+        while the plain step grows far less. The prediction scales the measured extra cost by that ratio (a
         pessimistic guess for the tree), so a shape that only just won at batch b is not explored at 4b, where
         one exploration costs several plain steps."""
         if shape.num_nodes == 1:
-            return False
+            return 1.0
+        if self.measured(shape, bucket) and self.measured(self.plain, bucket):
+            return self.expected_rate(shape, bucket) / self.expected_rate(self.plain, bucket)
         smaller = bucket // 2
         while smaller >= 1:
             if self.measured(shape, smaller) and self.measured(self.plain, smaller):
@@ -132,10 +152,9 @@ class ShapeSelector:
                     / self.step_seconds[(self.plain.name, smaller)].value
                     - 1.0
                 )
-                predicted_cost = 1.0 + max(extra, 0.0) * bucket / smaller
-                return self.tokens_per_row[shape.name].value < predicted_cost
+                return self.tokens_per_row[shape.name].value / (1.0 + max(extra, 0.0) * bucket / smaller)
             smaller //= 2
-        return False
+        return None
 
     def expected_rate(self, shape: TreeBuffers, bucket: int) -> float:
         """Tokens per row per second expected from `shape` at this batch bucket."""
