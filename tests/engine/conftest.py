@@ -13,6 +13,18 @@ from gorgon.engine.config import EngineSettings
 from gorgon.engine.loader import LoadedModel
 from gorgon.engine.medusa import MedusaHeads
 from gorgon.engine.medusa_engine import MedusaEngine
+from gorgon.engine.shapes import ShapeSelector
+from gorgon.engine.tree import TreeBuffers
+
+
+class CyclingSelector(ShapeSelector):
+    """Runs the engine's shapes in turn, one per step (plain, chain, tree, plain, ...): every shape and every
+    transition between shapes in every batch, whatever the timing-based selector would pick on this machine."""
+
+    def choose(self, batch_size: int, *, speculative_rows: int) -> TreeBuffers:
+        if speculative_rows == 0:
+            return self.plain
+        return self.shapes[sum(self.steps_at_bucket.values()) % len(self.shapes)]
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +48,10 @@ def make_engine(
     vocabulary belong to SmolLM2)."""
     empty_heads_dir = tmp_path_factory.mktemp("no-shipped-files")
 
-    def build(heads: MedusaHeads | None = None, **settings: object) -> MedusaEngine:
+    def build(
+        heads: MedusaHeads | None = None, *, cycle_shapes: bool = False, **settings: object
+    ) -> MedusaEngine:
+        """`cycle_shapes`: run every shape in turn (CyclingSelector) instead of the timing-based choice."""
         settings.setdefault("heads_path", empty_heads_dir)
         loaded = LoadedModel(
             model=tiny_model,
@@ -47,6 +62,9 @@ def make_engine(
             dtype=torch.float32,
             uses_deepspeed=False,
         )
-        return MedusaEngine(loaded, heads, EngineSettings(use_deepspeed=False, **settings))
+        engine = MedusaEngine(loaded, heads, EngineSettings(use_deepspeed=False, **settings))
+        if cycle_shapes:
+            engine.selector = CyclingSelector(engine.selector.shapes)
+        return engine
 
     return build

@@ -41,7 +41,7 @@ def _tokens(events: list[TokenEvent]) -> list[int]:
 
 
 def _alone(engine_factory, request: GenerationRequest, heads=None) -> list[TokenEvent]:
-    engine = engine_factory(heads)
+    engine = engine_factory(heads, cycle_shapes=heads is not None)
     engine.add(request)
     collected: dict[str, list[TokenEvent]] = {}
     _drain(engine, collected)
@@ -78,7 +78,7 @@ def test_batched_rows_join_and_leave_and_match_alone(make_engine) -> None:
         "other": _request("other", 30),
     }
     expected = {name: _tokens(_alone(make_engine, request, heads)) for name, request in requests.items()}
-    engine = make_engine(heads)
+    engine = make_engine(heads, cycle_shapes=True)
     collected: dict[str, list[TokenEvent]] = {}
     engine.add(requests["short"])
     engine.add(requests["medium"])
@@ -98,7 +98,7 @@ def test_batched_rows_join_and_leave_and_match_alone(make_engine) -> None:
 
 def test_cancelled_row_stops_and_others_continue(make_engine) -> None:
     expected = _tokens(_alone(make_engine, _request("medium", 16)))
-    engine = make_engine(random_heads())
+    engine = make_engine(random_heads(), cycle_shapes=True)
     engine.add(_request("medium", 16))
     engine.add(_request("long", 16))
     collected: dict[str, list[TokenEvent]] = {}
@@ -118,7 +118,7 @@ def test_seeded_sampling_is_reproducible_alone_and_batched(make_engine) -> None:
     sampled = _request("other", 15, temperature=0.8, top_p=0.9, seed=1234, use_speculative=False)
     first = _tokens(_alone(make_engine, sampled, random_heads()))
     assert _tokens(_alone(make_engine, sampled, random_heads())) == first
-    engine = make_engine(random_heads())
+    engine = make_engine(random_heads(), cycle_shapes=True)
     engine.add(_request("long", 10))
     engine.add(sampled)
     collected: dict[str, list[TokenEvent]] = {}
@@ -217,7 +217,7 @@ def test_recurrent_heads_give_the_plain_greedy_output_alone_and_batched(make_eng
     names = ("short", "medium", "long", "other")
     plain = {name: _tokens(_alone(make_engine, _request(name, 24))) for name in names}
     alone = {name: _tokens(_alone(make_engine, _request(name, 24), heads)) for name in names}
-    engine = make_engine(heads, medusa_choices="cpu_12")
+    engine = make_engine(heads, medusa_choices="cpu_12", cycle_shapes=True)
     for name in names:
         engine.add(_request(name, 24))
     collected: dict[str, list[TokenEvent]] = {}

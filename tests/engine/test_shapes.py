@@ -77,9 +77,24 @@ def test_no_speculative_rows_means_plain() -> None:
 
 
 def test_other_shapes_are_remeasured_now_and_then() -> None:
+    selector = ShapeSelector(
+        [build_tree_buffers((), name="plain"), build_tree_buffers(chain(3), name="chain_3")]
+    )
+    seconds = {"plain": 0.040, "chain_3": 0.085}  # 2 tokens per 0.085 s: 0.94 of plain's rate, close enough
+    chosen = []
+    for _ in range(EXPLORATION + 2 * REEXPLORE_EVERY):
+        shape = selector.choose(1, speculative_rows=1)
+        chosen.append(shape.name)
+        selector.record(shape, 1, seconds[shape.name], [2] if shape.num_nodes > 1 else [])
+    assert chosen[-1] == "plain" and "chain_3" in chosen[EXPLORATION:]
+
+
+def test_shapes_are_explored_bottom_up() -> None:
+    """A worker that starts with a full batch does not try trees there before it knows their cost at a small
+    batch: it decodes plain until the batch shrinks."""
     selector = _selector()
-    chosen = _run(selector, batch=16, steps=REEXPLORE_EVERY + 10)
-    assert "chain_3" in chosen[EXPLORATION:] or "tree" in chosen[EXPLORATION:]
+    assert set(_run(selector, batch=16, steps=REEXPLORE_EVERY + 10)) == {"plain"}
+    assert {"chain_3", "tree"} <= set(_run(selector, batch=1, steps=EXPLORATION))
 
 
 def test_batch_buckets_are_powers_of_two() -> None:
