@@ -97,6 +97,40 @@ def test_batches_of_one_mode_add_up_to_one_output() -> None:
 
     output = over_groups(run, [[[1], [2]], [[3]]])
     assert output.token_ids == [[1] * 3, [2] * 3, [3] * 3]
+    assert output.shape_steps == {}
     assert output.seconds == 1.5
     assert output.tokens_per_step == (2.0 * 2 + 1.0) / 3  # averaged over sequences, not batches
     assert output.tokens_per_s == 9 / 1.5
+
+
+def test_shape_steps_add_up_over_batches_and_rounds() -> None:
+    from collections import Counter
+
+    from gorgon.engine.bench import shape_mix
+    from gorgon.engine.bench_runner import RunOutput, _batch_results, over_groups
+
+    def run(group):
+        return RunOutput([[1]] * len(group), 1.0, 1.0, Counter({"chain_4": 3 * len(group), "plain": 1}))
+
+    output = over_groups(run, [[[1], [2]], [[3]]])
+    assert output.shape_steps == {"chain_4": 9, "plain": 2}
+    plain = RunOutput([[1]] * 3, 1.0, 1.0, Counter({"plain": 5}))
+    results = {r.mode: r for r in _batch_results(3, {"plain": [plain, plain], "medusa": [output, output]})}
+    assert results["medusa"].shape_steps == {"chain_4": 18, "plain": 4}
+    assert results["plain"].shape_steps == {"plain": 10}
+    assert shape_mix(results["medusa"].shape_steps) == "chain_4 82% · plain 18%"
+    assert shape_mix({}) == ""
+
+
+def test_an_engine_run_reports_the_steps_of_each_shape(make_engine) -> None:
+    from engine_tiny import random_heads
+
+    from gorgon.engine.bench_runner import run_engine
+
+    engine = make_engine(random_heads(), cycle_shapes=True)
+    output = run_engine(engine, [[5, 6, 7], [8, 9]], 12)
+    names = {shape.name for shape in engine.selector.shapes}
+    assert set(output.shape_steps) == names  # cycling runs every shape
+    assert sum(output.shape_steps.values()) == engine.forward_passes - 1  # every step but the prefill
+    again = run_engine(engine, [[5, 6, 7]], 6)
+    assert sum(again.shape_steps.values()) < sum(output.shape_steps.values())  # counted per run

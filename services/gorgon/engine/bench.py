@@ -2,7 +2,8 @@
 
 Greedy decoding on a fixed prompt set. With `--json`, exactly one JSON object goes to stdout:
 {"model", "device", "dtype", "results": [{"mode", "batch", "tokens_per_s", "tokens_per_step",
-"identical_to_plain"}]}. Progress and logs go to stderr.
+"identical_to_plain", "shape_steps"}]} (`shape_steps`: the engine's steps per speculation shape, which shows what
+the selector ran; empty for HF generate). Progress and logs go to stderr.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ QUICK_MAX_NEW_TOKENS = 32
 QUICK_BATCH_SIZES = (1, 4)
 QUICK_PROMPTS = 4  # the first prompts of the set
 DEFAULT_ROUNDS = 1
+TABLE_WIDTH = 132  # columns of the printed table at least, also when stdout is not a terminal
 BENCH_PROMPTS = (
     "Explain how a hash map works.",
     "Write a short poem about the sea.",
@@ -48,6 +50,9 @@ class BenchResult:
     tokens_per_s: float
     tokens_per_step: float
     identical_to_plain: bool | None
+    shape_steps: dict[str, int] = field(
+        default_factory=dict
+    )  # engine steps per speculation shape, all rounds
 
 
 def positive_ints(text: str, flag: str) -> tuple[int, ...]:
@@ -123,7 +128,15 @@ def _print_table(report: dict) -> None:
     from rich.table import Table  # noqa: PLC0415
 
     table = Table(title=f"{report['model']} on {report['device']} ({report['dtype']})")
-    for column in ("mode", "batch", "tokens/s", "tokens/step", "identical to plain", "× plain"):
+    for column in (
+        "mode",
+        "batch",
+        "tokens/s",
+        "tokens/step",
+        "identical to plain",
+        "× plain",
+        "steps by shape",
+    ):
         table.add_column(column, justify="right")
     plain_rate = {r.batch: r.tokens_per_s for r in report["results"] if r.mode == "plain"}
     for result in report["results"]:
@@ -138,5 +151,17 @@ def _print_table(report: dict) -> None:
             f"{result.tokens_per_step:.2f}",
             identical,
             f"{ratio:.2f}",
+            shape_mix(result.shape_steps),
         )
-    Console().print(table)
+    console = Console()
+    console.width = max(console.width, TABLE_WIDTH)
+    console.print(table)
+
+
+def shape_mix(shape_steps: dict[str, int]) -> str:
+    """{'chain_4': 93, 'plain': 7} -> 'chain_4 93% · plain 7%' (most used first)."""
+    total = sum(shape_steps.values())
+    ranked = sorted(shape_steps.items(), key=lambda item: -item[1])
+    return (
+        " · ".join(f"{name} {100 * steps / total:.0f}%" for name, steps in ranked if steps) if total else ""
+    )

@@ -6,8 +6,9 @@ import argparse
 import logging
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -31,6 +32,7 @@ class RunOutput:
     token_ids: list[list[int]]
     seconds: float
     tokens_per_step: float
+    shape_steps: Counter[str] = field(default_factory=Counter)  # engine steps per speculation shape
 
     @property
     def tokens_per_s(self) -> float:
@@ -60,6 +62,7 @@ def untrained_heads(loaded: LoadedModel) -> MedusaHeads:
 def run_engine(engine: MedusaEngine, prompts: Sequence[list[int]], max_new_tokens: int) -> RunOutput:
     """Generate greedily for all prompts as one batch; tokens per forward pass averaged over sequences."""
     params = SamplingParams(max_new_tokens=max_new_tokens)
+    shapes_before = Counter(engine.selector.steps_by_shape)
     started = time.perf_counter()
     for index, prompt in enumerate(prompts):
         engine.add(GenerationRequest(f"bench-{index}", tuple(prompt), params))
@@ -71,7 +74,7 @@ def run_engine(engine: MedusaEngine, prompts: Sequence[list[int]], max_new_token
             steps[event.request_id] += 1
     seconds = time.perf_counter() - started
     per_step = sum(len(tokens[key]) / steps[key] for key in tokens) / len(tokens)
-    return RunOutput(list(tokens.values()), seconds, per_step)
+    return RunOutput(list(tokens.values()), seconds, per_step, engine.selector.steps_by_shape - shapes_before)
 
 
 def run_hf_generate(loaded: LoadedModel, prompts: Sequence[list[int]], max_new_tokens: int) -> RunOutput:
@@ -122,6 +125,7 @@ def over_groups(
         [tokens for output in outputs for tokens in output.token_ids],
         sum(output.seconds for output in outputs),
         sum(output.tokens_per_step * len(output.token_ids) for output in outputs) / sequences,
+        sum((output.shape_steps for output in outputs), Counter()),
     )
 
 
@@ -165,6 +169,7 @@ def _batch_results(batch: int, outputs: dict[str, list[RunOutput]]) -> list[Benc
                 statistics.median(run.tokens_per_s for run in runs),
                 statistics.fmean(run.tokens_per_step for run in runs),
                 identical,
+                dict(sum((run.shape_steps for run in runs), Counter())),
             )
         )
     return results

@@ -11,7 +11,7 @@ a shape that became worthwhile (trained heads, smaller batch) gets picked again.
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -80,6 +80,7 @@ class ShapeSelector:
     tokens_per_row: dict[str, WindowMean] = field(default_factory=lambda: defaultdict(WindowMean))
     steps_at_bucket: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     warmed_up: set[tuple[str, int]] = field(default_factory=set)
+    steps_by_shape: Counter[str] = field(default_factory=Counter)  # every recorded step, by shape name
 
     def __post_init__(self) -> None:
         if not self.shapes or self.shapes[0].num_nodes != 1:
@@ -174,6 +175,7 @@ class ShapeSelector:
         shape at a bucket is not timed: new shapes warm up kernels and allocations."""
         bucket = batch_bucket(batch_size)
         self.steps_at_bucket[bucket] += 1
+        self.steps_by_shape[shape.name] += 1
         key = (shape.name, bucket)
         if key in self.warmed_up:
             self.step_seconds[key].add(seconds)
