@@ -120,26 +120,3 @@ def test_node_key_slots_follow_each_nodes_path() -> None:
     states = torch.arange(2 * 12, dtype=torch.float32).reshape(2, 1, 12, 1)
     gathered = gather_per_node(states, key_slots).reshape(2, 6, 12)
     assert gathered[1, 3, :3].tolist() == [12.0, 13.0, 16.0]
-
-
-@pytest.mark.parametrize(("batch", "queries"), [(1, 2), (1, 5), (1, 14), (4, 5), (16, 1)])
-def test_grouped_query_attention_equals_the_repeated_key_value_path(batch: int, queries: int) -> None:
-    """The engine's forwards let SDPA serve each key/value head's query group in place (engine/attention.py,
-    `grouped_attention`) instead of copying every key/value head per query head (transformers' `repeat_kv`):
-    the same output bit for bit in bf16, for one query too (where transformers packs the query heads instead,
-    which rounds differently from both at batch 16)."""
-    from transformers.integrations.sdpa_attention import repeat_kv
-
-    from gorgon.engine.attention import grouped_attention
-
-    torch.manual_seed(batch * 100 + queries)
-    window, length = 96, 60
-    query = torch.randn(batch, 9, queries, 64).to(torch.bfloat16)
-    key, value = (torch.randn(batch, 3, window, 64).to(torch.bfloat16) for _ in range(2))
-    mask = (torch.arange(window)[None, :] <= (length + torch.arange(queries))[:, None])[None, None]
-    mask = mask.expand(batch, 1, queries, window)
-    expected = torch.nn.functional.scaled_dot_product_attention(
-        query, repeat_kv(key, 3), repeat_kv(value, 3), attn_mask=mask, scale=0.125
-    ).transpose(1, 2)
-    grouped, _ = grouped_attention(query, key, value, mask, scaling=0.125)
-    assert torch.equal(grouped, expected)

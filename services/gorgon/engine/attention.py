@@ -16,7 +16,6 @@ transformers' SDPA attention unchanged, so HF `generate` on the same model compu
 from __future__ import annotations
 
 import torch
-from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -30,18 +29,14 @@ def row_attention(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     key_slots: torch.Tensor | None = None,
-    grouped_query: bool = False,
     **kwargs: object,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """SDPA attention; with key_slots [B, T, W], query t of row b attends to the slots key_slots[b, t] in order.
 
     query: [B, H, T, D], key / value: [B, KV, W, D]; with key_slots the mask is per virtual row, [B * T, 1, 1, W].
-    `grouped_query` (the engine's forwards): grouped-query attention by SDPA itself (`grouped_attention`).
     Returns the attention output [B, T, H, D].
     """
     if key_slots is None:
-        if grouped_query and getattr(module, "num_key_value_groups", 1) > 1:
-            return grouped_attention(query, key, value, attention_mask, scaling=kwargs.get("scaling"))
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     batch, heads, nodes, dim = query.shape
     node_queries = query.transpose(1, 2).reshape(batch * nodes, heads, 1, dim)
@@ -54,31 +49,6 @@ def row_attention(
         **kwargs,
     )
     return output.reshape(batch, nodes, heads, dim), weights
-
-
-def grouped_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    *,
-    scaling: object = None,
-) -> tuple[torch.Tensor, None]:
-    """SDPA with `enable_gqa`: each key/value head serves its group of query heads in place. transformers' SDPA
-    path copies every key/value head once per query head of its group (`repeat_kv`) whenever a mask is given and
-    more than one token is queried, which is every engine forward: the whole attention window, every layer and
-    step (15 % of a batch-1 plain step here, py-spy). Same outputs bit for bit (bf16, batch 1-16, 1-14 queries,
-    tests/engine/test_tree_attention.py); per layer on this CPU (SmolLM2: 9 query, 3 key/value heads, 288 slots)
-    97 -> 57 µs at batch 1 (2 queries), 822 -> 331 µs at batch 16."""
-    output = nn.functional.scaled_dot_product_attention(
-        query,
-        key,
-        value,
-        attn_mask=attention_mask,
-        scale=scaling if isinstance(scaling, float) else None,
-        enable_gqa=True,
-    )
-    return output.transpose(1, 2).contiguous(), None
 
 
 def gather_per_node(states: torch.Tensor, key_slots: torch.Tensor) -> torch.Tensor:

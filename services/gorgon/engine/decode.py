@@ -126,7 +126,7 @@ def forward_tokens(
     offsets = torch.arange(num_nodes, device=input_ids.device).expand(input_ids.shape[0], -1)
     cache.plan_forward(offsets, window)
     window = cache.plan.window
-    extra: dict[str, torch.Tensor | bool] = {"grouped_query": True}
+    extra: dict[str, torch.Tensor] = {}
     if ancestors is None:
         mask = attention_mask(cache.lengths, tree_mask, window)
     else:
