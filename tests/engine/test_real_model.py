@@ -42,3 +42,26 @@ def test_default_model_loads_in_float32_through_deepspeed(tmp_path) -> None:
     while engine.num_active:
         text += "".join(event.text for event in engine.step())
     assert "Paris" in text
+
+
+@pytest.mark.slow
+def test_shipped_heads_in_every_shape_at_batch_4_give_the_plain_greedy_output() -> None:
+    """The real model, bf16, its shipped heads, every speculation shape in turn (plain, chain, tree) in one batch
+    of 4: each row's text equals plain greedy decoding's. A kernel whose rounding depends on how many queries or
+    rows share a forward shows here (an SDPA grouped-query path that did: 12 of 16 bench prompts diverged)."""
+    from conftest import CyclingSelector
+    from gorgon.engine.bench import BENCH_PROMPTS
+    from gorgon.engine.bench_runner import run_engine
+
+    settings = EngineSettings()
+    speculative = load_engine(settings)
+    assert speculative.info.speculative
+    speculative.selector = CyclingSelector(speculative.selector.shapes)
+    plain = load_engine(settings.model_copy(update={"heads_path": settings.heads_path / "missing"}))
+    prompts = [speculative.encode([ChatMessage("user", text)]) for text in BENCH_PROMPTS[:4]]
+    expected = run_engine(plain, prompts, 64).token_ids
+    output = run_engine(speculative, prompts, 64)
+    assert sum(output.shape_steps.values()) > 0 and len(output.shape_steps) == len(
+        speculative.selector.shapes
+    )
+    assert output.token_ids == expected
