@@ -6,31 +6,13 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from engine_tiny import byte_tokenizer, tiny_llama
+from engine_tiny import CyclingSelector, byte_tokenizer, tiny_llama
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from gorgon.engine.config import EngineSettings
 from gorgon.engine.loader import LoadedModel
 from gorgon.engine.medusa import MedusaHeads
 from gorgon.engine.medusa_engine import MedusaEngine
-from gorgon.engine.shapes import ShapeSelector
-from gorgon.engine.tree import TreeBuffers
-
-
-class CyclingSelector(ShapeSelector):
-    """Runs the engine's shapes in turn, one per step (plain, chain, tree, plain, ...): every shape and every
-    transition between shapes in every batch, whatever the timing-based selector would pick on this machine.
-
-    A decoding step asks twice: for its own shape, then (`_wants_drafts`) for the next step's, so call c
-    answers shape (c + 1) // 2 of the cycle."""
-
-    calls: int = 0
-
-    def choose(self, batch_size: int, *, speculative_rows: int) -> TreeBuffers:
-        if speculative_rows == 0:
-            return self.plain
-        self.calls += 1
-        return self.shapes[(self.calls // 2) % len(self.shapes)]
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from gorgon.engine.medusa import MedusaHeads
+from gorgon.engine.shapes import ShapeSelector
+from gorgon.engine.tree import TreeBuffers
 
 EOS_ID = 256
 VOCAB = 260
@@ -56,3 +58,19 @@ def random_heads(
     for parameter in heads.parameters():
         torch.nn.init.normal_(parameter, std=0.05)
     return heads.eval().requires_grad_(False)
+
+
+class CyclingSelector(ShapeSelector):
+    """Runs the engine's shapes in turn, one per step (plain, chain, tree, plain, ...): every shape and every
+    transition between shapes in every batch, whatever the timing-based selector would pick on this machine.
+
+    A decoding step asks twice: for its own shape, then (`_wants_drafts`) for the next step's, so call c
+    answers shape (c + 1) // 2 of the cycle."""
+
+    calls: int = 0
+
+    def choose(self, batch_size: int, *, speculative_rows: int) -> TreeBuffers:
+        if speculative_rows == 0:
+            return self.plain
+        self.calls += 1
+        return self.shapes[(self.calls // 2) % len(self.shapes)]

@@ -49,7 +49,8 @@ def test_shipped_heads_in_every_shape_at_batch_4_give_the_plain_greedy_output() 
     """The real model, bf16, its shipped heads, every speculation shape in turn (plain, chain, tree) in one batch
     of 4: each row's text equals plain greedy decoding's. A kernel whose rounding depends on how many queries or
     rows share a forward shows here (an SDPA grouped-query path that did: 12 of 16 bench prompts diverged)."""
-    from conftest import CyclingSelector
+    from engine_tiny import CyclingSelector
+
     from gorgon.engine.bench import BENCH_PROMPTS
     from gorgon.engine.bench_runner import run_engine
 
