@@ -28,6 +28,7 @@ def test_fused_decoder_computes_what_the_unfused_one_does_in_float32(monkeypatch
     assert isinstance(fused.layers[0].mlp, GatedMLP)
     assert isinstance(fused.layers[0].self_attn.k_proj, ProductSlice)
     assert torch.equal(_hidden(model, fused, input_ids), _hidden(model, unfused, input_ids))
+    assert all(module._output is None for module in fused.modules() if isinstance(module, SharedProduct))
     assert torch.equal(_hidden(model, decoder, input_ids), before)  # the model itself computes as before
 
 
@@ -56,7 +57,7 @@ def test_the_model_weights_become_views_of_the_fused_weight() -> None:
     assert torch.equal(attention.q_proj.weight, q_before) and torch.equal(attention.v_proj.weight, v_before)
 
 
-def test_a_shared_product_is_computed_once_per_input() -> None:
+def test_a_shared_product_is_computed_once_per_input_and_released_by_its_last_slice() -> None:
     calls = []
 
     class Counting(nn.Linear):
@@ -65,10 +66,11 @@ def test_a_shared_product_is_computed_once_per_input() -> None:
             return super().forward(x)
 
     shared = SharedProduct(Counting(4, 6))
-    first, second = ProductSlice(shared, 0, 2), ProductSlice(shared, 2, 6)
+    first, second = ProductSlice(shared, 0, 2, last=False), ProductSlice(shared, 2, 6, last=True)
     x, y = torch.randn(3, 4), torch.randn(3, 4)
     assert first(x).shape == (3, 2) and second(x).shape == (3, 4)
     assert len(calls) == 1
+    assert shared._input is None and shared._output is None  # nothing held between forwards
     assert torch.equal(torch.cat([first(y), second(y)], dim=-1), shared.linear(y))
     assert len(calls) == 3  # a new input is a new product (the last call is the direct one)
 

@@ -1,11 +1,12 @@
 """Projections of the same input computed as one product (CPU engine copies).
 
 A Llama-style layer projects its normed input three times for attention (q, k, v) and twice for the MLP (gate,
-up). On CPU each product has a fixed cost besides reading its weights, which dominates at decoding's row counts:
-SmolLM2 bf16, 2 cores, packed weights, 2 rows: q + k + v 121 µs as three products, 47 µs as one 576 × 960 product;
-gate + up 213 → 171 µs (5 rows: 196 → 113 and 361 → 259), about 3.5 ms of a 37 ms batch-1 step over 30 layers.
-The fused product's outputs are bit-identical to the separate ones (each output column is the same dot product
-over the same input; checked in bf16 and fp32 at 2-32 rows, tests/engine/test_fused.py).
+up). On CPU each product has a fixed cost besides reading its weights: SmolLM2 bf16, 2 cores, packed weights hot
+in cache, 2 rows: q + k + v 121 µs as three products, 47 µs as one 576 × 960 product; gate + up 213 → 171 µs (5
+rows: 196 → 113 and 361 → 259). In the engine, where the weights stream from memory, the gain is smaller and
+grows with the rows a step verifies (docs/engine.md: plain batch 1 0.99×, Medusa batch 1 1.08×). The fused
+product's outputs are bit-identical to the separate ones (each output column is the same dot product over the
+same input; checked in bf16 and fp32 at 2-32 rows, tests/engine/test_fused.py).
 
 `fuse_projections` rewrites a structural copy of a decoder. The fused weight is one tensor, and the model's own
 q/k/v (gate/up) weights become views of it, so memory does not grow and the HF model keeps computing as before.
@@ -23,7 +24,8 @@ MLP_PROJECTIONS = ("gate_proj", "up_proj")
 
 
 class SharedProduct(nn.Module):
-    """One linear product whose output several `ProductSlice`s read; computed once per input tensor."""
+    """One linear product whose output several `ProductSlice`s read; computed once per input tensor and held
+    only until its last slice has read it (a held prefill product would pin [B, S, q + k + v] per layer)."""
 
     def __init__(self, linear: nn.Module) -> None:
         super().__init__()
@@ -31,22 +33,24 @@ class SharedProduct(nn.Module):
         self._input: torch.Tensor | None = None
         self._output: torch.Tensor | None = None
 
-    def output_for(self, x: torch.Tensor) -> torch.Tensor:
-        if x is not self._input or self._output is None:
-            self._input, self._output = x, self.linear(x)
-        return self._output
+    def output_for(self, x: torch.Tensor, *, last: bool) -> torch.Tensor:
+        output = self._output if x is self._input and self._output is not None else self.linear(x)
+        self._input, self._output = (None, None) if last else (x, output)
+        return output
 
 
 class ProductSlice(nn.Module):
-    """Output features [start, stop) of a shared product: stands in for one of the fused projections."""
+    """Output features [start, stop) of a shared product: stands in for one of the fused projections. The
+    `last` slice (v_proj: Llama's attention projects q, k, v in that order) releases the product."""
 
-    def __init__(self, shared: SharedProduct, start: int, stop: int) -> None:
+    def __init__(self, shared: SharedProduct, start: int, stop: int, *, last: bool) -> None:
         super().__init__()
         self.shared = shared
         self.start, self.stop = start, stop
+        self.last = last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shared.output_for(x)[..., self.start : self.stop]
+        return self.shared.output_for(x, last=self.last)[..., self.start : self.stop]
 
 
 class GatedMLP(nn.Module):
@@ -75,7 +79,8 @@ def fuse_projections(module: nn.Module) -> None:
             shared = SharedProduct(_fused_linear(linears))
             start = 0
             for name, linear in zip(ATTENTION_PROJECTIONS, linears, strict=True):
-                setattr(parent, name, ProductSlice(shared, start, start + linear.out_features))
+                last = name == ATTENTION_PROJECTIONS[-1]
+                setattr(parent, name, ProductSlice(shared, start, start + linear.out_features, last=last))
                 start += linear.out_features
     for parent in list(module.modules()):
         for attribute, child in list(parent.named_children()):

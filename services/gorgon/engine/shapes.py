@@ -122,7 +122,7 @@ class ShapeSelector:
     def needs_samples(self, shape: TreeBuffers, bucket: int) -> bool:
         """Too few timed steps at this bucket, or (speculative shapes) too few steps to judge acceptance,
         which varies from step to step far more than step time does."""
-        if self.step_seconds[(shape.name, bucket)].samples < MIN_SAMPLES:
+        if not self.measured(shape, bucket):
             return True
         return shape.num_nodes > 1 and self.tokens_per_row[shape.name].samples < ACCEPTANCE_SAMPLES
 
