@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from gorgon.engine.batch import CAPACITY_ROUNDING
 from gorgon.engine.chat import encode_chat
 from gorgon.engine.config import DEFAULT_HEADS_PATH, EngineSettings
 from gorgon.engine.decode import ModelParts, RowSampling, TypicalAcceptance, prefill, speculative_step
@@ -19,6 +20,7 @@ from gorgon.training.pipeline import CHOICES_NAME, REPORT_NAME
 from gorgon.training.prompts import Split, prompts_for
 
 SMOLLM2_HIDDEN, SMOLLM2_VOCAB = 576, 49152
+TOKENS_PER_STEP_TARGET = 2.0  # issue 3's quick check on a small held-out sample
 
 
 def _shipped_tree() -> TreeBuffers:
@@ -49,6 +51,17 @@ def test_the_report_gives_held_out_accuracy_per_head() -> None:
     assert report["tree"]["medusa_choices"] == json.loads((DEFAULT_HEADS_PATH / CHOICES_NAME).read_text())
 
 
+SPARE_SLOTS = 64  # past the longest sequence: room for any shipped tree, the same for every tree compared
+
+
+def _capacity(tokens: int) -> int:
+    """A cache size as the engine's batches round it, the same whatever tree runs. Attention sees the first
+    min(window, capacity) slots; a capacity that differs between two runs, or is not a multiple of the window
+    rounding, changes the key count near the end of a sequence, and with it the bf16 rounding on some CPUs
+    (seen with AMX: 175 against 188 slots flipped a near-tie at token 122)."""
+    return -(-(tokens + SPARE_SLOTS) // CAPACITY_ROUNDING) * CAPACITY_ROUNDING
+
+
 def _greedy(
     loaded: LoadedModel, heads: MedusaHeads, tree: TreeBuffers, prompt: list[int], max_new_tokens: int
 ) -> tuple[list[int], int]:
@@ -63,7 +76,7 @@ def _greedy(
         batch=1,
         kv_heads=config.num_key_value_heads,
         head_dim=config.hidden_size // config.num_attention_heads,
-        capacity=len(prompt) + max_new_tokens + tree.num_nodes + 1,
+        capacity=_capacity(len(prompt) + max_new_tokens),
         dtype=loaded.dtype,
         device=loaded.device,
     )
@@ -83,16 +96,12 @@ def _greedy(
         )
         tokens += outcome.emitted[0]
         steps += 1
-    return tokens[:max_new_tokens], steps
+    tokens = tokens[:max_new_tokens]
+    eos = loaded.tokenizer.eos_token_id
+    return (tokens[: tokens.index(eos) + 1] if eos in tokens else tokens), steps  # as the engine finishes
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 3 target not met: the shipped recurrent heads and their 14-node lookahead tree measured 1.87 "
-    "tokens/step here (2.04 on 16 held-out prompts x 128, docs/heads.md); strict, so heads that reach 2.0 turn "
-    "this into a failure until the marker is removed",
-)
 @torch.inference_mode()
 def test_shipped_heads_give_two_tokens_per_step_on_held_out_prompts() -> None:
     loaded = load_model_and_tokenizer(EngineSettings(use_deepspeed=False, speculation=True))
@@ -108,4 +117,6 @@ def test_shipped_heads_give_two_tokens_per_step_on_held_out_prompts() -> None:
         generated += len(medusa_tokens) - 1  # the first token comes from the prefill
         steps += medusa_steps
     tokens_per_step = generated / steps
-    assert tokens_per_step >= 2.0, f"{tokens_per_step:.2f} tokens per step"
+    if tokens_per_step < TOKENS_PER_STEP_TARGET:
+        # Outputs were checked above: only the issue-3 target may be missed, never identity.
+        pytest.xfail(f"issue 3 target not met: {tokens_per_step:.2f} tokens per step (docs/heads.md)")
