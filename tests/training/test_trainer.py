@@ -127,17 +127,36 @@ def test_runs_of_other_settings_keep_their_own_checkpoints(
     assert _trainer(tiny_base, tiny_sequences, replace(SETTINGS, epochs=0.5), tmp_path).resume()
 
 
+def _fewer(sequences: Sequences) -> Sequences:
+    """The same responses, the last one 5 tokens shorter."""
+    return Sequences(
+        hidden=sequences.hidden[:-5],
+        response_ids=sequences.response_ids[:-5],
+        lengths=torch.cat([sequences.lengths[:-1], sequences.lengths[-1:] - 5]),
+    )
+
+
+def test_one_recipe_on_more_data_keeps_its_own_checkpoint(
+    tiny_base: BaseModel, tiny_sequences: Sequences, tmp_path: Path
+) -> None:
+    settings = replace(SETTINGS, epochs=0.5)
+    _trainer(tiny_base, _fewer(tiny_sequences), settings, tmp_path).run()
+    assert not _trainer(tiny_base, tiny_sequences, settings, tmp_path).resume()  # more data: a fresh start
+    assert _trainer(tiny_base, _fewer(tiny_sequences), settings, tmp_path).resume()
+
+
 def test_a_checkpoint_of_other_data_is_refused(
     tiny_base: BaseModel, tiny_sequences: Sequences, tmp_path: Path
 ) -> None:
-    _trainer(tiny_base, tiny_sequences, replace(SETTINGS, epochs=0.5), tmp_path).run()
-    fewer = Sequences(
-        hidden=tiny_sequences.hidden[:-5],
-        response_ids=tiny_sequences.response_ids[:-5],
-        lengths=torch.cat([tiny_sequences.lengths[:-1], tiny_sequences.lengths[-1:] - 5]),
-    )
+    settings = replace(SETTINGS, epochs=0.5)
+    smaller = _trainer(tiny_base, _fewer(tiny_sequences), settings, tmp_path)
+    smaller.run()
+    larger = _trainer(tiny_base, tiny_sequences, settings, tmp_path)
+    larger.checkpoint_path.write_bytes(
+        smaller.checkpoint_path.read_bytes()
+    )  # a checkpoint under the wrong name
     with pytest.raises(ConfigurationError, match="other data"):
-        _trainer(tiny_base, fewer, replace(SETTINGS, epochs=0.5), tmp_path).resume()
+        larger.resume()
 
 
 def test_own_projections_need_the_full_vocabulary(

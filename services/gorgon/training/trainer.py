@@ -33,7 +33,7 @@ from gorgon.training.settings import TrainSettings, TrainVocab
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-CHECKPOINT_PREFIX = "checkpoint"  # checkpoint-<digest of the training settings>.pt
+CHECKPOINT_PREFIX = "checkpoint"  # checkpoint-<digest of the training settings and data size>.pt
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +199,11 @@ def total_steps(num_positions: int, settings: TrainSettings) -> int:
     return math.ceil(settings.epochs * math.ceil(num_positions / settings.batch_tokens))
 
 
-def checkpoint_name(settings: TrainSettings) -> str:
-    """One checkpoint per training recipe, so runs of different recipes on the same data each resume their own."""
-    digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
+def checkpoint_name(settings: TrainSettings, num_positions: int) -> str:
+    """One checkpoint per training recipe and data size, so that runs of different recipes on the same data, or of
+    one recipe on more data (a larger --num-prompts reuses the shards of a smaller one), each resume their own."""
+    key = {"settings": asdict(settings), "num_positions": num_positions}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return f"{CHECKPOINT_PREFIX}-{digest}.pt"
 
 
@@ -244,7 +246,7 @@ class Trainer:
             lr=settings.learning_rate,
             weight_decay=0.0,
         )
-        self.checkpoint_path = work_dir / checkpoint_name(settings)
+        self.checkpoint_path = work_dir / checkpoint_name(settings, len(positions))
         self.total_steps = total_steps(len(positions), settings)
         self.step = 0
 
