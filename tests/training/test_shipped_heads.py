@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from gorgon.engine.batch import CAPACITY_ROUNDING
+from gorgon.engine.batch import cache_capacity
 from gorgon.engine.chat import encode_chat
 from gorgon.engine.config import DEFAULT_HEADS_PATH, EngineSettings
 from gorgon.engine.decode import ModelParts, RowSampling, TypicalAcceptance, prefill, speculative_step
@@ -51,15 +51,7 @@ def test_the_report_gives_held_out_accuracy_per_head() -> None:
     assert report["tree"]["medusa_choices"] == json.loads((DEFAULT_HEADS_PATH / CHOICES_NAME).read_text())
 
 
-SPARE_SLOTS = 64  # past the longest sequence: room for any shipped tree, the same for every tree compared
-
-
-def _capacity(tokens: int) -> int:
-    """A cache size as the engine's batches round it, the same whatever tree runs. Attention sees the first
-    min(window, capacity) slots; a capacity that differs between two runs, or is not a multiple of the window
-    rounding, changes the key count near the end of a sequence, and with it the bf16 rounding on some CPUs
-    (seen with AMX: 175 against 188 slots flipped a near-tie at token 122)."""
-    return -(-(tokens + SPARE_SLOTS) // CAPACITY_ROUNDING) * CAPACITY_ROUNDING
+SPARE_SLOTS = 64  # room for any shipped tree past the sequence, the same for every tree compared
 
 
 def _greedy(
@@ -76,7 +68,7 @@ def _greedy(
         batch=1,
         kv_heads=config.num_key_value_heads,
         head_dim=config.hidden_size // config.num_attention_heads,
-        capacity=_capacity(len(prompt) + max_new_tokens),
+        capacity=cache_capacity(len(prompt) + max_new_tokens, SPARE_SLOTS),
         dtype=loaded.dtype,
         device=loaded.device,
     )

@@ -152,9 +152,8 @@ def test_a_checkpoint_of_other_data_is_refused(
     smaller = _trainer(tiny_base, _fewer(tiny_sequences), settings, tmp_path)
     smaller.run()
     larger = _trainer(tiny_base, tiny_sequences, settings, tmp_path)
-    larger.checkpoint_path.write_bytes(
-        smaller.checkpoint_path.read_bytes()
-    )  # a checkpoint under the wrong name
+    # the smaller run's checkpoint under the larger run's name
+    larger.checkpoint_path.write_bytes(smaller.checkpoint_path.read_bytes())
     with pytest.raises(ConfigurationError, match="other data"):
         larger.resume()
 

@@ -19,6 +19,15 @@ from gorgon.engine.kv import RowKVCache
 CAPACITY_ROUNDING = 64
 
 
+def cache_capacity(tokens: int, spare_slots: int) -> int:
+    """KV slots for sequences of up to `tokens` tokens plus a tree written past them, rounded up to a multiple of
+    CAPACITY_ROUNDING. Attention sees the first min(window, capacity) slots, the window a multiple of 32: a
+    capacity off that grid changes the key count near a sequence's end, and with it the bf16 rounding on some
+    CPUs (seen with AMX: 175 against 188 slots flipped a near-tie at token 122, docs/engine.md)."""
+    needed = tokens + spare_slots
+    return -(-needed // CAPACITY_ROUNDING) * CAPACITY_ROUNDING
+
+
 @dataclass(slots=True)
 class ActiveRequest:
     """Everything about one admitted request that is not a tensor."""
@@ -66,10 +75,8 @@ class Batch:
     @classmethod
     def from_requests(cls, rows: Sequence[ActiveRequest], layout: CacheLayout) -> Batch:
         """A batch of new rows with an empty cache sized for their prompts + max_new_tokens + a tree."""
-        needed = (
-            max(row.prompt_tokens + row.request.params.max_new_tokens for row in rows) + layout.spare_slots
-        )
-        capacity = -(-needed // CAPACITY_ROUNDING) * CAPACITY_ROUNDING
+        longest = max(row.prompt_tokens + row.request.params.max_new_tokens for row in rows)
+        capacity = cache_capacity(longest, layout.spare_slots)
         cache = RowKVCache.allocate(
             num_layers=layout.num_layers,
             batch=len(rows),

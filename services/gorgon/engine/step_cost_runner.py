@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from gorgon.core.errors import ConfigurationError
+from gorgon.engine.batch import cache_capacity
 from gorgon.engine.bench import BENCH_PROMPTS
 from gorgon.engine.bench_runner import settings_from_args, untrained_heads
 from gorgon.engine.decode import DRAFT_TOPK, RowSampling, prefill, speculative_step
@@ -49,7 +50,9 @@ def _step_seconds(engine: MedusaEngine, prompt: list[int], tree: TreeBuffers, st
         batch=1,
         kv_heads=layout.kv_heads,
         head_dim=layout.head_dim,
-        capacity=len(prompt) + (steps + WARMUP_STEPS + 1) * (tree.max_depth + 1) + tree.num_nodes + 1,
+        capacity=cache_capacity(
+            len(prompt) + (steps + WARMUP_STEPS + 1) * (tree.max_depth + 1), tree.num_nodes + 1
+        ),
         dtype=layout.dtype,
         device=layout.device,
     )
