@@ -32,7 +32,9 @@ def test_fused_decoder_computes_what_the_unfused_one_does_in_float32(monkeypatch
     assert torch.equal(_hidden(model, decoder, input_ids), before)  # the model itself computes as before
 
 
-@pytest.mark.skipif(not can_pack(torch.device("cpu"), torch.bfloat16), reason="oneDNN is not available")
+@pytest.mark.skipif(
+    not can_pack(torch.device("cpu"), torch.bfloat16), reason="oneDNN cannot prepack bf16 weights on this CPU"
+)
 def test_fused_packed_decoder_computes_what_the_unfused_one_does_in_bfloat16(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

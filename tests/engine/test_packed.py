@@ -16,7 +16,7 @@ from gorgon.engine.medusa_engine import MedusaEngine
 from gorgon.engine.packed import PackedLinear, RowBlockedLinear, can_pack, packed_copy, row_blocked_copy
 
 pytestmark = pytest.mark.skipif(
-    not can_pack(torch.device("cpu"), torch.bfloat16), reason="oneDNN is not available"
+    not can_pack(torch.device("cpu"), torch.bfloat16), reason="oneDNN cannot prepack bf16 weights on this CPU"
 )
 
 

@@ -14,11 +14,15 @@ itself (HF `generate` in the benchmark, head training) keeps plain `nn.Linear` l
 from __future__ import annotations
 
 import copy
+import functools
+import logging
 
 import torch
 from torch import nn
 
 from gorgon.engine.fused import fuse_projections
+
+log = logging.getLogger(__name__)
 
 ROW_BLOCK = 32
 """Rows per product. With AMX (Sapphire Rapids and later) oneDNN computes products of more than 32 rows with other
@@ -69,8 +73,25 @@ class PackedLinear(nn.Module):
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
-    """oneDNN prepacking applies to CPU tensors; measured worthwhile for bf16 (the CPU default)."""
-    return device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+    """oneDNN prepacking applies to CPU tensors; measured worthwhile for bf16 (the CPU default), and only where
+    this CPU has oneDNN's bf16 path (AVX512-BW/VL/DQ or AVX-NE-CONVERT): on an AVX2-only AMD EPYC the reorder
+    raises "bf16 path needs the cpu support ..." (seen 2026-12-01), so a small probe asks oneDNN itself."""
+    return (
+        device.type == "cpu"
+        and dtype == torch.bfloat16
+        and torch.backends.mkldnn.is_available()
+        and _onednn_packs_bf16()
+    )
+
+
+@functools.cache
+def _onednn_packs_bf16() -> bool:
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=torch.bfloat16))
+    except RuntimeError as error:
+        log.info("oneDNN cannot prepack bf16 weights on this CPU (%s): linears run unpacked", error)
+        return False
+    return True
 
 
 def packed_copy(module: nn.Module) -> nn.Module:
