@@ -9,17 +9,19 @@ import torch
 from engine_tiny import random_heads, tiny_llama
 from torch import nn
 
+from gorgon.engine import packed as packed_module
 from gorgon.engine.config import EngineSettings
 from gorgon.engine.interface import GenerationRequest, SamplingParams
 from gorgon.engine.loader import LoadedModel
 from gorgon.engine.medusa_engine import MedusaEngine
 from gorgon.engine.packed import PackedLinear, RowBlockedLinear, can_pack, packed_copy, row_blocked_copy
 
-pytestmark = pytest.mark.skipif(
+needs_packing = pytest.mark.skipif(
     not can_pack(torch.device("cpu"), torch.bfloat16), reason="oneDNN cannot prepack bf16 weights on this CPU"
 )
 
 
+@needs_packing
 def test_a_packed_linear_computes_what_the_linear_does_for_two_rows_or_more() -> None:
     torch.manual_seed(0)
     linear = nn.Linear(96, 200).to(torch.bfloat16)
@@ -31,6 +33,7 @@ def test_a_packed_linear_computes_what_the_linear_does_for_two_rows_or_more() ->
     assert torch.equal(packed(x), linear(x))
 
 
+@needs_packing
 def test_every_row_of_a_packed_linear_is_what_it_is_in_a_two_row_product() -> None:
     """Large row counts are split into blocks: on AMX CPUs oneDNN rounds products of more than 32 rows
     differently (this shape: 12 of 128 rows differ unsplit), which would make greedy output depend on batch size."""
@@ -55,6 +58,7 @@ def test_every_row_of_an_unpacked_engine_linear_is_what_it_is_in_a_small_product
     assert torch.equal(blocked(x.reshape(4, 32, 576)), pairs.reshape(4, 32, 1536))
 
 
+@needs_packing
 def test_packed_copy_shares_weights_and_leaves_the_model_alone() -> None:
     model = tiny_llama().to(torch.bfloat16)
     decoder = model.get_decoder()
@@ -82,6 +86,7 @@ def _generate(engine: MedusaEngine, prompts: list[list[int]]) -> list[list[int]]
     return list(tokens.values())
 
 
+@needs_packing
 def test_a_packed_bf16_engine_generates_what_the_unpacked_one_does(tokenizer, tmp_path) -> None:
     model = tiny_llama(seed=5).to(torch.bfloat16)
     heads = random_heads(3).to(torch.bfloat16)
@@ -94,3 +99,33 @@ def test_a_packed_bf16_engine_generates_what_the_unpacked_one_does(tokenizer, tm
     unpacked = _engine(model, tokenizer, heads, tmp_path, prepack=False)
     assert isinstance(unpacked.parts.lm_head, RowBlockedLinear)
     assert _generate(packed, prompts) == _generate(unpacked, prompts)
+
+
+def test_packing_is_offered_exactly_where_onednn_can_reorder_bf16_weights() -> None:
+    """On an AVX2-only CPU oneDNN refuses to reorder bf16 weights: the probe must say so before load does."""
+    linear = nn.Linear(64, 32).to(torch.bfloat16)
+    if can_pack(torch.device("cpu"), torch.bfloat16):
+        assert torch.equal(
+            PackedLinear(linear)(torch.ones(2, 64, dtype=torch.bfloat16)),
+            linear(torch.ones(2, 64, dtype=torch.bfloat16)),
+        )
+    else:
+        with pytest.raises(RuntimeError):
+            PackedLinear(linear)
+    assert not can_pack(torch.device("cpu"), torch.float32)
+    assert not can_pack(torch.device("cuda"), torch.bfloat16)
+
+
+def test_an_engine_on_a_cpu_that_cannot_pack_runs_unpacked(tokenizer, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(packed_module, "_onednn_packs_bf16", lambda: False)
+    model = tiny_llama(seed=5).to(torch.bfloat16)
+    heads = random_heads(3).to(torch.bfloat16)
+    engine = _engine(model, tokenizer, heads, tmp_path, prepack=True)
+    linears = [
+        module for module in engine.parts.decoder.modules() if isinstance(module, (nn.Linear, PackedLinear))
+    ]
+    assert isinstance(engine.parts.lm_head, RowBlockedLinear) and not linears
+    prompts = [[5, 17, 99, 3, 42], [200, 1, 2]]
+    assert _generate(engine, prompts) == _generate(
+        _engine(model, tokenizer, heads, tmp_path, prepack=False), prompts
+    )
