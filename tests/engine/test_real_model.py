@@ -8,6 +8,7 @@ import torch
 from gorgon.engine import load_engine
 from gorgon.engine.config import EngineSettings
 from gorgon.engine.interface import ChatMessage, FinishReason, GenerationRequest, SamplingParams
+from gorgon.engine.tree import TreeBuffers
 
 
 @pytest.mark.slow
@@ -66,3 +67,53 @@ def test_shipped_heads_in_every_shape_at_batch_4_give_the_plain_greedy_output() 
         speculative.selector.shapes
     )
     assert output.token_ids == expected
+
+
+@pytest.mark.slow
+def test_a_prompt_decodes_in_each_shape_at_batch_1_what_plain_decoding_gives() -> None:
+    """On an AVX2-only AMD EPYC, bench prompt 0 alone drifted from plain greedy at token 14 with the chain and
+    with the tree forced on every step, until attention ran each emitted query in a call of its own."""
+    from gorgon.engine.bench import BENCH_PROMPTS
+    from gorgon.engine.bench_runner import run_engine
+    from gorgon.engine.shapes import ShapeSelector
+
+    class OneShape(ShapeSelector):
+        def choose(self, batch_size: int, *, speculative_rows: int) -> TreeBuffers:
+            return self.shapes[-1]
+
+    settings = EngineSettings()
+    plain = load_engine(settings.model_copy(update={"heads_path": settings.heads_path / "missing"}))
+    prompt = [plain.encode([ChatMessage("user", BENCH_PROMPTS[0])])]
+    expected = run_engine(plain, prompt, 32).token_ids
+    speculative = load_engine(settings)
+    for shape in speculative.selector.shapes[1:]:
+        speculative.selector = OneShape([speculative.selector.plain, shape])
+        output = run_engine(speculative, prompt, 32)
+        assert output.shape_steps[shape.name] > 0
+        assert output.token_ids == expected, shape.name
+
+
+@pytest.mark.slow
+def test_a_prompt_prefilled_beside_a_longer_one_leaves_the_cache_it_leaves_alone() -> None:
+    """A 33-token prompt padded to 42 queries left other KV values than alone on an AVX2-only AMD EPYC (a tail
+    of 1 query past a 32-query block): the engine prefills each prompt length in its own forward."""
+    from gorgon.engine.bench import BENCH_PROMPTS
+
+    settings = EngineSettings()
+    engine = load_engine(settings.model_copy(update={"heads_path": settings.heads_path / "missing"}))
+    longer = engine.encode([ChatMessage("user", BENCH_PROMPTS[4])])
+    short = longer[:33]
+
+    def cache_after_prefill(prompts: list[list[int]]) -> torch.Tensor:
+        for index, prompt in enumerate(prompts):
+            engine.add(GenerationRequest(f"p{index}", tuple(prompt), SamplingParams(max_new_tokens=8)))
+        engine.step()
+        storage = engine.batch.cache.storage[:, 0, :, : len(short)].clone()
+        for index in range(len(prompts)):
+            engine.cancel(f"p{index}")
+        while engine.num_active:
+            engine.step()
+        return storage
+
+    assert len(longer) > 40
+    assert torch.equal(cache_after_prefill([short, longer]), cache_after_prefill([short]))

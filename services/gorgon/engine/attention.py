@@ -9,13 +9,25 @@ step's, and greedy output drifted at near-ties). Here each tree node becomes a v
 gathered in the order plain decoding stores them (the row's accepted slots, then the node's ancestors, then the
 node), so every accepted node computes what the plain step computes at its position.
 
-`ModelParts` switches the model to this attention function (`use_row_attention`); without `key_slots` it is
-transformers' SDPA attention unchanged, so HF `generate` on the same model computes as before.
+A query's output can also depend on what shares its call. On an AVX2-only AMD EPYC (no AVX-512), 2 threads,
+PyTorch's CPU SDPA kernel rounds bf16 query 0 of a 4- or 5-query call differently from the same query in a 1- to
+3-query call, and transformers' single-query path (which folds the 3 query heads of a KV head into 3 queries)
+rounds a 1-row call differently from the same row in a batch of 2 or more; both with identical q, k, v and visible
+mask (measured 2026-12-01 on SmolLM2, bench prompts: greedy Medusa drifted from plain decoding at token 14, and a
+prompt decoded alone drifted from the same prompt in a batch at token 30). So every query a decode step may emit
+is computed the same way, whatever the batch, the shape or the thread count: one query per (virtual) row, all
+query heads, keys shared across heads by SDPA's `enable_gqa` (`single_query_attention`). A plain step passes
+`exact_queries` = its query count, a chain its nodes, a lookahead tree its chain (its leaves, never emitted,
+share one call), a branching tree its nodes as virtual rows.
+
+`ModelParts` switches the model to this attention function (`use_row_attention`); without `key_slots` or
+`exact_queries` it is transformers' SDPA attention unchanged, so HF `generate` on the same model computes as before.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -29,26 +41,77 @@ def row_attention(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     key_slots: torch.Tensor | None = None,
+    exact_queries: int = 0,
     **kwargs: object,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """SDPA attention; with key_slots [B, T, W], query t of row b attends to the slots key_slots[b, t] in order.
+    """SDPA attention; with key_slots [B, T, W], query t of row b attends to the slots key_slots[b, t] in order;
+    else the first `exact_queries` queries each in a call of their own (see the module docstring).
 
     query: [B, H, T, D], key / value: [B, KV, W, D]; with key_slots the mask is per virtual row, [B * T, 1, 1, W].
     Returns the attention output [B, T, H, D].
     """
-    if key_slots is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    batch, heads, nodes, dim = query.shape
-    node_queries = query.transpose(1, 2).reshape(batch * nodes, heads, 1, dim)
-    output, weights = sdpa_attention_forward(
-        module,
-        node_queries,
-        gather_per_node(key, key_slots),
-        gather_per_node(value, key_slots),
-        attention_mask,
-        **kwargs,
+    scale = kwargs.get("scaling")
+    if key_slots is not None:
+        batch, heads, nodes, dim = query.shape
+        node_queries = query.transpose(1, 2).reshape(batch * nodes, heads, 1, dim)
+        output = single_query_attention(
+            node_queries,
+            gather_per_node(key, key_slots),
+            gather_per_node(value, key_slots),
+            attention_mask,
+            scale,
+        )
+        return output.reshape(batch, nodes, heads, dim), None
+    if exact_queries:
+        return _first_queries_alone(query, key, value, attention_mask, exact_queries, scale, module, kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def single_query_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float | None,
+) -> torch.Tensor:
+    """query [N, H, 1, D], key / value [N, KV, W, D], mask [N, 1, 1, W] bool -> [N, 1, H, D]; KV may divide H."""
+    output = nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, scale=scale, enable_gqa=key.shape[1] != query.shape[1]
     )
-    return output.reshape(batch, nodes, heads, dim), weights
+    return output.transpose(1, 2)
+
+
+def _first_queries_alone(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    exact_queries: int,
+    scale: float | None,
+    module: torch.nn.Module,
+    kwargs: dict[str, object],
+) -> tuple[torch.Tensor, None]:
+    """Queries 0 .. exact_queries - 1 each through single_query_attention, the rest (if any) in one SDPA call;
+    outputs [B, T, H, D]."""
+    nodes = query.shape[2]
+    alone = min(exact_queries, nodes)
+    outputs = [
+        single_query_attention(
+            query[:, :, node : node + 1], key, value, _query_rows(mask, node, node + 1), scale
+        )
+        for node in range(alone)
+    ]
+    if alone < nodes:
+        rest = _query_rows(mask, alone, nodes)
+        outputs.append(sdpa_attention_forward(module, query[:, :, alone:], key, value, rest, **kwargs)[0])
+    return torch.cat(outputs, dim=1), None
+
+
+def _query_rows(mask: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:
+    """The mask rows of queries start .. end - 1 ([B, 1, T, W]; a mask broadcast over queries is kept)."""
+    if mask is None or mask.shape[2] == 1:
+        return mask
+    return mask[:, :, start:end]
 
 
 def gather_per_node(states: torch.Tensor, key_slots: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,22 @@ class ActiveRequest:
         return self.request.params.max_new_tokens - len(self.generated)
 
 
+def prefill_groups(rows: Sequence[ActiveRequest], device: torch.device) -> list[list[ActiveRequest]]:
+    """The prefill forwards for `rows`: on CPU one per prompt length (first seen first), elsewhere one for all.
+
+    A padded prefill gives a prompt more queries than it has tokens, and on some CPUs the SDPA kernel rounds a
+    query by how many share its call (engine/attention.py): on an AVX2-only AMD EPYC, SmolLM2 bf16, prompts of
+    33, 34 and 35 tokens (a tail of 1 to 3 queries past a 32-query block) prefilled beside a 42-token prompt
+    left other KV-cache values than prefilled alone (measured 2026-12-01). Prompts of one length are prefilled
+    as they would be alone; GPUs keep one padded forward (their kernels treat each query on its own)."""
+    if device.type != "cpu":
+        return [list(rows)]
+    by_length: dict[int, list[ActiveRequest]] = {}
+    for row in rows:
+        by_length.setdefault(row.prompt_tokens, []).append(row)
+    return list(by_length.values())
+
+
 @dataclass(slots=True)
 class CacheLayout:
     """What a KV cache for this model looks like (from the model config)."""

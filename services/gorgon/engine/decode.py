@@ -114,11 +114,14 @@ def forward_tokens(
     tree_mask: torch.Tensor,
     *,
     ancestors: torch.Tensor | None = None,
+    exact_queries: int = 0,
 ) -> torch.Tensor:
     """Run input_ids [B, T] written at slots lengths + arange(T), positions lengths + depths. -> hidden [B, T, H].
 
     With `ancestors` (a branching tree, see TreeBuffers) every node attends to its path in plain-decoding order
-    (engine/attention.py), so accepted nodes round exactly as plain steps do; without, one masked window.
+    (engine/attention.py), so accepted nodes round exactly as plain steps do; without, one masked window, whose
+    first `exact_queries` tokens (those that may be emitted) attend in calls of their own so that they round as a
+    plain step's token does (engine/attention.py).
     """
     num_nodes = input_ids.shape[1]
     longest = int(cache.lengths.max()) + num_nodes
@@ -131,6 +134,8 @@ def forward_tokens(
         mask = attention_mask(cache.lengths, tree_mask, window)
     else:
         extra["key_slots"], mask = node_key_slots(cache.lengths, ancestors, depths, window)
+    if exact_queries:
+        extra["exact_queries"] = exact_queries
     positions = cache.lengths[:, None] + depths[None, :]
     output = parts.decoder(
         input_ids=input_ids,
@@ -296,7 +301,13 @@ def speculative_step(
     candidates = generate_candidates(next_tokens, draft_topk, tree)  # [B, T]
     ancestors = None if tree.is_chain else tree.ancestors
     hidden = forward_tokens(
-        parts, cache, candidates, tree.depths, tree.attention_mask, ancestors=ancestors
+        parts,
+        cache,
+        candidates,
+        tree.depths,
+        tree.attention_mask,
+        ancestors=ancestors,
+        exact_queries=tree.num_nodes,
     )  # [B, T, H]
     logits = parts.lm_head(hidden)  # [B, T, V]
     best, accepted = evaluate(logits, candidates, tree, rows, rule)
@@ -337,9 +348,11 @@ def lookahead_step(
     than it gains on a CPU.
     """
     candidates = generate_candidates(next_tokens, draft_topk, tree)  # [B, T]
-    hidden = forward_tokens(parts, cache, candidates, tree.depths, tree.attention_mask)  # [B, T, H]
-    logits = parts.lm_head(hidden)  # [B, T, V]
     spine = tree.spine_nodes
+    hidden = forward_tokens(
+        parts, cache, candidates, tree.depths, tree.attention_mask, exact_queries=spine
+    )  # [B, T, H]
+    logits = parts.lm_head(hidden)  # [B, T, V]
     chain_parents = tree.parents[:spine]
     node_ok = _node_acceptance(logits[:, :spine], candidates[:, :spine], chain_parents, rows, rule)
     accepted = node_ok[:, 1:].long().cumprod(-1).sum(-1)  # [B]; chain node d is node d
@@ -398,7 +411,9 @@ def plain_step(
         hidden = _forward_one_token_as_two(parts, cache, next_tokens)
     else:
         root_only = cache.lengths.new_zeros(1)  # depth 0; as a mask only its shape [1] matters
-        hidden = forward_tokens(parts, cache, next_tokens[:, None], root_only, root_only)  # [B, 1, H]
+        hidden = forward_tokens(
+            parts, cache, next_tokens[:, None], root_only, root_only, exact_queries=1
+        )  # [B, 1, H]
     new_next = choose_next_tokens(row_logits(parts.lm_head, hidden[:, 0]), rows)
     cache.advance(1)
     new_drafts = draft(parts, hidden[:, 0], new_next) if want_drafts else None
@@ -425,7 +440,7 @@ def _forward_one_token_as_two(
     """
     pair = next_tokens[:, None].expand(-1, 2)
     depths = torch.arange(2, device=next_tokens.device)
-    hidden = forward_tokens(parts, cache, pair, depths, _CHAIN_OF_TWO.to(next_tokens.device))
+    hidden = forward_tokens(parts, cache, pair, depths, _CHAIN_OF_TWO.to(next_tokens.device), exact_queries=1)
     return hidden[:, :1]
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from gorgon.core.errors import ConfigurationError, ContextOverflowError, GorgonError
-from gorgon.engine.batch import ActiveRequest, Batch, CacheLayout
+from gorgon.engine.batch import ActiveRequest, Batch, CacheLayout, prefill_groups
 from gorgon.engine.chat import encode_chat
 from gorgon.engine.config import EngineSettings
 from gorgon.engine.decode import (
@@ -173,18 +173,25 @@ class MedusaEngine:
     def _prefill_waiting(self) -> list[TokenEvent]:
         room = self.settings.max_batch_size - len(self.batch or ())
         admitted, self.waiting = self.waiting[:room], self.waiting[room:]
-        new_batch = Batch.from_requests(admitted, self.layout)
+        prefilled = [(group, self._prefill(group)) for group in prefill_groups(admitted, self.loaded.device)]
+        running = [self.batch] if self.batch is not None else []
+        self.batch = Batch.concatenate(running + [batch for _, (batch, _) in prefilled])
+        return [
+            event for group, (_, outcome) in prefilled for event in self._emit(outcome, drafted=0, rows=group)
+        ]
+
+    def _prefill(self, rows: list[ActiveRequest]) -> tuple[Batch, StepOutcome]:
+        """One forward writing `rows`' prompts into a new batch's cache."""
+        new_batch = Batch.from_requests(rows, self.layout)
         outcome = prefill(
             self.parts,
             new_batch.cache,
-            [row.request.prompt_ids for row in admitted],
-            [row.sampling for row in admitted],
+            [row.request.prompt_ids for row in rows],
+            [row.sampling for row in rows],
         )
         self.forward_passes += 1
         new_batch.next_tokens, new_batch.draft_topk = outcome.next_tokens, outcome.draft_topk
-        running = [self.batch, new_batch] if self.batch is not None else [new_batch]
-        self.batch = Batch.concatenate(running)
-        return self._emit(outcome, drafted=0, rows=admitted)
+        return new_batch, outcome
 
     @torch.inference_mode()
     def _decode_running(self) -> list[TokenEvent]:

@@ -108,7 +108,7 @@ def generate_greedy(
     with captured_hidden_states(engine.parts.decoder.norm) as forwards, torch.inference_mode():
         while engine.num_active:
             events = engine.step()
-            recorder.add_step(forwards.pop(), events)
+            recorder.add_step(list(forwards), events)
             forwards.clear()
     return recorder.sequences()
 
@@ -128,9 +128,9 @@ def _plain_engine(base: BaseModel, max_batch_size: int) -> MedusaEngine:
 class _ResponseRecorder:
     """Pairs each emitted token with the final hidden state of the forward that chose it.
 
-    A step is a prefill (hidden [B_new, S, H]; the admitted rows' first tokens come from their last prompt
-    position) or a plain decode step (hidden [B, T, H]; query 0 of row b chose row b's token). The engine emits
-    one event per row of the forward, in the forward's row order.
+    A step is a prefill (one forward per group of admitted rows, hidden [B_group, S, H]; a row's first token
+    comes from its last prompt position) or a plain decode step (one forward, hidden [B, T, H]; query 0 of row b
+    chose row b's token). The engine emits one event per row, in the order of the forwards' rows.
     """
 
     def __init__(self, count: int, prompt_lengths: list[int]) -> None:
@@ -138,13 +138,14 @@ class _ResponseRecorder:
         self.hidden: list[list[torch.Tensor]] = [[] for _ in range(count)]
         self.tokens: list[list[int]] = [[] for _ in range(count)]
 
-    def add_step(self, hidden: torch.Tensor, events: Sequence[TokenEvent]) -> None:
+    def add_step(self, forwards: Sequence[torch.Tensor], events: Sequence[TokenEvent]) -> None:
         is_prefill = all(event.completion_tokens == len(event.token_ids) for event in events)
-        for row, event in enumerate(events):
+        row_states = [hidden[row] for hidden in forwards for row in range(hidden.shape[0])]
+        for states, event in zip(row_states, events, strict=True):
             index = int(event.request_id)
             position = self.prompt_lengths[index] - 1 if is_prefill else 0
             if event.token_ids:
-                self.hidden[index].append(hidden[row, position].float())
+                self.hidden[index].append(states[position].float())
                 self.tokens[index].extend(event.token_ids)
 
     def sequences(self) -> Sequences:
