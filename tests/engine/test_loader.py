@@ -7,6 +7,7 @@ import torch
 from engine_tiny import random_heads
 
 from gorgon.core.errors import ConfigurationError
+from gorgon.engine import loader
 from gorgon.engine.config import DEFAULT_HEADS_PATH, EngineSettings
 from gorgon.engine.loader import check_settings, load_model_and_tokenizer, resolve_dtype, resolve_model_source
 from gorgon.engine.medusa import MedusaHeads, save_medusa_heads
@@ -23,9 +24,18 @@ def test_defaults_and_environment(monkeypatch) -> None:
 
 
 def test_dtype_defaults_per_device() -> None:
-    assert resolve_dtype("auto", torch.device("cpu")) is torch.bfloat16
     assert resolve_dtype("auto", torch.device("cuda")) is torch.float16
     assert resolve_dtype("float32", torch.device("cpu")) is torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cpu")) is torch.bfloat16
+
+
+@pytest.mark.parametrize(("bf16_path", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_cpu_auto_dtype_is_bfloat16_only_where_onednn_has_a_bf16_path(
+    monkeypatch, bf16_path, expected
+) -> None:
+    """An AVX2-only CPU computes bf16 products far slower than fp32 ones (engine/loader.py)."""
+    monkeypatch.setattr(loader, "onednn_packs", lambda dtype: bf16_path or dtype is not torch.bfloat16)
+    assert resolve_dtype("auto", torch.device("cpu")) is expected
 
 
 def test_default_model_is_the_packaged_gguf() -> None:

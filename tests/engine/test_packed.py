@@ -101,23 +101,33 @@ def test_a_packed_bf16_engine_generates_what_the_unpacked_one_does(tokenizer, tm
     assert _generate(packed, prompts) == _generate(unpacked, prompts)
 
 
-def test_packing_is_offered_exactly_where_onednn_can_reorder_bf16_weights() -> None:
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_packing_is_offered_exactly_where_onednn_can_reorder_the_weights(dtype) -> None:
     """On an AVX2-only CPU oneDNN refuses to reorder bf16 weights: the probe must say so before load does."""
-    linear = nn.Linear(64, 32).to(torch.bfloat16)
-    if can_pack(torch.device("cpu"), torch.bfloat16):
-        assert torch.equal(
-            PackedLinear(linear)(torch.ones(2, 64, dtype=torch.bfloat16)),
-            linear(torch.ones(2, 64, dtype=torch.bfloat16)),
-        )
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32).to(dtype)
+    x = torch.randn(2, 64).to(dtype)
+    if can_pack(torch.device("cpu"), dtype):
+        assert torch.allclose(PackedLinear(linear)(x).float(), linear(x).float(), atol=3e-2)
     else:
         with pytest.raises(RuntimeError):
             PackedLinear(linear)
-    assert not can_pack(torch.device("cpu"), torch.float32)
-    assert not can_pack(torch.device("cuda"), torch.bfloat16)
+    assert not can_pack(torch.device("cpu"), torch.float16)
+    assert not can_pack(torch.device("cuda"), dtype)
+
+
+@pytest.mark.skipif(not can_pack(torch.device("cpu"), torch.float32), reason="oneDNN cannot pack fp32 here")
+def test_every_row_of_a_packed_fp32_linear_is_what_it_is_in_a_two_row_product() -> None:
+    torch.manual_seed(0)
+    packed = PackedLinear(nn.Linear(576, 1536, bias=False))
+    x = torch.randn(128, 576) * 2
+    pairs = torch.cat([packed(x[row : row + 2])[:1] for row in range(128)])
+    assert torch.equal(packed(x), pairs)
+    assert torch.equal(torch.cat([packed(x[row : row + 1]) for row in range(128)]), pairs)
 
 
 def test_an_engine_on_a_cpu_that_cannot_pack_runs_unpacked(tokenizer, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(packed_module, "_onednn_packs_bf16", lambda: False)
+    monkeypatch.setattr(packed_module, "onednn_packs", lambda dtype: False)
     model = tiny_llama(seed=5).to(torch.bfloat16)
     heads = random_heads(3).to(torch.bfloat16)
     engine = _engine(model, tokenizer, heads, tmp_path, prepack=True)

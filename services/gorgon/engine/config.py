@@ -36,7 +36,11 @@ class EngineSettings(BaseSettings):
     gguf_file: str | None = Field(default=None, description="GGUF file name inside `model` (a directory).")
     model_name: str | None = Field(default=None, description="Name published in ModelInfo; default derived.")
     device: DeviceName = Field(default="auto", description="cuda when available, else cpu.")
-    dtype: DtypeName = Field(default="auto", description="auto = bfloat16 on CPU, float16 on CUDA.")
+    dtype: DtypeName = Field(
+        default="auto",
+        description="auto = float16 on CUDA; on CPU bfloat16 where oneDNN has a bf16 path (AVX-512, AMX), "
+        "else float32 (AVX2-only CPUs, where bf16 products are slow).",
+    )
     dequantized_cache_dir: Path | None = Field(
         default=DEFAULT_DEQUANTIZED_CACHE_DIR,
         description="GGUF models are dequantized once and saved here (keyed by the file's name, size, mtime and "
@@ -65,8 +69,9 @@ class EngineSettings(BaseSettings):
     )
     prepack_weights: bool = Field(
         default=True,
-        description="CPU bf16: reorder the engine's linear weights once into oneDNN's blocked layout (same "
-        "outputs, about half the matmul time at decode row counts); costs the packed copy's memory.",
+        description="CPU bf16 or fp32, where oneDNN can: reorder the engine's linear weights once into its "
+        "blocked layout (about half the matmul time at decode row counts; bf16 outputs unchanged, fp32 ones "
+        "rounded by oneDNN instead of MKL); costs the packed copy's memory.",
     )
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; default torch's.")
 
