@@ -16,9 +16,11 @@ rounds a 1-row call differently from the same row in a batch of 2 or more; both 
 mask (measured 2026-12-01 on SmolLM2, bench prompts: greedy Medusa drifted from plain decoding at token 14, and a
 prompt decoded alone drifted from the same prompt in a batch at token 30). So every query a decode step may emit
 is computed the same way, whatever the batch, the shape or the thread count: one query per (virtual) row, all
-query heads, keys shared across heads by SDPA's `enable_gqa` (`single_query_attention`). A plain step passes
+query heads, keys shared across heads by SDPA's `enable_gqa` (`single_query_attention`), all of a step's such
+queries in one call as virtual rows over per-row copies of the keys (one call per layer instead of one per
+query: the 5-node chain step 99.2 -> 88.8 ms, plain 72.2 -> 66.4 ms, fp32, same CPU). A plain step passes
 `exact_queries` = its query count, a chain its nodes, a lookahead tree its chain (its leaves, never emitted,
-share one call), a branching tree its nodes as virtual rows.
+share a second call), a branching tree its nodes as virtual rows over gathered keys.
 
 `ModelParts` switches the model to this attention function (`use_row_attention`); without `key_slots` or
 `exact_queries` it is transformers' SDPA attention unchanged, so HF `generate` on the same model computes as before.
@@ -91,20 +93,32 @@ def _first_queries_alone(
     module: torch.nn.Module,
     kwargs: dict[str, object],
 ) -> tuple[torch.Tensor, None]:
-    """Queries 0 .. exact_queries - 1 each through single_query_attention, the rest (if any) in one SDPA call;
-    outputs [B, T, H, D]."""
-    nodes = query.shape[2]
+    """Queries 0 .. exact_queries - 1 as virtual rows of one query each (one single_query_attention call over
+    per-row copies of the keys), the rest (if any) in one SDPA call; outputs [B, T, H, D]."""
+    batch, heads, nodes, dim = query.shape
     alone = min(exact_queries, nodes)
+    rows_mask = _query_rows(mask, 0, alone)
+    if rows_mask is not None:
+        rows_mask = rows_mask.expand(batch, 1, alone, -1).reshape(batch * alone, 1, 1, -1)
     outputs = [
         single_query_attention(
-            query[:, :, node : node + 1], key, value, _query_rows(mask, node, node + 1), scale
-        )
-        for node in range(alone)
+            query[:, :, :alone].transpose(1, 2).reshape(batch * alone, heads, 1, dim),
+            _per_virtual_row(key, alone),
+            _per_virtual_row(value, alone),
+            rows_mask,
+            scale,
+        ).reshape(batch, alone, heads, dim)
     ]
     if alone < nodes:
         rest = _query_rows(mask, alone, nodes)
         outputs.append(sdpa_attention_forward(module, query[:, :, alone:], key, value, rest, **kwargs)[0])
-    return torch.cat(outputs, dim=1), None
+    return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0], None
+
+
+def _per_virtual_row(states: torch.Tensor, queries: int) -> torch.Tensor:
+    """states [B, KV, W, D] -> [B * queries, KV, W, D], row b repeated `queries` times (a view for one query)."""
+    batch, kv_heads, window, dim = states.shape
+    return states[:, None].expand(batch, queries, kv_heads, window, dim).reshape(-1, kv_heads, window, dim)
 
 
 def _query_rows(mask: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:

@@ -120,7 +120,7 @@ def forward_tokens(
 
     With `ancestors` (a branching tree, see TreeBuffers) every node attends to its path in plain-decoding order
     (engine/attention.py), so accepted nodes round exactly as plain steps do; without, one masked window, whose
-    first `exact_queries` tokens (those that may be emitted) attend in calls of their own so that they round as a
+    first `exact_queries` tokens (those that may be emitted) attend as virtual rows of one query so that they round as a
     plain step's token does (engine/attention.py).
     """
     num_nodes = input_ids.shape[1]
@@ -440,7 +440,7 @@ def _forward_one_token_as_two(
     """
     pair = next_tokens[:, None].expand(-1, 2)
     depths = torch.arange(2, device=next_tokens.device)
-    hidden = forward_tokens(parts, cache, pair, depths, _CHAIN_OF_TWO.to(next_tokens.device), exact_queries=1)
+    hidden = forward_tokens(parts, cache, pair, depths, _CHAIN_OF_TWO.to(next_tokens.device), exact_queries=2)
     return hidden[:, :1]
 
 
