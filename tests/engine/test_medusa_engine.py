@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -231,3 +232,27 @@ def test_a_tree_is_cut_to_the_nodes_recurrent_heads_can_fill(make_engine) -> Non
     tree = engine.selector.shapes[-1]
     assert tree.choices == ((0,), (0, 0), (0, 0, 0), (1,), (2,), (0, 1), (0, 0, 1))  # chain first
     assert tree.lookahead and tree.spine_nodes == 4
+
+
+def test_a_plain_steps_drafting_for_the_next_step_is_not_counted_as_plain_cost(
+    make_engine, monkeypatch
+) -> None:
+    """A plain step before a speculative one drafts for it; timing that drafting as plain's cost made plain look
+    slower than it runs (the selector then favours speculation). Speculative steps keep their drafting."""
+    from gorgon.engine import decode
+
+    slow_drafting = 0.05
+    real_draft = decode.draft
+
+    def slow_draft(parts, hidden, next_tokens):
+        time.sleep(slow_drafting)
+        return real_draft(parts, hidden, next_tokens)
+
+    monkeypatch.setattr(decode, "draft", slow_draft)
+    engine = make_engine(random_heads(), cycle_shapes=True)
+    engine.add(_request("short", 12))
+    _drain(engine, {})
+    plain_times = list(engine.selector.step_seconds[("plain", 1)].recent)
+    chain_times = list(engine.selector.step_seconds[(engine.selector.shapes[1].name, 1)].recent)
+    assert plain_times and chain_times
+    assert max(plain_times) < slow_drafting <= min(chain_times)

@@ -9,6 +9,7 @@ to plain greedy); sampled rows use typical acceptance and sample the bonus token
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ class StepOutcome:
     accepted_drafts: list[int]  # per row
     next_tokens: torch.Tensor  # [B] long
     draft_topk: torch.Tensor | None  # [B, K, DRAFT_TOPK] long
+    plain_draft_seconds: float = 0.0  # a plain step's drafting for a speculative next step (not a plain cost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,8 +418,15 @@ def plain_step(
         )  # [B, 1, H]
     new_next = choose_next_tokens(row_logits(parts.lm_head, hidden[:, 0]), rows)
     cache.advance(1)
+    started = time.perf_counter()
     new_drafts = draft(parts, hidden[:, 0], new_next) if want_drafts else None
-    return StepOutcome([[token] for token in new_next.tolist()], [0] * len(rows), new_next, new_drafts)
+    return StepOutcome(
+        [[token] for token in new_next.tolist()],
+        [0] * len(rows),
+        new_next,
+        new_drafts,
+        plain_draft_seconds=time.perf_counter() - started if want_drafts else 0.0,
+    )
 
 
 def row_logits(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

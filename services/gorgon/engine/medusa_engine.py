@@ -215,7 +215,7 @@ class MedusaEngine:
         self.selector.record(
             shape,
             len(batch),
-            time.perf_counter() - started,
+            time.perf_counter() - started - outcome.plain_draft_seconds,
             [
                 len(tokens)
                 for tokens, row in zip(outcome.emitted, batch.rows, strict=True)
