@@ -13,8 +13,8 @@ A query's output can also depend on what shares its call. On an AVX2-only AMD EP
 PyTorch's CPU SDPA kernel rounds bf16 query 0 of a 4- or 5-query call differently from the same query in a 1- to
 3-query call, and transformers' single-query path (which folds the 3 query heads of a KV head into 3 queries)
 rounds a 1-row call differently from the same row in a batch of 2 or more; both with identical q, k, v and visible
-mask (measured 2026-12-01 on SmolLM2, bench prompts: greedy Medusa drifted from plain decoding at token 14, and a
-prompt decoded alone drifted from the same prompt in a batch at token 30). So every query a decode step may emit
+mask (measured 2026-12-01 on SmolLM2: on bench prompt 0 greedy Medusa drifted from plain decoding at token 14;
+the batch effect showed in captured layer inputs, not yet in the bench's outputs). So every query a decode step may emit
 is computed the same way, whatever the batch, the shape or the thread count: one query per (virtual) row, all
 query heads, keys shared across heads by SDPA's `enable_gqa` (`single_query_attention`), all of a step's such
 queries in one call as virtual rows over per-row copies of the keys (one call per layer instead of one per
@@ -47,7 +47,7 @@ def row_attention(
     **kwargs: object,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """SDPA attention; with key_slots [B, T, W], query t of row b attends to the slots key_slots[b, t] in order;
-    else the first `exact_queries` queries each in a call of their own (see the module docstring).
+    else the first `exact_queries` queries as virtual rows of one query (see the module docstring).
 
     query: [B, H, T, D], key / value: [B, KV, W, D]; with key_slots the mask is per virtual row, [B * T, 1, 1, W].
     Returns the attention output [B, T, H, D].
@@ -65,7 +65,7 @@ def row_attention(
         )
         return output.reshape(batch, nodes, heads, dim), None
     if exact_queries:
-        return _first_queries_alone(query, key, value, attention_mask, exact_queries, scale, module, kwargs)
+        return _exact_queries_as_rows(query, key, value, attention_mask, exact_queries, scale, module, kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -83,7 +83,7 @@ def single_query_attention(
     return output.transpose(1, 2)
 
 
-def _first_queries_alone(
+def _exact_queries_as_rows(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,

@@ -60,7 +60,8 @@ def prefill_groups(rows: Sequence[ActiveRequest], device: torch.device) -> list[
     query by how many share its call (engine/attention.py): on an AVX2-only AMD EPYC, SmolLM2 bf16, prompts of
     33, 34 and 35 tokens (a tail of 1 to 3 queries past a 32-query block) prefilled beside a 42-token prompt
     left other KV-cache values than prefilled alone (measured 2026-12-01). Prompts of one length are prefilled
-    as they would be alone; GPUs keep one padded forward (their kernels treat each query on its own)."""
+    as they would be alone. GPUs keep one padded forward, for throughput; whether their kernels round a query by
+    its call is not measured here (no GPU)."""
     if device.type != "cpu":
         return [list(rows)]
     by_length: dict[int, list[ActiveRequest]] = {}
