@@ -7,6 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from gorgon.engine.kv import RowKVCache
 from gorgon.engine.medusa import MedusaHeads
 from gorgon.engine.shapes import ShapeSelector
 from gorgon.engine.tree import TreeBuffers
@@ -27,27 +28,59 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+def _random_llama(seed: int, **geometry: object) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=VOCAB,
+        num_hidden_layers=2,
+        max_position_embeddings=256,
+        attn_implementation="sdpa",
+        **geometry,
+    )
+    return LlamaForCausalLM(config).eval().requires_grad_(False)
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    model = _random_llama(
+        seed,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
         initializer_range=0.3,
         eos_token_id=EOS_ID,
         bos_token_id=None,
         pad_token_id=None,
         tie_word_embeddings=False,
-        attn_implementation="sdpa",
     )
-    model = LlamaForCausalLM(config).eval().requires_grad_(False)
     model.generation_config.eos_token_id = EOS_ID
     model.generation_config.pad_token_id = EOS_ID
     return model
+
+
+def smollm2_shaped_llama(dtype: torch.dtype, seed: int = 3) -> LlamaForCausalLM:
+    """SmolLM2's attention geometry (9 heads of 64, 3 KV heads, hidden 576), two layers, a small MLP."""
+    geometry = {
+        "hidden_size": 576,
+        "intermediate_size": 256,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+    }
+    return _random_llama(seed, initializer_range=0.1, **geometry).to(dtype)
+
+
+def empty_cache(model: LlamaForCausalLM, batch: int, capacity: int) -> RowKVCache:
+    """An empty RowKVCache for `model` on CPU, in the model's dtype."""
+    config = model.config
+    return RowKVCache.allocate(
+        num_layers=config.num_hidden_layers,
+        batch=batch,
+        kv_heads=config.num_key_value_heads,
+        head_dim=config.hidden_size // config.num_attention_heads,
+        capacity=capacity,
+        dtype=model.dtype,
+        device=torch.device("cpu"),
+    )
 
 
 def random_heads(

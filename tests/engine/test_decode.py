@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from engine_tiny import VOCAB, random_heads
+from engine_tiny import VOCAB, empty_cache, random_heads
 
 from gorgon.engine.decode import (
     DRAFT_TOPK,
@@ -19,6 +19,7 @@ from gorgon.engine.decode import (
     typical_accept,
 )
 from gorgon.engine.kv import RowKVCache
+from gorgon.engine.packed import can_pack, packed_copy
 from gorgon.engine.tree import build_tree_buffers, chain
 
 NUM_HEADS = 3
@@ -29,16 +30,7 @@ def _parts(model) -> ModelParts:
 
 
 def _cache(model, batch: int, capacity: int = 96) -> RowKVCache:
-    config = model.config
-    return RowKVCache.allocate(
-        num_layers=config.num_hidden_layers,
-        batch=batch,
-        kv_heads=config.num_key_value_heads,
-        head_dim=config.hidden_size // config.num_attention_heads,
-        capacity=capacity,
-        dtype=torch.float32,
-        device=torch.device("cpu"),
-    )
+    return empty_cache(model, batch, capacity)
 
 
 def _greedy(model, prompt: list[int], count: int) -> list[int]:
@@ -235,15 +227,18 @@ def test_top_p_keeps_the_smallest_nucleus() -> None:
 def test_single_row_logits_match_the_row_inside_a_batch() -> None:
     """oneDNN's bf16 matrix-vector product rounds differently from the matrix-matrix one now and then; the
     engine pads single rows so greedy decoding alone matches decoding in a batch or a tree. Seed 23 is a case
-    where the unpadded product differs on AVX-512 CPUs without AMX (with AMX both products agree here)."""
+    where the unpadded product differs on AVX-512 CPUs without AMX (with AMX both products agree here). The
+    lm_head is the engine's CPU copy (packed where oneDNN packs bf16): on a Skylake Xeon without AVX512_BF16,
+    unpacked bf16 products of 4 or more rows round row 0 unlike the 2-row product, packed ones do not."""
     generator = torch.Generator().manual_seed(23)
-    lm_head = torch.nn.Linear(1536, 576, bias=False).to(torch.bfloat16)
+    linear = torch.nn.Linear(1536, 576, bias=False).to(torch.bfloat16)
     with torch.no_grad():
-        lm_head.weight.copy_(torch.randn(576, 1536, generator=generator) / 40)
+        linear.weight.copy_(torch.randn(576, 1536, generator=generator) / 40)
         gate = torch.randn(4, 1536, generator=generator)
         rows = (torch.nn.functional.silu(gate) * torch.randn(4, 1536, generator=generator) * 3).to(
             torch.bfloat16
         )
+        lm_head = packed_copy(linear) if can_pack(torch.device("cpu"), torch.bfloat16) else linear
         in_batch = lm_head(rows)[:1]
         assert torch.equal(row_logits(lm_head, rows[:1]), in_batch)
 

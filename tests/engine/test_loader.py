@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from engine_tiny import random_heads
@@ -29,13 +31,24 @@ def test_dtype_defaults_per_device() -> None:
     assert resolve_dtype("bfloat16", torch.device("cpu")) is torch.bfloat16
 
 
-@pytest.mark.parametrize(("bf16_path", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
-def test_cpu_auto_dtype_is_bfloat16_only_where_onednn_has_a_bf16_path(
-    monkeypatch, bf16_path, expected
+@pytest.mark.parametrize(
+    ("native_bf16", "bf16_path", "expected"),
+    [(True, True, torch.bfloat16), (True, False, torch.float32), (False, True, torch.float32)],
+)
+def test_cpu_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it_natively_and_onednn_has_a_path(
+    monkeypatch, native_bf16, bf16_path, expected
 ) -> None:
-    """An AVX2-only CPU computes bf16 products far slower than fp32 ones (engine/loader.py)."""
+    """Without bf16 arithmetic (AVX2-only EPYC, Skylake Xeon) bf16 steps run slower than fp32 (engine/loader.py)."""
+    monkeypatch.setattr(loader, "cpu_computes_bf16_natively", lambda: native_bf16)
     monkeypatch.setattr(loader, "onednn_packs", lambda dtype: bf16_path or dtype is not torch.bfloat16)
     assert resolve_dtype("auto", torch.device("cpu")) is expected
+
+
+def test_native_bf16_detection_agrees_with_the_cpu_flags() -> None:
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo to compare with")
+    assert loader.cpu_computes_bf16_natively() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def test_default_model_is_the_packaged_gguf() -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_tiny import VOCAB
-from transformers import LlamaConfig, LlamaForCausalLM
+from engine_tiny import VOCAB, empty_cache, smollm2_shaped_llama
+from transformers import LlamaForCausalLM
 
 from gorgon.engine.attention import gather_per_node, node_key_slots, use_row_attention
 from gorgon.engine.decode import ModelParts, forward_tokens
 from gorgon.engine.kv import RowKVCache
+from gorgon.engine.packed import can_pack, packed_copy
 from gorgon.engine.tree import build_tree_buffers
 
 SIBLINGS_TREE = ((0,), (1,), (2,), (0, 0), (1, 0))  # nodes: root, (0,), (1,), (2,), (0, 0), (1, 0)
@@ -24,35 +25,13 @@ NODE_OF_ITS_CHILD = 5
 
 @pytest.fixture(scope="module")
 def bf16_model() -> LlamaForCausalLM:
-    """SmolLM2's attention geometry (9 heads of 64, 3 KV heads), two layers, bf16."""
-    torch.manual_seed(3)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=576,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=256,
-        initializer_range=0.1,
-        attn_implementation="sdpa",
-    )
-    model = LlamaForCausalLM(config).eval().requires_grad_(False).to(torch.bfloat16)
+    model = smollm2_shaped_llama(torch.bfloat16)
     use_row_attention(model)
     return model
 
 
 def _cache(model, capacity: int = 128) -> RowKVCache:
-    config = model.config
-    return RowKVCache.allocate(
-        num_layers=config.num_hidden_layers,
-        batch=1,
-        kv_heads=config.num_key_value_heads,
-        head_dim=config.hidden_size // config.num_attention_heads,
-        capacity=capacity,
-        dtype=torch.bfloat16,
-        device=torch.device("cpu"),
-    )
+    return empty_cache(model, 1, capacity)
 
 
 def _plain_forward(parts: ModelParts, cache: RowKVCache, token: int) -> torch.Tensor:
@@ -72,10 +51,19 @@ def _tree_hidden(parts, cache, tokens, *, per_node_order: bool) -> torch.Tensor:
     return hidden[0]
 
 
+def _engine_parts(model) -> ModelParts:
+    """The decoder and lm_head as the CPU engine runs them: packed where oneDNN packs bf16 (unpacked bf16 products
+    round rows by row count on a Skylake Xeon without AVX512_BF16, which no attention order can undo)."""
+    decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
+    if can_pack(torch.device("cpu"), torch.bfloat16):
+        decoder, lm_head = packed_copy(decoder), packed_copy(lm_head)
+    return ModelParts(decoder, lm_head, None)
+
+
 def _mismatches(model, *, per_node_order: bool) -> int:
     """Decode 30 tokens plainly; at each step, forward a tree whose second sibling and its child hold the true
     next two tokens; count positions where their hidden states differ from the plain ones."""
-    parts = ModelParts(model.get_decoder(), model.get_output_embeddings(), None)
+    parts = _engine_parts(model)
     generator = torch.Generator().manual_seed(0)
     text = torch.randint(0, VOCAB - 2, (52,), generator=generator).tolist()
     cache = _cache(model)

@@ -38,8 +38,8 @@ class EngineSettings(BaseSettings):
     device: DeviceName = Field(default="auto", description="cuda when available, else cpu.")
     dtype: DtypeName = Field(
         default="auto",
-        description="auto = float16 on CUDA; on CPU bfloat16 where oneDNN has a bf16 path (AVX-512, AMX), "
-        "else float32 (AVX2-only CPUs, where bf16 products are slow).",
+        description="auto = float16 on CUDA; on CPU bfloat16 where the CPU computes bf16 natively (AVX512_BF16 or "
+        "AMX) and oneDNN has a bf16 path, else float32 (AVX2-only and older AVX-512 CPUs, where bf16 is emulated).",
     )
     dequantized_cache_dir: Path | None = Field(
         default=DEFAULT_DEQUANTIZED_CACHE_DIR,
@@ -72,6 +72,11 @@ class EngineSettings(BaseSettings):
         description="CPU bf16 or fp32, where oneDNN can: reorder the engine's linear weights once into its "
         "blocked layout (about half the matmul time at decode row counts; bf16 outputs unchanged, fp32 ones "
         "rounded by oneDNN instead of MKL); costs the packed copy's memory.",
+    )
+    lean_forward: bool = Field(
+        default=True,
+        description="Run Llama decoders through the engine's own forward (engine/lean.py): the same arithmetic "
+        "as transformers', bit for bit, in fewer operations per step; false = transformers' forward.",
     )
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; default torch's.")
 

@@ -59,15 +59,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_computes_bf16_natively() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX512_BF16 or AMX tiles): without it oneDNN emulates bf16 in fp32
+    and pays a conversion per element on top."""
+    checks = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+        getattr(torch.cpu, "_is_amx_tile_supported", None),
+    )
+    return any(check is not None and check() for check in checks)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto = float16 on CUDA; on CPU bfloat16 where oneDNN has a bf16 path (AVX-512 / AMX: 2.4x faster matmul
-    than fp32 on a Xeon with AMX), else float32 (an AVX2-only AMD EPYC, 2026-12-01: bf16 products cost in
-    proportion to their rows, the lm_head 4.4 / 8.8 / 19.0 / 61.5 ms at 1 / 2 / 5 / 16 rows, and the engine ran
-    plain decoding at 10.7 tok/s in bf16 beside 14.3 in fp32 with packed weights)."""
+    """auto = float16 on CUDA; on CPU bfloat16 where the CPU computes bf16 natively and oneDNN has a bf16 path
+    (2.4x faster matmul than fp32 on a Xeon with AMX), else float32. Measured without native bf16: an AVX2-only
+    AMD EPYC (bf16 products cost in proportion to their rows, the lm_head 4.4 / 8.8 / 19.0 / 61.5 ms at 1 / 2 / 5 /
+    16 rows; plain decoding 10.7 tok/s in bf16 beside 14.3 in fp32) and an AVX-512 Skylake Xeon without AVX512_BF16
+    (`gorgon bench step-cost`: plain step 136 ms bf16 / 122 ms fp32, a 14-node tree 337 / 180 ms)."""
     if name == "auto":
         if device.type == "cuda":
             return torch.float16
-        return torch.bfloat16 if onednn_packs(torch.bfloat16) else torch.float32
+        bf16_pays = cpu_computes_bf16_natively() and onednn_packs(torch.bfloat16)
+        return torch.bfloat16 if bf16_pays else torch.float32
     if name not in DTYPES:
         raise ConfigurationError(f"unknown dtype {name!r}; choose one of auto, {', '.join(DTYPES)}")
     return DTYPES[name]

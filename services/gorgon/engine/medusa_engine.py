@@ -28,6 +28,7 @@ from gorgon.engine.decode import (
 )
 from gorgon.engine.detok import IncrementalDetokenizer, StopSequenceFilter
 from gorgon.engine.interface import ChatMessage, FinishReason, GenerationRequest, ModelInfo, TokenEvent
+from gorgon.engine.lean import LeanLlamaDecoder, supports_lean_forward
 from gorgon.engine.loader import LoadedModel
 from gorgon.engine.medusa import MedusaHeads, has_medusa_heads, load_medusa_heads
 from gorgon.engine.packed import can_pack, packed_copy, row_blocked_copy
@@ -311,22 +312,24 @@ def _draft_vocabulary(
 
 def build_parts(loaded: LoadedModel, heads: MedusaHeads | None, settings: EngineSettings) -> ModelParts:
     """The modules a step calls, on CPU copies sharing the model's weights whose linears are packed (or, with
-    prepacking off, only split into row blocks): engine/packed.py. On CUDA the model's own."""
+    prepacking off, only split into row blocks): engine/packed.py. On CUDA the model's own. A Llama decoder runs
+    through the engine's lean forward (engine/lean.py) unless settings.lean_forward is off."""
     decoder, lm_head = loaded.model.get_decoder(), loaded.model.get_output_embeddings()
     embed_tokens = loaded.model.get_input_embeddings()
     vocabulary = _draft_vocabulary(settings, heads, lm_head)
-    if loaded.device.type != "cpu":
-        return ModelParts(decoder, lm_head, heads, vocabulary, embed_tokens)
-    wrap = (
-        packed_copy
-        if settings.prepack_weights and can_pack(loaded.device, loaded.dtype)
-        else row_blocked_copy
-    )
-    if vocabulary is not None:
-        vocabulary = DraftVocabulary(vocabulary.token_ids, wrap(vocabulary.projection))
-    return ModelParts(
-        wrap(decoder), wrap(lm_head), wrap(heads) if heads is not None else None, vocabulary, embed_tokens
-    )
+    if loaded.device.type == "cpu":
+        wrap = (
+            packed_copy
+            if settings.prepack_weights and can_pack(loaded.device, loaded.dtype)
+            else row_blocked_copy
+        )
+        if vocabulary is not None:
+            vocabulary = DraftVocabulary(vocabulary.token_ids, wrap(vocabulary.projection))
+        decoder, lm_head = wrap(decoder), wrap(lm_head)
+        heads = wrap(heads) if heads is not None else None
+    if settings.lean_forward and supports_lean_forward(decoder):
+        decoder = LeanLlamaDecoder(decoder)
+    return ModelParts(decoder, lm_head, heads, vocabulary, embed_tokens)
 
 
 def _eos_token_ids(loaded: LoadedModel) -> frozenset[int]:
