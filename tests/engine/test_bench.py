@@ -50,7 +50,7 @@ def test_rounds_below_one_are_a_one_line_error(capsys) -> None:
 
 
 def test_rounds_alternate_the_order_and_report_the_median() -> None:
-    from gorgon.engine.bench_runner import RunOutput, _alternating_rounds, _batch_results
+    from gorgon.engine.bench_runner import RunOutput, _batch_results, _interleaved_rounds
 
     calls: list[str] = []
     seconds = {
@@ -67,7 +67,7 @@ def test_rounds_alternate_the_order_and_report_the_median() -> None:
 
         return run
 
-    outputs = _alternating_rounds({mode: runner(mode) for mode in seconds}, [[0]], 3, lambda: None)
+    outputs = _interleaved_rounds({mode: runner(mode) for mode in seconds}, [[[0]]], 3, lambda: None)
     order = ["hf_generate", "plain", "medusa"]
     assert calls == [*order, *reversed(order), *order]
     results = {result.mode: result for result in _batch_results(2, outputs)}
@@ -75,6 +75,32 @@ def test_rounds_alternate_the_order_and_report_the_median() -> None:
     assert results["plain"].tokens_per_s == 4 / 2.0
     assert results["medusa"].tokens_per_step == 1.5
     assert results["medusa"].identical_to_plain is False  # the last round's output differed
+
+
+def test_modes_take_turns_batch_by_batch() -> None:
+    """A machine slowing down over a run slows every mode alike: no mode runs all its batches first."""
+    from gorgon.engine.bench_runner import RunOutput, _interleaved_rounds
+
+    calls: list[tuple[str, int]] = []
+
+    def runner(mode: str):
+        def run(group):
+            calls.append((mode, group[0][0]))
+            return RunOutput([[1]] * len(group), 1.0, 1.0)
+
+        return run
+
+    progress: list[int] = []
+    modes = ("hf_generate", "plain", "medusa")
+    outputs = _interleaved_rounds(
+        {mode: runner(mode) for mode in modes}, [[[0]], [[1]]], 2, lambda: progress.append(1)
+    )
+    forward, backward = list(modes), list(reversed(modes))
+    expected = [(mode, group) for group, order in ((0, forward), (1, backward)) for mode in order]
+    expected += [(mode, group) for group, order in ((0, backward), (1, forward)) for mode in order]
+    assert calls == expected
+    assert len(progress) == 12
+    assert all(len(runs) == 2 and len(runs[0].token_ids) == 2 for runs in outputs.values())
 
 
 def test_every_batch_size_runs_every_prompt() -> None:
@@ -88,14 +114,14 @@ def test_every_batch_size_runs_every_prompt() -> None:
 
 
 def test_batches_of_one_mode_add_up_to_one_output() -> None:
-    from gorgon.engine.bench_runner import RunOutput, over_groups
+    from gorgon.engine.bench_runner import RunOutput, merged
 
     def run(group):
         return RunOutput(
             [[token] * 3 for [token] in group], 0.5 * len(group), 2.0 if len(group) == 2 else 1.0
         )
 
-    output = over_groups(run, [[[1], [2]], [[3]]])
+    output = merged([run(group) for group in [[[1], [2]], [[3]]]])
     assert output.token_ids == [[1] * 3, [2] * 3, [3] * 3]
     assert output.shape_steps == {}
     assert output.seconds == 1.5
@@ -107,12 +133,12 @@ def test_shape_steps_add_up_over_batches_and_rounds() -> None:
     from collections import Counter
 
     from gorgon.engine.bench import shape_mix
-    from gorgon.engine.bench_runner import RunOutput, _batch_results, over_groups
+    from gorgon.engine.bench_runner import RunOutput, _batch_results, merged
 
     def run(group):
         return RunOutput([[1]] * len(group), 1.0, 1.0, Counter({"chain_4": 3 * len(group), "plain": 1}))
 
-    output = over_groups(run, [[[1], [2]], [[3]]])
+    output = merged([run(group) for group in [[[1], [2]], [[3]]]])
     assert output.shape_steps == {"chain_4": 9, "plain": 2}
     plain = RunOutput([[1]] * 3, 1.0, 1.0, Counter({"plain": 5}))
     results = {r.mode: r for r in _batch_results(3, {"plain": [plain, plain], "medusa": [output, output]})}

@@ -9,7 +9,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 from tqdm import tqdm
@@ -114,12 +113,9 @@ def prompt_groups(prompts: Sequence[list[int]], batch: int) -> list[list[list[in
     ]
 
 
-def over_groups(
-    run: Callable[[Sequence[list[int]]], RunOutput], groups: Sequence[Sequence[list[int]]]
-) -> RunOutput:
-    """`run` on each batch in turn, as one output: every sequence's tokens, the summed time, tokens per step
-    averaged over all sequences."""
-    outputs = [run(group) for group in groups]
+def merged(outputs: Sequence[RunOutput]) -> RunOutput:
+    """One mode's runs over the batches of one batch size as one output: every sequence's tokens, the summed time,
+    tokens per step averaged over all sequences, the shapes' steps summed."""
     sequences = sum(len(output.token_ids) for output in outputs)
     return RunOutput(
         [tokens for output in outputs for tokens in output.token_ids],
@@ -136,20 +132,27 @@ def _until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
     return tokens
 
 
-def _alternating_rounds(
-    runners: dict[str, Callable[[Sequence], RunOutput]],
-    prompts: Sequence,
+def _interleaved_rounds(
+    runners: dict[str, Callable[[Sequence[list[int]]], RunOutput]],
+    groups: Sequence[Sequence[list[int]]],
     rounds: int,
     on_run: Callable[[], object],
 ) -> dict[str, list[RunOutput]]:
-    """Every runner `rounds` times; odd rounds run the modes in reverse order, so that no mode always runs
-    first (a cold cache) or last (a machine that got busier)."""
+    """Every runner on every batch, `rounds` times, one output per mode and round. The modes take turns batch by
+    batch, in reverse order on every other batch and round, so that a machine whose speed drifts over the minutes
+    of a run slows every mode alike, and no mode always runs first (a cold cache) or last. (Running each mode over
+    all batches before the next, a Skylake VM read plain batch 1 at 0.72x HF generate in one run, 2026-12-02,
+    where the same engines stepped at the same speed when alternated in one process.)"""
     outputs: dict[str, list[RunOutput]] = {mode: [] for mode in runners}
     for round_index in range(rounds):
-        order = list(runners) if round_index % 2 == 0 else list(reversed(runners))
-        for mode in order:
-            outputs[mode].append(runners[mode](prompts))
-            on_run()
+        runs: dict[str, list[RunOutput]] = {mode: [] for mode in runners}
+        for group_index, group in enumerate(groups):
+            forward = (round_index + group_index) % 2 == 0
+            for mode in list(runners) if forward else list(reversed(runners)):
+                runs[mode].append(runners[mode](group))
+                on_run()
+        for mode, mode_runs in runs.items():
+            outputs[mode].append(merged(mode_runs))
     return outputs
 
 
@@ -193,16 +196,16 @@ def run_benchmark(
         run_engine(engine, encoded[:1], WARMUP_TOKENS)
     rounds = args.rounds
     results: list[BenchResult] = []
-    with tqdm(total=3 * len(batch_sizes) * rounds, desc="bench engine", unit="run") as progress:
-        for batch in batch_sizes:
-            groups = prompt_groups(encoded, batch)
+    groups_per_batch = {batch: prompt_groups(encoded, batch) for batch in batch_sizes}
+    total_runs = 3 * rounds * sum(len(groups) for groups in groups_per_batch.values())
+    with tqdm(total=total_runs, desc="bench engine", unit="run") as progress:
+        for batch, groups in groups_per_batch.items():
             runners = {
                 "hf_generate": lambda prompts: run_hf_generate(loaded, prompts, max_new_tokens),
                 "plain": lambda prompts: run_engine(plain_engine, prompts, max_new_tokens),
                 "medusa": lambda prompts: run_engine(medusa_engine, prompts, max_new_tokens),
             }
-            in_batches = {mode: partial(over_groups, runner) for mode, runner in runners.items()}
-            outputs = _alternating_rounds(in_batches, groups, rounds, progress.update)
+            outputs = _interleaved_rounds(runners, groups, rounds, progress.update)
             results += _batch_results(batch, outputs)
             log.info(
                 "batch %d: hf identical to plain: %s",
