@@ -148,3 +148,19 @@ def test_an_engine_on_a_cpu_that_cannot_pack_runs_unpacked(tokenizer, tmp_path, 
     assert _generate(engine, prompts) == _generate(
         _engine(model, tokenizer, heads, tmp_path, prepack=False), prompts
     )
+
+
+def test_a_speculating_engine_without_packed_weights_warns_that_greedy_may_differ(
+    tokenizer, tmp_path, caplog
+) -> None:
+    """Unpacked products round rows by row count on some CPUs (docs/engine.md): the user is told, once, at load."""
+    model = tiny_llama(seed=5).to(torch.bfloat16)
+    heads = random_heads(3).to(torch.bfloat16)
+    with caplog.at_level("WARNING", logger="gorgon.engine.medusa_engine"):
+        _engine(model, tokenizer, heads, tmp_path, prepack=False)
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and "GORGON_ENGINE_PREPACK_WEIGHTS=false" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gorgon.engine.medusa_engine"):
+        _engine(model, tokenizer, None, tmp_path, prepack=False)
+    assert not [record for record in caplog.records if record.levelname == "WARNING"]

@@ -71,7 +71,8 @@ class EngineSettings(BaseSettings):
         default=True,
         description="CPU bf16 or fp32, where oneDNN can: reorder the engine's linear weights once into its "
         "blocked layout (about half the matmul time at decode row counts; bf16 outputs unchanged, fp32 ones "
-        "rounded by oneDNN instead of MKL); costs the packed copy's memory.",
+        "rounded by oneDNN instead of MKL); costs the packed copy's memory. Off, greedy speculative output can differ "
+        "from plain greedy on CPUs whose unpacked products round rows by row count (a Skylake Xeon; logged).",
     )
     lean_forward: bool = Field(
         default=True,

@@ -318,11 +318,17 @@ def build_parts(loaded: LoadedModel, heads: MedusaHeads | None, settings: Engine
     embed_tokens = loaded.model.get_input_embeddings()
     vocabulary = _draft_vocabulary(settings, heads, lm_head)
     if loaded.device.type == "cpu":
-        wrap = (
-            packed_copy
-            if settings.prepack_weights and can_pack(loaded.device, loaded.dtype)
-            else row_blocked_copy
-        )
+        packs = settings.prepack_weights and can_pack(loaded.device, loaded.dtype)
+        if not packs and heads is not None:
+            log.warning(
+                "linear weights not prepacked (%s): on some CPUs unpacked products round a row by how many rows "
+                "share them, so greedy speculative output can differ from plain greedy at near-ties "
+                "(docs/engine.md)",
+                "GORGON_ENGINE_PREPACK_WEIGHTS=false"
+                if not settings.prepack_weights
+                else "oneDNN cannot here",
+            )
+        wrap = packed_copy if packs else row_blocked_copy
         if vocabulary is not None:
             vocabulary = DraftVocabulary(vocabulary.token_ids, wrap(vocabulary.projection))
         decoder, lm_head = wrap(decoder), wrap(lm_head)
