@@ -9,6 +9,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from gorgon.engine.kv import RowKVCache
 from gorgon.engine.medusa import MedusaHeads
+from gorgon.engine.packed import can_pack, packed_copy, row_blocked_copy
 from gorgon.engine.shapes import ShapeSelector
 from gorgon.engine.tree import TreeBuffers
 
@@ -81,6 +82,11 @@ def empty_cache(model: LlamaForCausalLM, batch: int, capacity: int) -> RowKVCach
         dtype=model.dtype,
         device=torch.device("cpu"),
     )
+
+
+def as_the_cpu_engine_runs_it(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """`module`'s copy with the linears the CPU engine uses: packed where oneDNN packs `dtype`, else row-blocked."""
+    return packed_copy(module) if can_pack(torch.device("cpu"), dtype) else row_blocked_copy(module)
 
 
 def random_heads(

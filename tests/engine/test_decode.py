@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from engine_tiny import VOCAB, empty_cache, random_heads
+from engine_tiny import VOCAB, as_the_cpu_engine_runs_it, empty_cache, random_heads
 
 from gorgon.engine.decode import (
     DRAFT_TOPK,
@@ -19,7 +19,6 @@ from gorgon.engine.decode import (
     typical_accept,
 )
 from gorgon.engine.kv import RowKVCache
-from gorgon.engine.packed import can_pack, packed_copy
 from gorgon.engine.tree import build_tree_buffers, chain
 
 NUM_HEADS = 3
@@ -238,7 +237,7 @@ def test_single_row_logits_match_the_row_inside_a_batch() -> None:
         rows = (torch.nn.functional.silu(gate) * torch.randn(4, 1536, generator=generator) * 3).to(
             torch.bfloat16
         )
-        lm_head = packed_copy(linear) if can_pack(torch.device("cpu"), torch.bfloat16) else linear
+        lm_head = as_the_cpu_engine_runs_it(linear, torch.bfloat16)
         in_batch = lm_head(rows)[:1]
         assert torch.equal(row_logits(lm_head, rows[:1]), in_batch)
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_tiny import VOCAB, empty_cache, smollm2_shaped_llama
+from engine_tiny import VOCAB, as_the_cpu_engine_runs_it, empty_cache, smollm2_shaped_llama
 from transformers import LlamaForCausalLM
 
 from gorgon.engine.attention import gather_per_node, node_key_slots, use_row_attention
 from gorgon.engine.decode import ModelParts, forward_tokens
 from gorgon.engine.kv import RowKVCache
-from gorgon.engine.packed import can_pack, packed_copy
 from gorgon.engine.tree import build_tree_buffers
 
 SIBLINGS_TREE = ((0,), (1,), (2,), (0, 0), (1, 0))  # nodes: root, (0,), (1,), (2,), (0, 0), (1, 0)
@@ -55,9 +54,11 @@ def _engine_parts(model) -> ModelParts:
     """The decoder and lm_head as the CPU engine runs them: packed where oneDNN packs bf16 (unpacked bf16 products
     round rows by row count on a Skylake Xeon without AVX512_BF16, which no attention order can undo)."""
     decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
-    if can_pack(torch.device("cpu"), torch.bfloat16):
-        decoder, lm_head = packed_copy(decoder), packed_copy(lm_head)
-    return ModelParts(decoder, lm_head, None)
+    return ModelParts(
+        as_the_cpu_engine_runs_it(decoder, torch.bfloat16),
+        as_the_cpu_engine_runs_it(lm_head, torch.bfloat16),
+        None,
+    )
 
 
 def _mismatches(model, *, per_node_order: bool) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -318,17 +318,7 @@ def build_parts(loaded: LoadedModel, heads: MedusaHeads | None, settings: Engine
     embed_tokens = loaded.model.get_input_embeddings()
     vocabulary = _draft_vocabulary(settings, heads, lm_head)
     if loaded.device.type == "cpu":
-        packs = settings.prepack_weights and can_pack(loaded.device, loaded.dtype)
-        if not packs and heads is not None:
-            log.warning(
-                "linear weights not prepacked (%s): on some CPUs unpacked products round a row by how many rows "
-                "share them, so greedy speculative output can differ from plain greedy at near-ties "
-                "(docs/engine.md)",
-                "GORGON_ENGINE_PREPACK_WEIGHTS=false"
-                if not settings.prepack_weights
-                else "oneDNN cannot here",
-            )
-        wrap = packed_copy if packs else row_blocked_copy
+        wrap = _cpu_linears(loaded, speculates=heads is not None, settings=settings)
         if vocabulary is not None:
             vocabulary = DraftVocabulary(vocabulary.token_ids, wrap(vocabulary.projection))
         decoder, lm_head = wrap(decoder), wrap(lm_head)
@@ -336,6 +326,23 @@ def build_parts(loaded: LoadedModel, heads: MedusaHeads | None, settings: Engine
     if settings.lean_forward and supports_lean_forward(decoder):
         decoder = LeanLlamaDecoder(decoder)
     return ModelParts(decoder, lm_head, heads, vocabulary, embed_tokens)
+
+
+def _cpu_linears(
+    loaded: LoadedModel, *, speculates: bool, settings: EngineSettings
+) -> Callable[[torch.nn.Module], torch.nn.Module]:
+    """packed_copy where oneDNN packs this dtype and prepacking is on, else row_blocked_copy; an engine that
+    speculates on unpacked products is warned about (their rows round by row count on some CPUs)."""
+    if settings.prepack_weights and can_pack(loaded.device, loaded.dtype):
+        return packed_copy
+    if speculates:
+        reason = "oneDNN cannot here" if settings.prepack_weights else "GORGON_ENGINE_PREPACK_WEIGHTS=false"
+        log.warning(
+            "linear weights not prepacked (%s): on some CPUs unpacked products round a row by how many rows "
+            "share them, so greedy speculative output can differ from plain greedy at near-ties (docs/engine.md)",
+            reason,
+        )
+    return row_blocked_copy
 
 
 def _eos_token_ids(loaded: LoadedModel) -> frozenset[int]:
