@@ -11,10 +11,12 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from gorgon.engine.config import EngineSettings
 from gorgon.engine.decode import ModelParts, forward_tokens
+from gorgon.engine.fused import fused_attention_product
 from gorgon.engine.kv import RowKVCache
 from gorgon.engine.lean import LeanLlamaDecoder, rms_norm, supports_lean_forward
 from gorgon.engine.loader import LoadedModel
 from gorgon.engine.medusa_engine import build_parts
+from gorgon.engine.packed import row_blocked_copy
 from gorgon.engine.tree import build_tree_buffers, chain
 
 BRANCHING_TREE = ((0,), (1,), (2,), (0, 0), (1, 0))
@@ -61,11 +63,16 @@ def _step_forwards(parts: ModelParts, cache: RowKVCache) -> list[torch.Tensor]:
     return hidden
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["own-modules", "fused-copy"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_every_decode_forward_is_bit_identical_to_transformers(dtype) -> None:
+def test_every_decode_forward_is_bit_identical_to_transformers(dtype, fused) -> None:
+    """Over the model's own modules (separate q, k, v products) and over the engine's CPU copy with q + k + v
+    as one product, whose output the lean forward reads queries, keys and values from."""
     model = smollm2_shaped_llama(dtype)
     stock = ModelParts(model.get_decoder(), model.get_output_embeddings(), None)
-    lean = ModelParts(LeanLlamaDecoder(model.get_decoder()), model.get_output_embeddings(), None)
+    decoder = row_blocked_copy(model.get_decoder()) if fused else model.get_decoder()
+    assert (fused_attention_product(decoder.layers[0].self_attn) is not None) is fused
+    lean = ModelParts(LeanLlamaDecoder(decoder), model.get_output_embeddings(), None)
     stock_cache, lean_cache = empty_cache(model, len(PROMPTS), 64), empty_cache(model, len(PROMPTS), 64)
     for expected, got in zip(
         _step_forwards(stock, stock_cache), _step_forwards(lean, lean_cache), strict=True

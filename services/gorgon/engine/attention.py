@@ -65,7 +65,7 @@ def row_attention(
         )
         return output.reshape(batch, nodes, heads, dim), None
     if exact_queries:
-        return _exact_queries_as_rows(query, key, value, attention_mask, exact_queries, scale, module, kwargs)
+        return _exact_queries_as_rows(query, key, value, attention_mask, exact_queries, scale)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -76,7 +76,8 @@ def single_query_attention(
     mask: torch.Tensor | None,
     scale: float | None,
 ) -> torch.Tensor:
-    """query [N, H, 1, D], key / value [N, KV, W, D], mask [N, 1, 1, W] bool -> [N, 1, H, D]; KV may divide H."""
+    """query [N, H, Q, D], key / value [N, KV, W, D], mask [N, 1, Q, W] bool -> [N, Q, H, D]; KV may divide H.
+    Exact (rounding as in a plain step) for Q = 1, which is how the engine calls it for queries it may emit."""
     output = nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, scale=scale, enable_gqa=key.shape[1] != query.shape[1]
     )
@@ -90,11 +91,11 @@ def _exact_queries_as_rows(
     mask: torch.Tensor | None,
     exact_queries: int,
     scale: float | None,
-    module: torch.nn.Module,
-    kwargs: dict[str, object],
 ) -> tuple[torch.Tensor, None]:
     """Queries 0 .. exact_queries - 1 as virtual rows of one query each (one single_query_attention call over
-    per-row copies of the keys), the rest (if any) in one SDPA call; outputs [B, T, H, D]."""
+    per-row copies of the keys), the rest (if any, never emitted) in a second call, keys shared across each
+    group of query heads by SDPA's `enable_gqa` instead of copied per query head as transformers' `repeat_kv`
+    does; outputs [B, T, H, D]."""
     batch, heads, nodes, dim = query.shape
     alone = min(exact_queries, nodes)
     rows_mask = _query_rows(mask, 0, alone)
@@ -109,9 +110,9 @@ def _exact_queries_as_rows(
             scale,
         ).reshape(batch, alone, heads, dim)
     ]
-    if alone < nodes:
+    if alone < nodes:  # never emitted (lookahead leaves): their rounding only reaches the drafts they make
         rest = _query_rows(mask, alone, nodes)
-        outputs.append(sdpa_attention_forward(module, query[:, :, alone:], key, value, rest, **kwargs)[0])
+        outputs.append(single_query_attention(query[:, :, alone:], key, value, rest, scale))
     return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0], None
 
 

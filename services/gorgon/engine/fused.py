@@ -53,6 +53,17 @@ class ProductSlice(nn.Module):
         return self.shared.output_for(x, last=self.last)[..., self.start : self.stop]
 
 
+def fused_attention_product(attention: nn.Module) -> nn.Module | None:
+    """The one q + k + v product of an attention module that fuse_projections rewrote (its output holds q, k, v
+    in that order), else None."""
+    slices = [getattr(attention, name, None) for name in ATTENTION_PROJECTIONS]
+    if not all(isinstance(part, ProductSlice) for part in slices):
+        return None
+    if len({id(part.shared) for part in slices}) != 1:
+        return None
+    return slices[0].shared.linear
+
+
 class GatedMLP(nn.Module):
     """down(act(gate(x)) * up(x)) with gate and up as one product (Llama's MLP)."""
 

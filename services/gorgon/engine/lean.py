@@ -6,8 +6,11 @@ A decode step runs about 3,000 tensor operations over 30 layers, most on a few r
 same arithmetic, minus what a decode step does not need: no mask preprocessing (the engine passes the final 4D
 mask), no output bookkeeping, the engine's attention called directly, and each layer's RMSNorm as one
 `rms_norm` call in float32 followed by the weight, which rounds exactly as transformers' six operations do (checked
-in float32 and bfloat16, tests/engine/test_lean.py). The final norm stays the model's own module, so forward hooks
-on it (head distillation reads the hidden states there) keep working.
+in float32 and bfloat16, tests/engine/test_lean.py). Queries and keys are rotated together, as one tensor read
+token-major off the fused q + k + v product (engine/fused.py), and the keys and values written to the cache in that
+layout: the same element-wise arithmetic as transformers' `apply_rotary_pos_emb` on each, half the operations, and
+no transposes before the cache write. The final norm stays the model's own module, so forward hooks on it (head
+distillation reads the hidden states there) keep working.
 
 Only decoders built from transformers' own Llama layers are run this way (`supports_lean_forward`); any other
 architecture keeps its HF forward.
@@ -23,11 +26,11 @@ from transformers.models.llama.modeling_llama import (
     LlamaDecoderLayer,
     LlamaModel,
     LlamaRMSNorm,
-    apply_rotary_pos_emb,
 )
 
 from gorgon.engine.attention import row_attention
-from gorgon.engine.kv import RowKVCache
+from gorgon.engine.fused import fused_attention_product
+from gorgon.engine.kv import RowKVCache, RowKVLayer
 
 
 def supports_lean_forward(decoder: nn.Module) -> bool:
@@ -52,6 +55,29 @@ def rms_norm(norm: LlamaRMSNorm, hidden: torch.Tensor) -> torch.Tensor:
     return norm.weight * normed.to(hidden.dtype)
 
 
+def rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of token-major states [B, T, heads, D] with cos / sin [B, T, 1, D]: transformers'
+    `apply_rotary_pos_emb` arithmetic (x * cos + rotate_half(x) * sin), over any number of heads at once."""
+    half = states.shape[-1] // 2
+    rotated = torch.cat((-states[..., half:], states[..., :half]), dim=-1)
+    return states * cos + rotated * sin
+
+
+def projections(
+    attention: LlamaAttention, product: nn.Module | None, normed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """normed [B, T, H] -> queries and keys [B, T, heads + kv_heads, D] and values [B, T, kv_heads, D],
+    token-major; views of one output where `product` is the attention's fused q + k + v product."""
+    heads_shape = (*normed.shape[:2], -1, attention.head_dim)
+    if product is not None:
+        qkv = product(normed).view(heads_shape)
+        split = attention.config.num_attention_heads + attention.config.num_key_value_heads
+        return qkv[:, :, :split], qkv[:, :, split:]
+    query = attention.q_proj(normed).view(heads_shape)
+    key = attention.k_proj(normed).view(heads_shape)
+    return torch.cat((query, key), dim=2), attention.v_proj(normed).view(heads_shape)
+
+
 class LeanLlamaDecoder(nn.Module):
     """Runs a LlamaModel's forward for the engine (input ids, 4D mask, positions, a RowKVCache)."""
 
@@ -61,6 +87,7 @@ class LeanLlamaDecoder(nn.Module):
         self.config = decoder.config
         # A ModuleList slice builds a new ModuleList (~230 µs here): take the layers once.
         self._layers = tuple(decoder.layers[: decoder.config.num_hidden_layers])
+        self._qkv_products = tuple(fused_attention_product(layer.self_attn) for layer in self._layers)
 
     @property
     def norm(self) -> nn.Module:
@@ -83,11 +110,13 @@ class LeanLlamaDecoder(nn.Module):
         decoder = self.decoder
         hidden = decoder.embed_tokens(input_ids)
         cos, sin = decoder.rotary_emb(hidden, position_ids=position_ids)
+        rotary = (cos[:, :, None], sin[:, :, None])  # broadcast over heads, token-major
         for index, layer in enumerate(self._layers):
             attended = self._attention(
                 layer.self_attn,
+                self._qkv_products[index],
                 rms_norm(layer.input_layernorm, hidden),
-                (cos, sin),
+                rotary,
                 attention_mask,
                 past_key_values.layers[index],
                 attention_options,
@@ -101,20 +130,20 @@ class LeanLlamaDecoder(nn.Module):
     @staticmethod
     def _attention(
         attention: LlamaAttention,
+        qkv_product: nn.Module | None,
         normed: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor,
-        cache_layer: nn.Module,
+        cache_layer: RowKVLayer,
         options: dict[str, object],
     ) -> torch.Tensor:
         """LlamaAttention.forward with the engine's attention: projections, rotary, cache write, attention, o_proj."""
         batch, tokens = normed.shape[:2]
-        heads_shape = (batch, tokens, -1, attention.head_dim)
-        query = attention.q_proj(normed).view(heads_shape).transpose(1, 2)
-        key = attention.k_proj(normed).view(heads_shape).transpose(1, 2)
-        value = attention.v_proj(normed).view(heads_shape).transpose(1, 2)
-        query, key = apply_rotary_pos_emb(query, key, *rotary)
-        key, value = cache_layer.update(key, value)
+        queries_keys, value = projections(attention, qkv_product, normed)
+        queries_keys = rotate(queries_keys, *rotary)
+        heads = attention.config.num_attention_heads
+        key, value = cache_layer.write(queries_keys[:, :, heads:], value)
+        query = queries_keys[:, :, :heads].transpose(1, 2)
         output, _ = row_attention(
             attention, query, key, value, mask, dropout=0.0, scaling=attention.scaling, **options
         )
