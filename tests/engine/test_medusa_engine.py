@@ -238,17 +238,21 @@ def test_a_plain_steps_drafting_for_the_next_step_is_not_counted_as_plain_cost(
     make_engine, monkeypatch
 ) -> None:
     """A plain step before a speculative one drafts for it; timing that drafting as plain's cost made plain look
-    slower than it runs (the selector then favours speculation). Speculative steps keep their drafting."""
+    slower than it runs (the selector then favours speculation). Speculative steps keep their drafting. The
+    drafting takes `slow_drafting` seconds on a clock that only drafting moves, so how fast this machine runs the
+    tiny model (a loaded one once took 85 ms for a plain step) cannot decide the test."""
     from gorgon.engine import decode
 
-    slow_drafting = 0.05
-    real_draft = decode.draft
+    slow_drafting = 10.0
+    real_draft, real_clock = decode.draft, time.perf_counter
+    drafted_seconds = [0.0]
 
     def slow_draft(parts, hidden, next_tokens):
-        time.sleep(slow_drafting)
+        drafted_seconds[0] += slow_drafting
         return real_draft(parts, hidden, next_tokens)
 
     monkeypatch.setattr(decode, "draft", slow_draft)
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + drafted_seconds[0])
     engine = make_engine(random_heads(), cycle_shapes=True)
     engine.add(_request("short", 12))
     _drain(engine, {})
