@@ -14,6 +14,7 @@ from gorgon.cli import main
         (["--num-prompts", "0"], "--num-prompts must be at least 1"),
         (["--epochs", "0"], "--epochs and --learning-rate must be positive"),
         (["--own-lm-heads"], "--train-vocab full"),
+        (["--soft-target-weight", "1.5"], "--soft-target-weight must lie in [0, 1]"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(

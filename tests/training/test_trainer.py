@@ -18,6 +18,7 @@ from gorgon.training.trainer import (
     learning_rate_at,
     new_heads,
     planned_batches,
+    soft_target_loss,
     weighted_loss,
 )
 
@@ -59,6 +60,32 @@ def test_targets_never_cross_from_one_response_into_the_next() -> None:
     assert head_targets(sequences, num_heads=2).targets.tolist() == [[2, 3], [3, IGNORE], [8, IGNORE]]
 
 
+def test_soft_targets_come_from_the_hidden_state_that_produced_each_target() -> None:
+    sequences = Sequences(
+        hidden=torch.arange(5, dtype=torch.float16).unsqueeze(1),
+        response_ids=torch.tensor([1, 2, 3, 7, 8], dtype=torch.int32),
+        lengths=torch.tensor([3, 2], dtype=torch.int32),
+    )
+    positions = head_targets(sequences, num_heads=2)
+    # targets [[2, 3], [3, -], [8, -]]: token 2 was produced by hidden row 1, token 3 by row 2, token 8 by row 4
+    assert positions.teacher_rows.tolist() == [[1, 2], [2, -1], [4, -1]]
+    assert positions.teacher_hidden[positions.teacher_rows[0], 0].tolist() == [1.0, 2.0]
+
+
+def test_the_soft_target_loss_is_least_where_the_heads_match_the_base_model(
+    tiny_base: BaseModel, tiny_sequences: Sequences
+) -> None:
+    positions = head_targets(tiny_sequences, 2)
+    rows = torch.arange(len(positions))
+    lm_head = tiny_base.lm_head
+    teacher_logits = lm_head(positions.teacher_hidden[positions.teacher_rows.clamp(min=0)].float())
+    matching = teacher_logits.permute(1, 0, 2).detach()  # [K, n, V]: each head exactly the base model
+    for other in (torch.zeros_like(matching), matching * 0.5, matching.roll(1, dims=-1)):
+        assert soft_target_loss(matching, lm_head, positions, rows, 0.8) < soft_target_loss(
+            other, lm_head, positions, rows, 0.8
+        )
+
+
 def test_recurrent_heads_continue_the_true_tokens_under_teacher_forcing() -> None:
     sequences = Sequences(
         hidden=torch.zeros(4, 1, dtype=torch.float16),
@@ -89,6 +116,38 @@ def test_a_few_steps_reduce_the_loss(
     trainer.run()
     after = _full_loss(trainer, tiny_base, tiny_sequences)
     assert after < 0.8 * before
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_a_few_steps_with_soft_targets_bring_the_heads_towards_the_base_model(
+    tiny_base: BaseModel, tiny_sequences: Sequences, tmp_path: Path, recurrent: bool
+) -> None:
+    """The soft loss falls towards its least value, the base model's own entropy (reached by matching it)."""
+    settings = replace(SETTINGS, soft_target_weight=1.0, recurrent=recurrent)
+    trainer = _trainer(tiny_base, tiny_sequences, settings, tmp_path)
+    positions, lm_head = trainer.positions, tiny_base.lm_head
+    rows = torch.arange(len(positions))
+    with torch.no_grad():
+        teacher = lm_head(positions.teacher_hidden[positions.teacher_rows.clamp(min=0)].float())
+        least = soft_target_loss(teacher.permute(1, 0, 2), lm_head, positions, rows, settings.loss_decay)
+
+    def excess() -> float:
+        with torch.no_grad():
+            logits = head_logits(trainer.heads, lm_head, trainer.embed_tokens, positions, rows)
+            return (soft_target_loss(logits, lm_head, positions, rows, settings.loss_decay) - least).item()
+
+    before = excess()
+    trainer.run()
+    assert 0 <= excess() < 0.5 * before
+
+
+def test_half_soft_targets_still_learn_the_greedy_tokens(
+    tiny_base: BaseModel, tiny_sequences: Sequences, tmp_path: Path
+) -> None:
+    trainer = _trainer(tiny_base, tiny_sequences, replace(SETTINGS, soft_target_weight=0.5), tmp_path)
+    before = _full_loss(trainer, tiny_base, tiny_sequences)
+    trainer.run()
+    assert _full_loss(trainer, tiny_base, tiny_sequences) < 0.8 * before
 
 
 def test_the_base_model_stays_frozen(tiny_base: BaseModel, tiny_sequences: Sequences, tmp_path: Path) -> None:

@@ -71,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=TRAIN_DEFAULTS.negative_samples,
         help="with --train-vocab sampled: other tokens drawn per step",
     )
+    train.add_argument(
+        "--soft-target-weight",
+        type=float,
+        default=TRAIN_DEFAULTS.soft_target_weight,
+        help="0-1: weight of the base model's distribution as each head's target against its greedy token",
+    )
     train.add_argument("--seed", type=int, default=TRAIN_DEFAULTS.seed)
     train.add_argument("--checkpoint-every", type=int, default=TRAIN_DEFAULTS.checkpoint_every, help="steps")
     out = parser.add_argument_group("output")
@@ -119,6 +125,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigurationError("--epochs and --learning-rate must be positive")
     if args.own_lm_heads and args.train_vocab != "full":
         raise ConfigurationError("--own-lm-heads trains every head's projection: add --train-vocab full")
+    if not 0.0 <= args.soft_target_weight <= 1.0:
+        raise ConfigurationError(f"--soft-target-weight must lie in [0, 1], got {args.soft_target_weight}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
             loss_decay=args.loss_decay,
             train_vocab=args.train_vocab,
             negative_samples=args.negative_samples,
+            soft_target_weight=args.soft_target_weight,
             seed=args.seed,
             checkpoint_every=args.checkpoint_every,
         ),

@@ -53,6 +53,7 @@ class TrainSettings:
     loss_decay: float = 0.8
     train_vocab: TrainVocab = "sampled"
     negative_samples: int = 4096
+    soft_target_weight: float = 0.0  # 0: hard targets only (the shipped heads' recipe); 1: soft targets only
     seed: int = 0
     checkpoint_every: int = 100
 

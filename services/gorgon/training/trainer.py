@@ -3,6 +3,11 @@
 Head k (0-based) reads the hidden state h_t that produced response token r_j and learns r_{j+1+k}; the loss is
 sum_k 0.8^k * CE_k, AdamW at lr ~1e-3 with linear warmup then cosine decay (Medusa's recipe).
 
+With `soft_target_weight` w > 0 each head also learns the base model's whole distribution over the token it
+predicts (soft targets, as in Hydra's teacher distillation): the hidden state that produced r_{j+1+k} is in the
+data, so the base model's logits there are one product with the frozen lm_head, over the same (sampled)
+vocabulary as the head's. The loss becomes sum_k 0.8^k ((1 - w) CE_k + w H(teacher_k, head_k)).
+
 The vocabulary projection dominates the cost on a CPU (576 × 49152 per token per head). With
 `train_vocab="sampled"` each step's softmax runs over the tokens that occur as training targets plus a fresh
 random sample of the other tokens, whose logits get the usual sampled-softmax correction log(others / sample).
@@ -39,11 +44,14 @@ CHECKPOINT_PREFIX = "checkpoint"  # checkpoint-<digest of the training settings 
 @dataclass(frozen=True, slots=True)
 class Positions:
     """Training positions: hidden [N, H], the token each hidden state produced [N], and targets [N, K]
-    (IGNORE past the end of a response)."""
+    (IGNORE past the end of a response). teacher_rows [N, K]: the row of teacher_hidden (the base model's hidden
+    states of the whole data) that produced each target, -1 where there is none."""
 
     hidden: torch.Tensor
     tokens: torch.Tensor
     targets: torch.Tensor
+    teacher_rows: torch.Tensor | None = None
+    teacher_hidden: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.hidden.shape[0])
@@ -57,20 +65,26 @@ class Positions:
 
 def head_targets(sequences: Sequences, num_heads: int) -> Positions:
     """Targets r_{j+1+k} for every response position j that has at least one (the last position has none)."""
-    hidden_rows, token_rows, target_rows = [], [], []
+    hidden_rows, token_rows, target_rows, teacher_rows = [], [], [], []
     start = 0
     for length in sequences.lengths.tolist():
         ids = sequences.response_ids[start : start + length].long()
         padded = torch.cat([ids, torch.full((num_heads + 1,), IGNORE, dtype=torch.long)])
-        # targets[j, k] = ids[j + 1 + k]
+        # targets[j, k] = ids[j + 1 + k], produced by hidden row start + j + 1 + k
         targets = torch.stack([padded[1 + k : 1 + k + length] for k in range(num_heads)], dim=1)
+        producers = start + torch.arange(length)[:, None] + 1 + torch.arange(num_heads)[None, :]
         keep = targets[:, 0] != IGNORE
         hidden_rows.append(sequences.hidden[start : start + length][keep])
         token_rows.append(ids[keep])
         target_rows.append(targets[keep])
+        teacher_rows.append(torch.where(targets == IGNORE, -1, producers)[keep])
         start += length
     return Positions(
-        hidden=torch.cat(hidden_rows), tokens=torch.cat(token_rows), targets=torch.cat(target_rows)
+        hidden=torch.cat(hidden_rows),
+        tokens=torch.cat(token_rows),
+        targets=torch.cat(target_rows),
+        teacher_rows=torch.cat(teacher_rows),
+        teacher_hidden=sequences.hidden,
     )
 
 
@@ -167,6 +181,28 @@ def weighted_loss(
         total = total + decay**k * head_loss
         per_head.append(head_loss.item())
     return total, per_head
+
+
+def soft_target_loss(
+    logits: torch.Tensor, teacher: nn.Module, positions: Positions, rows: torch.Tensor, decay: float
+) -> torch.Tensor:
+    """sum_k decay^k cross-entropy of head k's logits [K, n, V'] against the base model's distribution where its
+    target was produced (`teacher`: the base lm_head over the same V' tokens as the heads' projection)."""
+    if positions.teacher_rows is None or positions.teacher_hidden is None:
+        raise ConfigurationError("soft targets need the hidden states that produced the targets")
+    producers = positions.teacher_rows[rows]  # [n, K]
+    with torch.no_grad():
+        probabilities = functional.softmax(
+            teacher(positions.teacher_hidden[producers.clamp(min=0)].float()), dim=-1
+        )  # [n, K, V']
+    total = logits.new_zeros(())
+    for k in range(logits.shape[0]):
+        valid = producers[:, k] >= 0
+        if bool(valid.any()):
+            log_probabilities = functional.log_softmax(logits[k][valid], dim=-1)
+            head_loss = -(probabilities[valid, k] * log_probabilities).sum(-1).mean()
+            total = total + decay**k * head_loss
+    return total
 
 
 def learning_rate_at(step: int, total_steps: int, settings: TrainSettings) -> float:
@@ -291,8 +327,14 @@ class Trainer:
     def train_step(self, batch: torch.Tensor) -> tuple[float, list[float]]:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate_at(self.step, self.total_steps, self.settings)
-        logits = head_logits(self.heads, self._projection(), self.embed_tokens, self.positions, batch)
+        projection = self._projection()
+        logits = head_logits(self.heads, projection, self.embed_tokens, self.positions, batch)
         loss, per_head = weighted_loss(logits, self.targets[batch], self.settings.loss_decay)
+        weight = self.settings.soft_target_weight
+        if weight > 0:
+            teacher = projection if self.settings.train_vocab == "sampled" else self.lm_head
+            soft = soft_target_loss(logits, teacher, self.positions, batch, self.settings.loss_decay)
+            loss = (1.0 - weight) * loss + weight * soft
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
