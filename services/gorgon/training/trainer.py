@@ -331,9 +331,8 @@ class Trainer:
         logits = head_logits(self.heads, projection, self.embed_tokens, self.positions, batch)
         loss, per_head = weighted_loss(logits, self.targets[batch], self.settings.loss_decay)
         weight = self.settings.soft_target_weight
-        if weight > 0:
-            teacher = projection if self.settings.train_vocab == "sampled" else self.lm_head
-            soft = soft_target_loss(logits, teacher, self.positions, batch, self.settings.loss_decay)
+        if weight > 0:  # the projection is the base lm_head over the training vocabulary in both modes
+            soft = soft_target_loss(logits, projection, self.positions, batch, self.settings.loss_decay)
             loss = (1.0 - weight) * loss + weight * soft
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
