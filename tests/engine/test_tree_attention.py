@@ -36,7 +36,9 @@ def _cache(model, capacity: int = 128) -> RowKVCache:
 def _plain_forward(parts: ModelParts, cache: RowKVCache, token: int) -> torch.Tensor:
     """Feed one token padded to two rows, as the engine's batch-1 plain step does. -> hidden [H]."""
     chain_of_two = torch.ones(2, 2, dtype=torch.bool).tril()
-    hidden = forward_tokens(parts, cache, torch.tensor([[token, token]]), torch.arange(2), chain_of_two)
+    hidden = forward_tokens(
+        parts, cache, torch.tensor([[token, token]]), torch.arange(2), chain_of_two, exact_queries=2
+    )
     cache.advance(1)
     return hidden[0, 0]
 

@@ -13,14 +13,19 @@ A query's output can also depend on what shares its call. On an AVX2-only AMD EP
 PyTorch's CPU SDPA kernel rounds bf16 query 0 of a 4- or 5-query call differently from the same query in a 1- to
 3-query call, and transformers' single-query path (which folds the 3 query heads of a KV head into 3 queries)
 rounds a 1-row call differently from the same row in a batch of 2 or more; both with identical q, k, v and visible
-mask (measured 2026-12-01 on SmolLM2: on bench prompt 0 greedy Medusa drifted from plain decoding at token 14;
-the batch effect showed in captured layer inputs, not yet in the bench's outputs). So every query a decode step may emit
-is computed the same way, whatever the batch, the shape or the thread count: one query per (virtual) row, all
-query heads, keys shared across heads by SDPA's `enable_gqa` (`single_query_attention`), all of a step's such
-queries in one call as virtual rows over per-row copies of the keys (one call per layer instead of one per
-query: the 5-node chain step 99.2 -> 88.8 ms, plain 72.2 -> 66.4 ms, fp32, same CPU). A plain step passes
-`exact_queries` = its query count, a chain its nodes, a lookahead tree its chain (its leaves, never emitted,
-share a second call), a branching tree its nodes as virtual rows over gathered keys.
+mask (measured 2026-12-01 on SmolLM2: on bench prompt 0 greedy Medusa drifted from plain decoding at token 14).
+On a Zen 4 EPYC (AVX512_BF16, 2026-12-02) float32 SDPA rounded nearly every query of a many-row call differently
+from the same query in a 2-row call, and bf16 SDPA cost ~1.2 µs per key and call (2 queries over 288 keys:
+400 µs, a sixth of a plain step over 30 layers at 300 tokens of context). So on CPU every query a decode step may
+emit is computed by `exact_query_attention`: float32, one query per (virtual) row, as batched products of one
+fixed shape per row and KV head, which round a query the same whatever the batch, the shape or the thread count
+(checked on random SmolLM2-shaped inputs in bf16 and float32, tests/engine/test_attention.py). A plain step
+passes `exact_queries` = its query count, a chain its nodes, a lookahead tree its chain (its leaves, never
+emitted, share one faster product), a branching tree its nodes as virtual rows over gathered keys. Measured
+against SDPA in the engine (Zen 4, bf16, same process, the two alternating in blocks of 5 steps, median step):
+plain batch 1 at 177 / 387 tokens of context 38.2 -> 36.0 / 45.9 -> 42.8 ms, batch 4 49.2 -> 36.8 ms, batch 16
+116.1 -> 66.1 ms; the 4-deep chain at batch 1 69.0 -> 58.8 ms, at batch 4 231.9 -> 103.2 ms. On other devices the
+exact queries keep SDPA as virtual rows of one query over per-row copies of the keys (not measured: no GPU here).
 
 `ModelParts` switches the model to this attention function (`use_row_attention`); without `key_slots` or
 `exact_queries` it is transformers' SDPA attention unchanged, so HF `generate` on the same model computes as before.
@@ -56,11 +61,12 @@ def row_attention(
     if key_slots is not None:
         batch, heads, nodes, dim = query.shape
         node_queries = query.transpose(1, 2).reshape(batch * nodes, heads, 1, dim)
-        output = single_query_attention(
+        output, _ = _exact_queries_as_rows(
             node_queries,
             gather_per_node(key, key_slots),
             gather_per_node(value, key_slots),
             attention_mask,
+            1,
             scale,
         )
         return output.reshape(batch, nodes, heads, dim), None
@@ -69,19 +75,35 @@ def row_attention(
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-def single_query_attention(
+def exact_query_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     mask: torch.Tensor | None,
     scale: float | None,
 ) -> torch.Tensor:
-    """query [N, H, Q, D], key / value [N, KV, W, D], mask [N, 1, Q, W] bool -> [N, Q, H, D]; KV may divide H.
-    Exact (rounding as in a plain step) for Q = 1, which is how the engine calls it for queries it may emit."""
-    output = nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, scale=scale, enable_gqa=key.shape[1] != query.shape[1]
-    )
-    return output.transpose(1, 2)
+    """query [N, H, D], key / value [N, KV, W, D] float32, mask [N, W] bool or None -> [N, H, D] in query's dtype.
+
+    float32 products of one fixed shape: per virtual row and KV head, the [G, D] queries of that head's group
+    times the [D, W] keys, G = H / KV, then the [G, W] weights times the [W, D] values. A product's shape does not
+    depend on N, so a query's scores, softmax and weighted sum round the same alone, in a batch, a chain or a tree."""
+    rows, heads, dim = query.shape
+    kv_heads, window = key.shape[1], key.shape[2]
+    group = heads // kv_heads
+    queries = query.reshape(rows * kv_heads, group, dim).float()
+    keys = key.reshape(rows * kv_heads, window, dim).transpose(1, 2)
+    values = value.reshape(rows * kv_heads, window, dim)
+    scale = dim**-0.5 if scale is None else scale
+    if mask is None:
+        scores = torch.bmm(queries, keys).mul_(scale)
+    else:
+        bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
+            ~mask, -torch.inf
+        )
+        bias = bias[:, None, None].expand(rows, kv_heads, 1, window).reshape(rows * kv_heads, 1, window)
+        scores = torch.baddbmm(bias, queries, keys, alpha=scale)
+    output = torch.bmm(scores.softmax(-1), values)  # [N * KV, G, D]
+    return output.reshape(rows, heads, dim).to(query.dtype)
 
 
 def _exact_queries_as_rows(
@@ -92,17 +114,88 @@ def _exact_queries_as_rows(
     exact_queries: int,
     scale: float | None,
 ) -> tuple[torch.Tensor, None]:
-    """Queries 0 .. exact_queries - 1 as virtual rows of one query each (one single_query_attention call over
-    per-row copies of the keys), the rest (if any, never emitted) in a second call, keys shared across each
-    group of query heads by SDPA's `enable_gqa` instead of copied per query head as transformers' `repeat_kv`
-    does; outputs [B, T, H, D]."""
+    """Queries 0 .. exact_queries - 1 each as a virtual row of one query over its row's keys, the rest (if any,
+    never emitted: lookahead leaves) together in one product whose rounding may depend on their number; outputs
+    [B, T, H, D]. On CPU the exact queries run one at a time over keys converted once (exact_query_attention);
+    elsewhere in one SDPA call over per-row copies of the keys."""
+    if query.device.type != "cpu":
+        return _sdpa_queries_as_rows(query, key, value, mask, exact_queries, scale), None
+    nodes = query.shape[2]
+    alone = min(exact_queries, nodes)
+    keys, values = key.float(), value.float()
+    output = torch.stack(
+        [
+            exact_query_attention(query[:, :, node], keys, values, _query_mask(mask, node), scale)
+            for node in range(alone)
+        ],
+        dim=1,
+    )  # [B, alone, H, D]
+    if alone == nodes:
+        return output, None
+    leaves = _grouped_attention(query[:, :, alone:], keys, values, _query_rows(mask, alone, nodes), scale)
+    return torch.cat((output, leaves), dim=1), None
+
+
+def _query_mask(mask: torch.Tensor | None, node: int) -> torch.Tensor | None:
+    """[B, W] bool: what query `node` sees ([B, 1, T, W]; a mask broadcast over queries serves every query)."""
+    if mask is None:
+        return None
+    return mask[:, 0, 0 if mask.shape[2] == 1 else node]
+
+
+def _grouped_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float | None,
+) -> torch.Tensor:
+    """query [B, H, Q, D], key / value [B, KV, W, D] float32, mask [B, 1, Q or 1, W] bool -> [B, Q, H, D]: the
+    Q queries of each KV head's group in one float32 product (not exact: rounding may depend on Q)."""
+    batch, heads, queries, dim = query.shape
+    kv_heads, window = key.shape[1], key.shape[2]
+    group = heads // kv_heads
+    folded = query.reshape(batch, kv_heads, group * queries, dim).float()  # per KV head: (g, q) row-major
+    scale = dim**-0.5 if scale is None else scale
+    scores = torch.matmul(folded, key.transpose(2, 3)).mul_(scale)  # [B, KV, G * Q, W]
+    if mask is not None:
+        visible = mask.expand(batch, 1, queries, window)[:, :, None].expand(batch, 1, group, queries, window)
+        scores.masked_fill_(~visible.reshape(batch, 1, group * queries, window), -torch.inf)
+    output = torch.matmul(scores.softmax(-1), value)  # [B, KV, G * Q, D]
+    return output.reshape(batch, heads, queries, dim).transpose(1, 2).to(query.dtype)
+
+
+def _sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float | None,
+) -> torch.Tensor:
+    """SDPA with keys shared across each group of query heads: [N, H, Q, D] -> [N, Q, H, D]."""
+    output = nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, scale=scale, enable_gqa=key.shape[1] != query.shape[1]
+    )
+    return output.transpose(1, 2)
+
+
+def _sdpa_queries_as_rows(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    exact_queries: int,
+    scale: float | None,
+) -> torch.Tensor:
+    """_exact_queries_as_rows by SDPA: the exact queries in one call as virtual rows of one query over per-row
+    copies of the keys, the rest in a second call. -> [B, T, H, D]"""
     batch, heads, nodes, dim = query.shape
     alone = min(exact_queries, nodes)
     rows_mask = _query_rows(mask, 0, alone)
     if rows_mask is not None:
         rows_mask = rows_mask.expand(batch, 1, alone, -1).reshape(batch * alone, 1, 1, -1)
     outputs = [
-        single_query_attention(
+        _sdpa(
             query[:, :, :alone].transpose(1, 2).reshape(batch * alone, heads, 1, dim),
             _per_virtual_row(key, alone),
             _per_virtual_row(value, alone),
@@ -110,10 +203,9 @@ def _exact_queries_as_rows(
             scale,
         ).reshape(batch, alone, heads, dim)
     ]
-    if alone < nodes:  # never emitted (lookahead leaves): their rounding only reaches the drafts they make
-        rest = _query_rows(mask, alone, nodes)
-        outputs.append(single_query_attention(query[:, :, alone:], key, value, rest, scale))
-    return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0], None
+    if alone < nodes:
+        outputs.append(_sdpa(query[:, :, alone:], key, value, _query_rows(mask, alone, nodes), scale))
+    return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
 
 
 def _per_virtual_row(states: torch.Tensor, queries: int) -> torch.Tensor:
