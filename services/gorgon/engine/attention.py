@@ -17,7 +17,7 @@ mask (measured 2026-12-01 on SmolLM2: on bench prompt 0 greedy Medusa drifted fr
 On a Zen 4 EPYC (AVX512_BF16, 2026-12-02) float32 SDPA rounded nearly every query of a many-row call differently
 from the same query in a 2-row call, and bf16 SDPA cost ~1.2 µs per key and call (2 queries over 288 keys:
 400 µs, a sixth of a plain step over 30 layers at 300 tokens of context). So on CPU every query a decode step may
-emit is computed by `exact_query_attention`: float32, one query per (virtual) row, as batched products of one
+emit is computed by `exact_queries_attention`: float32, one query per (virtual) row, as batched products of one
 fixed shape per row and KV head, which round a query the same whatever the batch, the shape or the thread count
 (checked on random SmolLM2-shaped inputs in bf16 and float32, tests/engine/test_attention.py). A plain step
 passes `exact_queries` = its query count, a chain its nodes, a lookahead tree its chain (its leaves, never
@@ -75,35 +75,48 @@ def row_attention(
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-def exact_query_attention(
+def exact_queries_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     mask: torch.Tensor | None,
     scale: float | None,
 ) -> torch.Tensor:
-    """query [N, H, D], key / value [N, KV, W, D] float32, mask [N, W] bool or None -> [N, H, D] in query's dtype.
+    """query [B, H, Q, D], key / value [B, KV, W, D] float32, mask [B, 1, Q or 1, W] bool or None -> [B, Q, H, D]
+    in query's dtype; every query as a virtual row of one query.
 
-    float32 products of one fixed shape: per virtual row and KV head, the [G, D] queries of that head's group
-    times the [D, W] keys, G = H / KV, then the [G, W] weights times the [W, D] values. A product's shape does not
-    depend on N, so a query's scores, softmax and weighted sum round the same alone, in a batch, a chain or a tree."""
-    rows, heads, dim = query.shape
+    float32 products of one fixed shape, one query at a time: per row and KV head, the [G, D] queries of that
+    head's group times the [D, W] keys, G = H / KV, then the [G, W] weights times the [W, D] values. A product's
+    shape depends neither on the batch nor on how many queries the step holds, so a query's scores, softmax and
+    weighted sum round the same alone, in a batch, a chain or a tree. Queries, keys and the mask's bias are laid
+    out once so that each query's products read views."""
+    batch, heads, queries, dim = query.shape
     kv_heads, window = key.shape[1], key.shape[2]
     group = heads // kv_heads
-    queries = query.reshape(rows * kv_heads, group, dim).float()
-    keys = key.reshape(rows * kv_heads, window, dim).transpose(1, 2)
-    values = value.reshape(rows * kv_heads, window, dim)
     scale = dim**-0.5 if scale is None else scale
-    if mask is None:
-        scores = torch.bmm(queries, keys).mul_(scale)
-    else:
-        bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
-            ~mask, -torch.inf
-        )
-        bias = bias[:, None, None].expand(rows, kv_heads, 1, window).reshape(rows * kv_heads, 1, window)
-        scores = torch.baddbmm(bias, queries, keys, alpha=scale)
-    output = torch.bmm(scores.softmax(-1), values)  # [N * KV, G, D]
-    return output.reshape(rows, heads, dim).to(query.dtype)
+    per_query = torch.empty((queries, batch, heads, dim), dtype=torch.float32, device=query.device)
+    per_query.copy_(query.permute(2, 0, 1, 3))  # [Q, B, H, D]: one copy, whatever query's dtype and strides
+    keys = key.reshape(batch * kv_heads, window, dim).transpose(1, 2)
+    values = value.reshape(batch * kv_heads, window, dim)
+    bias = None if mask is None else _mask_bias(mask, queries, kv_heads)  # [Q, B, KV, 1, W]
+    outputs = []
+    for node in range(queries):
+        node_queries = per_query[node].view(batch * kv_heads, group, dim)
+        if bias is None:
+            scores = torch.bmm(node_queries, keys).mul_(scale)
+        else:
+            node_bias = bias[node].view(batch * kv_heads, 1, window)
+            scores = torch.baddbmm(node_bias, node_queries, keys, alpha=scale)
+        outputs.append(torch.bmm(scores.softmax(-1), values).view(batch, heads, dim))
+    return torch.stack(outputs, dim=1).to(query.dtype)
+
+
+def _mask_bias(mask: torch.Tensor, queries: int, kv_heads: int) -> torch.Tensor:
+    """mask [B, 1, Q or 1, W] bool -> additive float32 bias [Q, B, KV, 1, W] (0 seen, -inf hidden)."""
+    batch, window = mask.shape[0], mask.shape[-1]
+    hidden = ~mask.expand(batch, 1, queries, window).permute(2, 0, 1, 3)[:, :, :, None]  # [Q, B, 1, 1, W]
+    bias = torch.zeros((queries, batch, kv_heads, 1, window), dtype=torch.float32, device=mask.device)
+    return bias.masked_fill_(hidden, -torch.inf)
 
 
 def _exact_queries_as_rows(
@@ -116,31 +129,18 @@ def _exact_queries_as_rows(
 ) -> tuple[torch.Tensor, None]:
     """Queries 0 .. exact_queries - 1 each as a virtual row of one query over its row's keys, the rest (if any,
     never emitted: lookahead leaves) together in one product whose rounding may depend on their number; outputs
-    [B, T, H, D]. On CPU the exact queries run one at a time over keys converted once (exact_query_attention);
+    [B, T, H, D]. On CPU the exact queries run in float32 over keys converted once (exact_queries_attention);
     elsewhere in one SDPA call over per-row copies of the keys."""
     if query.device.type != "cpu":
         return _sdpa_queries_as_rows(query, key, value, mask, exact_queries, scale), None
     nodes = query.shape[2]
     alone = min(exact_queries, nodes)
     keys, values = key.float(), value.float()
-    output = torch.stack(
-        [
-            exact_query_attention(query[:, :, node], keys, values, _query_mask(mask, node), scale)
-            for node in range(alone)
-        ],
-        dim=1,
-    )  # [B, alone, H, D]
+    output = exact_queries_attention(query[:, :, :alone], keys, values, _query_rows(mask, 0, alone), scale)
     if alone == nodes:
         return output, None
     leaves = _grouped_attention(query[:, :, alone:], keys, values, _query_rows(mask, alone, nodes), scale)
     return torch.cat((output, leaves), dim=1), None
-
-
-def _query_mask(mask: torch.Tensor | None, node: int) -> torch.Tensor | None:
-    """[B, W] bool: what query `node` sees ([B, 1, T, W]; a mask broadcast over queries serves every query)."""
-    if mask is None:
-        return None
-    return mask[:, 0, 0 if mask.shape[2] == 1 else node]
 
 
 def _grouped_attention(
