@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from gorgon.engine.attention import row_attention
+from gorgon.engine.attention import _sdpa_virtual_rows, row_attention
 
 HEADS, KV_HEADS, DIM, WINDOW, VISIBLE = 9, 3, 64, 64, 40
 TRIALS = 200
@@ -122,3 +122,12 @@ def test_exact_queries_and_leaves_compute_attention(dtype: torch.dtype) -> None:
         got = _attend(query, key, value, mask, exact_queries=exact)
         assert got.dtype == dtype
         assert torch.allclose(got.double(), expected, atol=tolerance), exact
+
+
+def test_the_sdpa_path_of_other_devices_computes_the_same_attention() -> None:
+    """Off CPU (CUDA) the exact queries run through SDPA as virtual rows; checked here on CPU tensors, since
+    no GPU is at hand, against the same float64 reference."""
+    generator = torch.Generator().manual_seed(5)
+    query, key, value, mask = _draw(generator, 3, 4, torch.float32)
+    got = _sdpa_virtual_rows(query, key, value, mask, DIM**-0.5)
+    assert torch.allclose(got.double(), _reference(query, key, value, mask), atol=1e-5)

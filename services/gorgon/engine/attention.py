@@ -25,7 +25,7 @@ emitted, share one faster product), a branching tree its nodes as virtual rows o
 against SDPA in the engine (Zen 4, bf16, same process, the two alternating in blocks of 5 steps, median step):
 plain batch 1 at 177 / 387 tokens of context 38.2 -> 36.0 / 45.9 -> 42.8 ms, batch 4 49.2 -> 36.8 ms, batch 16
 116.1 -> 66.1 ms; the 4-deep chain at batch 1 69.0 -> 58.8 ms, at batch 4 231.9 -> 103.2 ms. On other devices the
-exact queries keep SDPA as virtual rows of one query over per-row copies of the keys (not measured: no GPU here).
+exact queries keep SDPA as virtual rows of one query over per-row copies of the keys (`_sdpa_virtual_rows`; checked on CPU tensors against a float64 reference, not run on a GPU: none here).
 
 `ModelParts` switches the model to this attention function (`use_row_attention`); without `key_slots` or
 `exact_queries` it is transformers' SDPA attention unchanged, so HF `generate` on the same model computes as before.
@@ -129,17 +129,19 @@ def _exact_queries_as_rows(
 ) -> tuple[torch.Tensor, None]:
     """Queries 0 .. exact_queries - 1 each as a virtual row of one query over its row's keys, the rest (if any,
     never emitted: lookahead leaves) together in one product whose rounding may depend on their number; outputs
-    [B, T, H, D]. On CPU the exact queries run in float32 over keys converted once (exact_queries_attention);
-    elsewhere in one SDPA call over per-row copies of the keys."""
-    if query.device.type != "cpu":
-        return _sdpa_queries_as_rows(query, key, value, mask, exact_queries, scale), None
+    [B, T, H, D]. On CPU in float32 over keys converted once (exact_queries_attention, _grouped_attention);
+    elsewhere by SDPA (_sdpa_virtual_rows, _sdpa)."""
     nodes = query.shape[2]
     alone = min(exact_queries, nodes)
-    keys, values = key.float(), value.float()
-    output = exact_queries_attention(query[:, :, :alone], keys, values, _query_rows(mask, 0, alone), scale)
+    on_cpu = query.device.type == "cpu"
+    if on_cpu:
+        key, value = key.float(), value.float()
+    exact = exact_queries_attention if on_cpu else _sdpa_virtual_rows
+    output = exact(query[:, :, :alone], key, value, _query_rows(mask, 0, alone), scale)
     if alone == nodes:
         return output, None
-    leaves = _grouped_attention(query[:, :, alone:], keys, values, _query_rows(mask, alone, nodes), scale)
+    together = _grouped_attention if on_cpu else _sdpa
+    leaves = together(query[:, :, alone:], key, value, _query_rows(mask, alone, nodes), scale)
     return torch.cat((output, leaves), dim=1), None
 
 
@@ -179,33 +181,25 @@ def _sdpa(
     return output.transpose(1, 2)
 
 
-def _sdpa_queries_as_rows(
+def _sdpa_virtual_rows(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     mask: torch.Tensor | None,
-    exact_queries: int,
     scale: float | None,
 ) -> torch.Tensor:
-    """_exact_queries_as_rows by SDPA: the exact queries in one call as virtual rows of one query over per-row
-    copies of the keys, the rest in a second call. -> [B, T, H, D]"""
-    batch, heads, nodes, dim = query.shape
-    alone = min(exact_queries, nodes)
-    rows_mask = _query_rows(mask, 0, alone)
-    if rows_mask is not None:
-        rows_mask = rows_mask.expand(batch, 1, alone, -1).reshape(batch * alone, 1, 1, -1)
-    outputs = [
-        _sdpa(
-            query[:, :, :alone].transpose(1, 2).reshape(batch * alone, heads, 1, dim),
-            _per_virtual_row(key, alone),
-            _per_virtual_row(value, alone),
-            rows_mask,
-            scale,
-        ).reshape(batch, alone, heads, dim)
-    ]
-    if alone < nodes:
-        outputs.append(_sdpa(query[:, :, alone:], key, value, _query_rows(mask, alone, nodes), scale))
-    return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+    """exact_queries_attention by SDPA (other devices): the queries in one call as virtual rows of one query over
+    per-row copies of the keys. query [B, H, Q, D], mask [B, 1, Q or 1, W] -> [B, Q, H, D]."""
+    batch, heads, queries, dim = query.shape
+    if mask is not None:
+        mask = mask.expand(batch, 1, queries, -1).reshape(batch * queries, 1, 1, -1)
+    return _sdpa(
+        query.transpose(1, 2).reshape(batch * queries, heads, 1, dim),
+        _per_virtual_row(key, queries),
+        _per_virtual_row(value, queries),
+        mask,
+        scale,
+    ).reshape(batch, queries, heads, dim)
 
 
 def _per_virtual_row(states: torch.Tensor, queries: int) -> torch.Tensor:
