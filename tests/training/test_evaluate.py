@@ -7,7 +7,16 @@ import torch
 from torch import nn
 
 from gorgon.engine.medusa import MedusaHeads
-from gorgon.training.evaluate import MAX_RANK, grow_tree, head_accuracies, target_ranks, verify_cost_ms
+from gorgon.training.evaluate import (
+    MAX_RANK,
+    accepted_drafts,
+    decoded_tokens_per_step,
+    grow_tree,
+    head_accuracies,
+    relative_speed,
+    target_ranks,
+    verify_cost_ms,
+)
 from gorgon.training.trainer import IGNORE, Positions
 
 
@@ -119,3 +128,51 @@ def test_only_trees_branching_deeper_than_the_chain_pay_for_branching() -> None:
     costly = grow_tree(ranks, max_nodes=24, branching_cost_ms=1000.0)
     assert all(not any(path[:-1]) for path in costly.best_choices)
     assert costly.best.tokens_per_step < free.best.tokens_per_step
+
+
+def test_a_decode_skips_the_positions_its_steps_accepted() -> None:
+    chain = [(0,), (0, 0), (0, 0, 0)]
+    accepted = [3, 0, 0, 0, 0, 2, 0, 0]  # drafts the chain accepts at each position
+    ranks = torch.tensor([[0] * a + [MAX_RANK] * (3 - a) for a in accepted])
+    # steps at positions 0 (4 tokens), 4 (1) and 5 (the last 3): 8 tokens in 3 steps
+    assert decoded_tokens_per_step(ranks, chain) == pytest.approx(8 / 3)
+    assert 1 + accepted_drafts(ranks, chain).float().mean().item() == pytest.approx(
+        1.625
+    )  # the position mean
+
+
+def test_each_response_is_decoded_from_its_own_first_position() -> None:
+    chain = [(0,), (0, 0)]
+    ranks = torch.tensor([[MAX_RANK, 0], [0, 0], [0, MAX_RANK], [MAX_RANK, 0], [MAX_RANK, 0]])
+    # accepted 0, 2 | 1, 0, 0: steps at 0, 1 | 0, 2: 5 tokens in 4 steps; as one stream: steps at 0, 1, 4
+    assert decoded_tokens_per_step(ranks, chain, (2, 3)) == pytest.approx(5 / 4)
+    assert decoded_tokens_per_step(ranks, chain) == pytest.approx(5 / 3)
+
+
+def test_a_lookahead_sibling_pays_off_in_the_next_step() -> None:
+    """Spine tree: chain (0,), (0, 0) and the sibling (1,). At position 0 head 0 misses, but the token after the
+    step is the sibling's: the next step (position 1) gets the base model's token for free, then the heads'
+    drafts from position 2; the branching tree of the same nodes would have accepted the sibling at once."""
+    ranks = torch.tensor([[1, MAX_RANK], [MAX_RANK, MAX_RANK], [0, MAX_RANK], [MAX_RANK, MAX_RANK]])
+    spine = [(0,), (0, 0), (1,)]
+    # lookahead: step at 0 emits 1 token; step at 1 emits the base's token, head 0 right at 2: 3 tokens; at 4 done
+    assert decoded_tokens_per_step(ranks, spine) == pytest.approx(4 / 2)
+    without_sibling = [(0,), (0, 0)]  # steps at 0, 1, 2 (2 tokens): 4 tokens in 3 steps
+    assert decoded_tokens_per_step(ranks, without_sibling) == pytest.approx(4 / 3)
+
+
+def test_accepted_drafts_are_the_depth_of_the_deepest_matching_node() -> None:
+    ranks = torch.tensor([[0, 0, 1], [1, 0, 0], [0, 2, 0], [3, 3, 3]])
+    assert accepted_drafts(ranks, [(0,), (1,), (0, 0), (0, 0, 1)]).tolist() == [3, 1, 1, 0]
+
+
+def test_the_search_judges_speed_on_decoded_tokens_when_acceptance_clusters() -> None:
+    """Half the text easy (every head right), half hard (every head wrong): the mean over positions says 2.5 tokens
+    per step for the 3-deep chain, a decode gets 400 tokens in 100 steps, then 400 in 400 steps: 1.6."""
+    ranks = torch.cat([torch.zeros(400, 3, dtype=torch.long), torch.full((400, 3), MAX_RANK)])
+    table = ((1, 40.0), (64, 40.0))  # verification free: the deepest chain is the fastest
+    search = grow_tree(ranks, max_nodes=3, cost_table=table, response_positions=(800,))
+    assert search.best.nodes == 3
+    assert search.best.tokens_per_step == pytest.approx(2.5)
+    assert search.best.decoded_tokens_per_step == pytest.approx(1.6)
+    assert search.best.relative_speed == pytest.approx(relative_speed(1.6, 3, table))

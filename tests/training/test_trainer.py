@@ -57,7 +57,9 @@ def test_targets_never_cross_from_one_response_into_the_next() -> None:
         response_ids=torch.tensor([1, 2, 3, 7, 8], dtype=torch.int32),
         lengths=torch.tensor([3, 2], dtype=torch.int32),
     )
-    assert head_targets(sequences, num_heads=2).targets.tolist() == [[2, 3], [3, IGNORE], [8, IGNORE]]
+    positions = head_targets(sequences, num_heads=2)
+    assert positions.targets.tolist() == [[2, 3], [3, IGNORE], [8, IGNORE]]
+    assert positions.response_positions == (2, 1)  # the tree search walks each response on its own
 
 
 def test_soft_targets_come_from_the_hidden_state_that_produced_each_target() -> None:

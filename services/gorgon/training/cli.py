@@ -176,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
             "output": str(args.output),
             "tree_nodes": tree["best_nodes"],
             "expected_tokens_per_step": round(tree["expected_tokens_per_step"], 3),
+            "decoded_tokens_per_step": round(tree["decoded_tokens_per_step"], 3),
             "medusa_choices": tree["medusa_choices"],
         }
         print(json.dumps(summary))  # the command's result, on stdout
@@ -187,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
         "held_out_top5": [round(head["top5"], 3) for head in report["held_out_accuracy"]],
         "tree_nodes": report["tree"]["best_nodes"],
         "expected_tokens_per_step": round(report["tree"]["expected_tokens_per_step"], 3),
+        "decoded_tokens_per_step": round(report["tree"]["decoded_tokens_per_step"], 3),
         "minutes": round(report["timings_seconds"]["total"] / 60, 1),
     }
     print(json.dumps(summary))  # the command's result, on stdout

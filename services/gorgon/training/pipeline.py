@@ -139,6 +139,7 @@ def _tree_report(settings: RunSettings, search: TreeSearch) -> dict:
         "branching_cost_ms": settings.branching_cost_ms,
         "best_nodes": search.best.nodes,
         "expected_tokens_per_step": search.best.tokens_per_step,
+        "decoded_tokens_per_step": search.best.decoded_tokens_per_step,
         "expected_relative_speed": search.best.relative_speed,
         "medusa_choices": search.best_choices,
         "curve": [asdict(point) for point in search.curve],
@@ -226,6 +227,7 @@ def evaluate_heads(
         cost_table=settings.cost_table,
         spine_only=heads.recurrent,
         branching_cost_ms=settings.branching_cost_ms,
+        response_positions=held_out.response_positions,
     )
     return head_accuracies(ranks, held_out.targets), search
 

@@ -45,13 +45,15 @@ CHECKPOINT_PREFIX = "checkpoint"  # checkpoint-<digest of the training settings 
 class Positions:
     """Training positions: hidden [N, H], the token each hidden state produced [N], and targets [N, K]
     (IGNORE past the end of a response). teacher_rows [N, K]: the row of teacher_hidden (the base model's hidden
-    states of the whole data) that produced each target, -1 where there is none."""
+    states of the whole data) that produced each target, -1 where there is none. response_positions: how many of
+    the positions, in order, belong to each response (None: one stream of positions)."""
 
     hidden: torch.Tensor
     tokens: torch.Tensor
     targets: torch.Tensor
     teacher_rows: torch.Tensor | None = None
     teacher_hidden: torch.Tensor | None = None
+    response_positions: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.hidden.shape[0])
@@ -85,6 +87,7 @@ def head_targets(sequences: Sequences, num_heads: int) -> Positions:
         targets=torch.cat(target_rows),
         teacher_rows=torch.cat(teacher_rows),
         teacher_hidden=sequences.hidden,
+        response_positions=tuple(len(rows) for rows in token_rows),
     )
 
 
