@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,6 +103,31 @@ def test_deepspeed_wrap_keeps_logits_and_stdout_clean(tiny_model, capfd) -> None
     wrapped = _wrap_with_deepspeed(tiny_model, EngineSettings(), torch.float32)
     torch.testing.assert_close(wrapped(input_ids=input_ids).logits, expected)
     assert capfd.readouterr().out == ""
+
+
+FILL_THE_CACHE_IN_A_FRESH_PROCESS = """
+import sys
+from engine_tiny import byte_tokenizer, tiny_llama
+from gorgon.engine import loader
+loader._save_dequantized(tiny_llama(), byte_tokenizer(), loader.Path(sys.argv[1]))
+"""
+
+
+def test_filling_the_dequantized_cache_keeps_stdout_clean(tmp_path) -> None:
+    """The first `gorgon bench engine --json` on a machine fills the cache; accelerate imports DeepSpeed inside
+    save_pretrained, and DeepSpeed's import logs a warning to stdout (a fresh process, so the import happens)."""
+    entry = tmp_path / "cache" / "entry"
+    result = subprocess.run(
+        [sys.executable, "-c", FILL_THE_CACHE_IN_A_FRESH_PROCESS, str(entry)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        timeout=300,
+    )
+    assert (entry / "config.json").is_file()
+    assert result.stdout == ""
 
 
 def test_dequantized_cache_is_keyed_by_file_and_dtype(tmp_path) -> None:

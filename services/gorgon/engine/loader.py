@@ -8,6 +8,7 @@ import logging
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from gorgon.engine.packed import onednn_packs
 
 log = logging.getLogger(__name__)
 
+DEEPSPEED_LOGGER = "DeepSpeed"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -155,7 +157,8 @@ def _save_dequantized(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
-        model.save_pretrained(staging)
+        with deepspeed_logs_on_stderr():  # accelerate imports DeepSpeed inside save_pretrained
+            model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         staging.rename(entry)
         log.info("saved the dequantized model to %s", entry)
@@ -175,17 +178,31 @@ def _mark_dequantized(model: PreTrainedModel) -> None:
         del model.config.quantization_config
 
 
+@contextlib.contextmanager
+def deepspeed_logs_on_stderr() -> Iterator[None]:
+    """Keep DeepSpeed's log lines off stdout, which belongs to a command's result (`gorgon bench engine --json`).
+
+    DeepSpeed logs to the stdout of the moment it is imported, and it is imported on first use: by the wrap, or by
+    accelerate inside `save_pretrained` when the dequantized cache is first filled. Inside this block its import
+    sees stderr as stdout; a logger created earlier is pointed at stderr."""
+    _point_deepspeed_logger_at_stderr()
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+    _point_deepspeed_logger_at_stderr()
+
+
+def _point_deepspeed_logger_at_stderr() -> None:
+    for handler in logging.getLogger(DEEPSPEED_LOGGER).handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.__stdout__:
+            handler.setStream(sys.stderr)
+
+
 def _wrap_with_deepspeed(
     model: PreTrainedModel, settings: EngineSettings, dtype: torch.dtype
 ) -> torch.nn.Module:
-    # DeepSpeed logs to stdout; stdout belongs to the command's result (`gorgon bench engine --json`).
-    with contextlib.redirect_stdout(sys.stderr):
+    with deepspeed_logs_on_stderr():
         import deepspeed  # noqa: PLC0415 - slow import, only when the wrap is on
-        from deepspeed.utils import logger as deepspeed_logger  # noqa: PLC0415
 
-        for handler in deepspeed_logger.handlers:
-            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.__stdout__:
-                handler.setStream(sys.stderr)
         return deepspeed.init_inference(
             model,
             dtype=dtype,
