@@ -16,6 +16,7 @@ from gorgon.core.streams import (
     CommandConnection,
     EntryRef,
     LuaScript,
+    PromptWrites,
     Publication,
     Publisher,
     RedisNames,
@@ -29,6 +30,7 @@ from gorgon.core.streams import (
     ensure_group,
     heartbeat_entries,
     live_workers,
+    open_redis,
     read_entries,
     read_progress,
     read_result,
@@ -280,3 +282,18 @@ async def test_command_connection_times_out_like_redis_py_and_opens_again(
     assert await commands.execute("PING") in (b"PONG", "PONG")
     await commands.close()
     await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "transport"),
+    [
+        ("redis://127.0.0.1:6379/0", aioredis.Connection),
+        ("rediss://127.0.0.1:6380/0?ssl_cert_reqs=required", aioredis.SSLConnection),
+        ("unix:///run/redis.sock?db=0", aioredis.UnixDomainSocketConnection),
+    ],
+)
+def test_open_redis_keeps_the_transport_the_url_names(url: str, transport: type) -> None:
+    """redis-py lets an explicit connection class override the scheme's: a rediss:// URL must still get TLS."""
+    connection_class = open_redis(url).connection_pool.connection_class
+    assert issubclass(connection_class, transport)
+    assert issubclass(connection_class, PromptWrites)

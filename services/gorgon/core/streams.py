@@ -33,8 +33,9 @@ from typing import Any, cast
 
 import hiredis
 import orjson
-from redis.asyncio import Connection, ConnectionPool
+from redis.asyncio import Connection, ConnectionPool, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -915,8 +916,9 @@ class WaitingConnectionPool(ConnectionPool):
             self._slots.release()
 
 
-class PromptWriteConnection(Connection):
-    """A connection that packs commands in C and writes them at once when the socket's buffer is empty.
+class PromptWrites:
+    """Mixed into a redis-py asyncio connection class: it packs commands in C and writes them at once when the
+    socket's buffer is empty.
 
     With a socket timeout set (redis-py's default is 5 s), redis-py wraps every write in `asyncio.wait_for`, which
     on Python 3.11 runs it in a task of its own: the command leaves one loop iteration later, and the caller
@@ -961,10 +963,32 @@ class PromptWriteConnection(Connection):
             raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
 
 
+class PromptWriteConnection(PromptWrites, Connection):
+    """TCP (redis://)."""
+
+
+class PromptWriteSSLConnection(PromptWrites, SSLConnection):
+    """TLS (rediss://)."""
+
+
+class PromptWriteUnixConnection(PromptWrites, UnixDomainSocketConnection):
+    """A Unix socket (unix://)."""
+
+
+PROMPT_WRITE_CONNECTIONS: dict[type, type] = {
+    Connection: PromptWriteConnection,
+    SSLConnection: PromptWriteSSLConnection,
+    UnixDomainSocketConnection: PromptWriteUnixConnection,
+}
+
+
 def open_redis(url: str | None, max_connections: int = 64) -> AsyncRedis:
     """An asyncio client whose pool makes callers wait for a free connection instead of failing, and whose
-    connections write commands without a detour through a task (`PromptWriteConnection`)."""
+    connections write commands without a detour through a task (`PromptWrites`), over the transport the URL's
+    scheme names (redis-py's own parsing decides it: an explicit connection class overrides the scheme's)."""
+    url = require_redis_url(url)
+    transport = parse_url(url).get("connection_class", Connection)
     pool = WaitingConnectionPool.from_url(
-        require_redis_url(url), max_connections=max_connections, connection_class=PromptWriteConnection
+        url, max_connections=max_connections, connection_class=PROMPT_WRITE_CONNECTIONS[transport]
     )
     return AsyncRedis(connection_pool=pool)
