@@ -122,7 +122,6 @@ def test_filling_the_dequantized_cache_keeps_stdout_clean(tmp_path) -> None:
         capture_output=True,
         text=True,
         check=True,
-        cwd=Path(__file__).parent,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
         timeout=300,
     )

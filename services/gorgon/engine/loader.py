@@ -183,18 +183,13 @@ def deepspeed_logs_on_stderr() -> Iterator[None]:
     """Keep DeepSpeed's log lines off stdout, which belongs to a command's result (`gorgon bench engine --json`).
 
     DeepSpeed logs to the stdout of the moment it is imported, and it is imported on first use: by the wrap, or by
-    accelerate inside `save_pretrained` when the dequantized cache is first filled. Inside this block its import
-    sees stderr as stdout; a logger created earlier is pointed at stderr."""
-    _point_deepspeed_logger_at_stderr()
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
-    _point_deepspeed_logger_at_stderr()
-
-
-def _point_deepspeed_logger_at_stderr() -> None:
+    accelerate inside `save_pretrained` when the dequantized cache is first filled. An import inside this block
+    sees stderr as stdout; a logger created by an earlier import is pointed at stderr."""
     for handler in logging.getLogger(DEEPSPEED_LOGGER).handlers:
         if isinstance(handler, logging.StreamHandler) and handler.stream is sys.__stdout__:
             handler.setStream(sys.stderr)
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def _wrap_with_deepspeed(
