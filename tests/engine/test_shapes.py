@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from gorgon.engine.shapes import (
     ACCEPTANCE_SAMPLES,
-    MIN_SAMPLES,
+    COST_SAMPLES,
     REEXPLORE_EVERY,
+    REFRESH_SAMPLES,
     ShapeSelector,
     batch_bucket,
 )
@@ -44,8 +45,9 @@ def _run(selector: ShapeSelector, batch: int, steps: int) -> list[str]:
     return chosen
 
 
-EXPLORATION = 1 + MIN_SAMPLES + 2 * max(1 + MIN_SAMPLES, ACCEPTANCE_SAMPLES)
-"""Steps before every shape is judged: plain's warm-up and timed steps, then each speculative shape's."""
+EXPLORATION = 2 + 2 * (2 + 2 * COST_SAMPLES + ACCEPTANCE_SAMPLES)
+"""Steps by which every shape is judged (at most): plain's warm-up and first timed step, then for each speculative
+shape its warm-up, its cost ratios (alternating with plain steps) and the rest of its acceptance samples."""
 
 
 def test_explores_every_shape_then_picks_the_fastest() -> None:
@@ -168,3 +170,50 @@ def test_a_shape_far_slower_than_the_best_is_not_remeasured() -> None:
         chosen.append(shape.name)
         selector.record(shape, 16, seconds[shape.name], [2] * 16 if shape.num_nodes > 1 else [])
     assert "chain_3" not in chosen[EXPLORATION:]
+
+
+def test_a_burst_of_slow_steps_while_plain_is_measured_does_not_keep_a_losing_chain() -> None:
+    """Costs are ratios of adjacent steps. Measured here (SmolLM2 bf16, a shared Zen 4 VM): at batch 4 a 4-deep
+    chain costs 2.0 plain steps (58 against 29 ms) for 1.6 tokens. Another process slowing the first steps at
+    batch 4 by 1.6x made plain look slower than the chain; compared as absolute times, the selector kept the chain
+    until plain was re-measured often enough to move its median."""
+    selector = ShapeSelector(
+        [build_tree_buffers((), name="plain"), build_tree_buffers(chain(4), name="chain_4")]
+    )
+    seconds = {("plain", 1): 0.0358, ("chain_4", 1): 0.0376, ("plain", 4): 0.0293, ("chain_4", 4): 0.0583}
+    tokens = {1: 1.58, 4: 1.61}
+
+    def run(batch: int, steps: int, slow_steps: int = 0) -> list[str]:
+        chosen = []
+        for step in range(steps):
+            shape = selector.choose(batch, speculative_rows=batch)
+            chosen.append(shape.name)
+            slowdown = 1.6 if step < slow_steps else 1.0
+            gained = [tokens[batch]] * batch if shape.num_nodes > 1 else []
+            selector.record(shape, batch, seconds[(shape.name, batch)] * slowdown, gained)
+        return chosen
+
+    run(1, EXPLORATION)
+    assert selector.choose(1, speculative_rows=1).name == "chain_4"
+    at_batch_4 = run(4, REEXPLORE_EVERY - 1, slow_steps=4)
+    assert set(at_batch_4[EXPLORATION:]) == {"plain"}
+
+
+def test_a_remeasurement_takes_fresh_cost_ratios_next_to_plain_steps() -> None:
+    """A chain chosen at batch 1 keeps its cost up to date: when its steps grow dearer (a longer context, a
+    heavier load on the cores its verification needs), the next re-measurements put plain decoding back."""
+    selector = ShapeSelector(
+        [build_tree_buffers((), name="plain"), build_tree_buffers(chain(4), name="chain_4")]
+    )
+    seconds = {"plain": 0.036, "chain_4": 0.038}
+    chosen = []
+    for step in range(EXPLORATION + 3 * REEXPLORE_EVERY):
+        if step == EXPLORATION:
+            seconds["chain_4"] = 0.072  # now 2 plain steps for 1.6 tokens
+        shape = selector.choose(1, speculative_rows=1)
+        chosen.append(shape.name)
+        selector.record(shape, 1, seconds[shape.name], [1.6] if shape.num_nodes > 1 else [])
+    assert chosen[EXPLORATION] == "chain_4"
+    last_steps = chosen[-REEXPLORE_EVERY // 2 :]
+    assert last_steps.count("chain_4") <= REFRESH_SAMPLES  # a re-measurement's own steps
+    assert last_steps[-1] == "plain"

@@ -2,10 +2,16 @@
 
 A tree step verifies more drafted tokens but costs more per forward, and the extra cost grows with the batch.
 The selector keeps, per shape, the mean tokens each row gains per step (acceptance, measured on speculative
-rows) and, per shape and batch-size bucket, the mean step time; it picks the shape with the most tokens per
-second. Shapes it has not measured at a bucket are tried first (unless a smaller bucket's measurements predict
-a loss: see `predicted_to_lose`), and every shape is re-measured now and then, so
-a shape that became worthwhile (trained heads, smaller batch) gets picked again.
+rows) and, per speculative shape and batch-size bucket, its cost in plain steps: the median ratio of its step
+time to a plain step's, each ratio taken from two adjacent steps. It picks the shape with the most tokens per
+plain step's time. Shapes it has not measured at a bucket are measured first, alternating with plain steps
+(unless a smaller bucket's measurements predict a loss: see `predicted_to_lose`), and every shape's cost is
+re-measured now and then, so a shape that became worthwhile (trained heads, smaller batch) gets picked again.
+
+Costs are ratios of adjacent steps because this machine's speed drifts: a shared VM ran the same plain step at
+29 to 45 ms over the minutes of one bench (medians of 200 steps, 2026-12-04). Absolute step times measured
+minutes apart compared the drift, not the shapes: at batch 4 the selector kept a 4-deep chain that cost 2.0
+plain steps for 1.6 tokens on 69 % of its steps, and Medusa ran at 0.86x plain.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from gorgon.engine.tree import TreeBuffers
 
 ACCEPTANCE_WINDOW = 64  # speculative steps per shape whose mean gain is the shape's acceptance
 TIMING_WINDOW = 9  # step times per (shape, bucket) whose median is the shape's step time
-MIN_SAMPLES = 3  # timed steps of a shape at a bucket before it is judged (after its warm-up step)
+COST_WINDOW = 9  # cost ratios per (shape, bucket) whose median is the shape's cost in plain steps
+COST_SAMPLES = 6  # cost ratios of a shape at a bucket before it is judged (its warm-up step is not timed)
+REFRESH_SAMPLES = 4  # fresh cost ratios a re-measurement takes
 ACCEPTANCE_SAMPLES = 16  # speculative steps of a shape (any bucket) before its acceptance is judged
-REEXPLORE_EVERY = 200  # steps at one bucket between re-measurements of the shapes not chosen
+REEXPLORE_EVERY = 200  # steps at one bucket between re-measurements
+SPECULATION_MARGIN = 1.03  # a speculative shape must beat plain's rate by this factor to be chosen
 REMEASURE_WITHIN = (
     0.75  # shapes known to run below this fraction of the best shape's rate are not re-measured
 )
@@ -70,6 +79,13 @@ class RunningMedian:
 
 
 @dataclass(slots=True)
+class TimedStep:
+    shape: str
+    bucket: int
+    seconds: float
+
+
+@dataclass(slots=True)
 class ShapeSelector:
     """shapes[0] must be the plain one-node tree; the others are tried in the given order."""
 
@@ -77,10 +93,15 @@ class ShapeSelector:
     step_seconds: dict[tuple[str, int], RunningMedian] = field(
         default_factory=lambda: defaultdict(RunningMedian)
     )
+    cost_in_plain_steps: dict[tuple[str, int], RunningMedian] = field(
+        default_factory=lambda: defaultdict(lambda: RunningMedian(deque(maxlen=COST_WINDOW)))
+    )
     tokens_per_row: dict[str, WindowMean] = field(default_factory=lambda: defaultdict(WindowMean))
     steps_at_bucket: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     warmed_up: set[tuple[str, int]] = field(default_factory=set)
     steps_by_shape: Counter[str] = field(default_factory=Counter)  # every recorded step, by shape name
+    refreshing: Counter[tuple[str, int]] = field(default_factory=Counter)  # fresh cost ratios still wanted
+    previous: TimedStep | None = None  # the last recorded step, if it was timed
 
     def __post_init__(self) -> None:
         if not self.shapes or self.shapes[0].num_nodes != 1:
@@ -94,21 +115,34 @@ class ShapeSelector:
         if speculative_rows == 0 or len(self.shapes) == 1:
             return self.plain
         bucket = batch_bucket(batch_size)
-        step = self.steps_at_bucket[bucket]
-        candidates = [shape for shape in self.shapes if not self.predicted_to_lose(shape, bucket)]
+        candidates = [shape for shape in self.shapes[1:] if not self.predicted_to_lose(shape, bucket)]
         for shape in candidates:
-            if self.needs_samples(shape, bucket):
+            if self.needs_cost_samples(shape, bucket):
+                return shape if self.previous_was_plain(bucket) else self.plain
+            if self.tokens_per_row[shape.name].samples < ACCEPTANCE_SAMPLES:
                 return shape
-        best = max(candidates, key=lambda shape: self.expected_rate(shape, bucket))
-        if step > 0 and step % REEXPLORE_EVERY == 0:
-            others = [
-                shape
-                for shape in self.shapes
-                if shape is not best and self.worth_remeasuring(shape, best, bucket)
-            ]
-            if others:
-                return others[(step // REEXPLORE_EVERY) % len(others)]
-        return best
+        return self.best(candidates, bucket)
+
+    def best(self, candidates: Sequence[TreeBuffers], bucket: int) -> TreeBuffers:
+        """The measured shape with the most tokens per second; plain unless a shape beats it by the margin."""
+        rates = {shape.name: self.relative_rate(shape, bucket) or 0.0 for shape in candidates}
+        fastest = max(candidates, key=lambda shape: rates[shape.name], default=self.plain)
+        if fastest is self.plain or rates[fastest.name] < SPECULATION_MARGIN:
+            return self.plain
+        return fastest
+
+    def previous_was_plain(self, bucket: int) -> bool:
+        previous = self.previous
+        return previous is not None and previous.shape == self.plain.name and previous.bucket == bucket
+
+    def needs_cost_samples(self, shape: TreeBuffers, bucket: int) -> bool:
+        """Too few cost ratios at this bucket, or a re-measurement under way."""
+        return not self.measured(shape, bucket) or self.refreshing[(shape.name, bucket)] > 0
+
+    def measured(self, shape: TreeBuffers, bucket: int) -> bool:
+        if shape.num_nodes == 1:
+            return True
+        return self.cost_in_plain_steps[(shape.name, bucket)].samples >= COST_SAMPLES
 
     def worth_remeasuring(self, shape: TreeBuffers, best: TreeBuffers, bucket: int) -> bool:
         """Re-measure a shape now and then unless it is known (measured or predicted) to be far slower than the
@@ -118,16 +152,6 @@ class ShapeSelector:
         if rate is None or best_rate is None:
             return bucket == 1
         return rate >= REMEASURE_WITHIN * best_rate
-
-    def needs_samples(self, shape: TreeBuffers, bucket: int) -> bool:
-        """Too few timed steps at this bucket, or (speculative shapes) too few steps to judge acceptance,
-        which varies from step to step far more than step time does."""
-        if not self.measured(shape, bucket):
-            return True
-        return shape.num_nodes > 1 and self.tokens_per_row[shape.name].samples < ACCEPTANCE_SAMPLES
-
-    def measured(self, shape: TreeBuffers, bucket: int) -> bool:
-        return self.step_seconds[(shape.name, bucket)].samples >= MIN_SAMPLES
 
     def predicted_to_lose(self, shape: TreeBuffers, bucket: int) -> bool:
         """Whether `shape`, not yet measured at this bucket, is predicted slower than plain here. Past batch 1 a
@@ -141,32 +165,23 @@ class ShapeSelector:
 
     def relative_rate(self, shape: TreeBuffers, bucket: int) -> float | None:
         """Tokens per second of `shape` over plain's at this bucket: measured here, else predicted from the
-        largest smaller bucket where both were measured, else None. Verifying a tree costs rows: past a few rows
+        largest smaller bucket where it was measured, else None. Verifying a tree costs rows: past a few rows
         the products are compute-bound, so its extra cost over a plain step grows in proportion to the batch
         while the plain step grows far less. The prediction scales the measured extra cost by that ratio (a
         pessimistic guess for the tree), so a shape that only just won at batch b is not explored at 4b, where
         one exploration costs several plain steps."""
         if shape.num_nodes == 1:
             return 1.0
-        if self.measured(shape, bucket) and self.measured(self.plain, bucket):
-            return self.expected_rate(shape, bucket) / self.expected_rate(self.plain, bucket)
+        gained = self.tokens_per_row[shape.name].value
+        if self.measured(shape, bucket):
+            return gained / self.cost_in_plain_steps[(shape.name, bucket)].value
         smaller = bucket // 2
         while smaller >= 1:
-            if self.measured(shape, smaller) and self.measured(self.plain, smaller):
-                extra = (
-                    self.step_seconds[(shape.name, smaller)].value
-                    / self.step_seconds[(self.plain.name, smaller)].value
-                    - 1.0
-                )
-                return self.tokens_per_row[shape.name].value / (1.0 + max(extra, 0.0) * bucket / smaller)
+            if self.measured(shape, smaller):
+                extra = self.cost_in_plain_steps[(shape.name, smaller)].value - 1.0
+                return gained / (1.0 + max(extra, 0.0) * bucket / smaller)
             smaller //= 2
         return None
-
-    def expected_rate(self, shape: TreeBuffers, bucket: int) -> float:
-        """Tokens per row per second expected from `shape` at this batch bucket."""
-        seconds = self.step_seconds[(shape.name, bucket)].value
-        gained = 1.0 if shape.num_nodes == 1 else self.tokens_per_row[shape.name].value
-        return gained / seconds if seconds > 0 else 0.0
 
     def record(
         self, shape: TreeBuffers, batch_size: int, seconds: float, speculative_tokens: Sequence[int]
@@ -176,9 +191,40 @@ class ShapeSelector:
         bucket = batch_bucket(batch_size)
         self.steps_at_bucket[bucket] += 1
         self.steps_by_shape[shape.name] += 1
-        key = (shape.name, bucket)
-        if key in self.warmed_up:
-            self.step_seconds[key].add(seconds)
-        self.warmed_up.add(key)
         if shape.num_nodes > 1 and speculative_tokens:
             self.tokens_per_row[shape.name].add(sum(speculative_tokens) / len(speculative_tokens))
+        key = (shape.name, bucket)
+        step = TimedStep(shape.name, bucket, seconds) if key in self.warmed_up else None
+        self.warmed_up.add(key)
+        if step is not None:
+            self.step_seconds[key].add(seconds)
+            self._add_cost_ratio(step)
+        self.previous = step
+        if self.steps_at_bucket[bucket] % REEXPLORE_EVERY == 0:
+            self._start_remeasurement(bucket)
+
+    def _add_cost_ratio(self, step: TimedStep) -> None:
+        """A speculative step next to a plain one at the same bucket gives one ratio of their times."""
+        previous, plain = self.previous, self.plain.name
+        if (
+            previous is None
+            or previous.bucket != step.bucket
+            or (previous.shape == plain) == (step.shape == plain)
+        ):
+            return
+        speculative, plain_step = (step, previous) if previous.shape == plain else (previous, step)
+        if plain_step.seconds <= 0:
+            return
+        key = (speculative.shape, step.bucket)
+        self.cost_in_plain_steps[key].add(speculative.seconds / plain_step.seconds)
+        if self.refreshing[key] > 0:
+            self.refreshing[key] -= 1
+
+    def _start_remeasurement(self, bucket: int) -> None:
+        """Every REEXPLORE_EVERY steps at a bucket, the chosen shape (if speculative) and the shapes close to it
+        take fresh cost ratios next to plain steps: a cost changes with the context and the batch's rows."""
+        measured = [shape for shape in self.shapes[1:] if self.measured(shape, bucket)]
+        best = self.best(measured, bucket)
+        for shape in measured:
+            if shape is best or self.worth_remeasuring(shape, best, bucket):
+                self.refreshing[(shape.name, bucket)] = REFRESH_SAMPLES
