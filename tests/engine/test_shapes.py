@@ -66,6 +66,23 @@ def test_the_first_step_of_a_shape_is_not_timed() -> None:
     assert selector.step_seconds[("plain", 1)].samples == 1
 
 
+def test_a_cost_is_the_ratio_of_adjacent_speculative_and_plain_steps() -> None:
+    selector = _selector()
+    plain, chain_3 = selector.shapes[:2]
+    for shape in (plain, chain_3):  # warm-ups: not timed
+        selector.record(shape, 1, 1.0, [2] if shape is chain_3 else [])
+    selector.record(plain, 1, 0.040, [])
+    selector.record(chain_3, 1, 0.050, [2])  # next to plain: 1.25
+    selector.record(chain_3, 1, 0.060, [2])  # next to chain_3: no ratio
+    selector.record(plain, 1, 0.040, [])  # next to chain_3: 1.5
+    selector.record(chain_3, 3, 0.200, [2, 2, 2])  # warm-up at bucket 4
+    selector.record(chain_3, 4, 0.200, [2, 2, 2, 2])  # next to chain_3 at bucket 4: no ratio
+    selector.record(plain, 1, 0.040, [])  # next to a bucket-4 step: no ratio
+    assert list(selector.cost_in_plain_steps[("chain_3", 1)].recent) == [1.25, 1.5]
+    assert not selector.cost_in_plain_steps[("chain_3", 4)].recent
+    assert not selector.cost_in_plain_steps[("tree", 1)].recent
+
+
 def test_large_batches_fall_back_to_plain() -> None:
     selector = _selector()
     _run(selector, batch=1, steps=EXPLORATION)

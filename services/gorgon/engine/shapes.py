@@ -11,7 +11,7 @@ re-measured now and then, so a shape that became worthwhile (trained heads, smal
 Costs are ratios of adjacent steps because this machine's speed drifts: a shared VM ran the same plain step at
 29 to 45 ms over the minutes of one bench (medians of 200 steps, 2026-12-04). Absolute step times measured
 minutes apart compared the drift, not the shapes: at batch 4 the selector kept a 4-deep chain that cost 2.0
-plain steps for 1.6 tokens on 69 % of its steps, and Medusa ran at 0.86x plain.
+plain steps for 1.6 tokens on 69 % of batch-4 steps, and Medusa ran at 0.86x plain there.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from gorgon.engine.tree import TreeBuffers
 
 ACCEPTANCE_WINDOW = 64  # speculative steps per shape whose mean gain is the shape's acceptance
-TIMING_WINDOW = 9  # step times per (shape, bucket) whose median is the shape's step time
+TIMING_WINDOW = 9  # step times per (shape, bucket) whose median is its step time (reported, not compared)
 COST_WINDOW = 9  # cost ratios per (shape, bucket) whose median is the shape's cost in plain steps
 COST_SAMPLES = 6  # cost ratios of a shape at a bucket before it is judged (its warm-up step is not timed)
 REFRESH_SAMPLES = 4  # fresh cost ratios a re-measurement takes
@@ -80,6 +80,8 @@ class RunningMedian:
 
 @dataclass(slots=True)
 class TimedStep:
+    """A recorded step that was timed (not a shape's warm-up at its bucket)."""
+
     shape: str
     bucket: int
     seconds: float
