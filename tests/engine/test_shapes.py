@@ -234,3 +234,21 @@ def test_a_remeasurement_takes_fresh_cost_ratios_next_to_plain_steps() -> None:
     last_steps = chosen[-REEXPLORE_EVERY // 2 :]
     assert last_steps.count("chain_4") <= REFRESH_SAMPLES  # a re-measurement's own steps
     assert last_steps[-1] == "plain"
+
+
+def test_a_chain_judged_on_hard_text_is_judged_again_when_plain_decoding_runs() -> None:
+    """Acceptance varies with the text. Explored on a hard opening (1.05 tokens per step at 1.12 plain steps'
+    cost), the chain loses to plain; the text that follows would give it 1.8 tokens per step. A re-measurement at
+    batch 1 judges its acceptance again on the text decoded now, so the chain comes back."""
+    selector = ShapeSelector(
+        [build_tree_buffers((), name="plain"), build_tree_buffers(chain(4), name="chain_4")]
+    )
+    seconds = {"plain": 0.030, "chain_4": 0.0336}
+    chosen = []
+    for step in range(2 * REEXPLORE_EVERY):
+        shape = selector.choose(1, speculative_rows=1)
+        chosen.append(shape.name)
+        gained = 1.05 if step < EXPLORATION else 1.8
+        selector.record(shape, 1, seconds[shape.name], [gained] if shape.num_nodes > 1 else [])
+    assert chosen[EXPLORATION:REEXPLORE_EVERY].count("chain_4") == 0  # judged on the hard opening
+    assert set(chosen[-REEXPLORE_EVERY // 2 :]) == {"chain_4"}

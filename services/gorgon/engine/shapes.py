@@ -31,6 +31,7 @@ REFRESH_SAMPLES = 4  # fresh cost ratios a re-measurement takes
 ACCEPTANCE_SAMPLES = 16  # speculative steps of a shape (any bucket) before its acceptance is judged
 REEXPLORE_EVERY = 200  # steps at one bucket between re-measurements
 SPECULATION_MARGIN = 1.03  # a speculative shape must beat plain's rate by this factor to be chosen
+RECHECK_WITHIN = 0.9  # plain chosen at batch 1: shapes at least this fraction of its rate are judged afresh
 REMEASURE_WITHIN = (
     0.75  # shapes known to run below this fraction of the best shape's rate are not re-measured
 )
@@ -103,6 +104,9 @@ class ShapeSelector:
     warmed_up: set[tuple[str, int]] = field(default_factory=set)
     steps_by_shape: Counter[str] = field(default_factory=Counter)  # every recorded step, by shape name
     refreshing: Counter[tuple[str, int]] = field(default_factory=Counter)  # fresh cost ratios still wanted
+    rechecking: Counter[str] = field(
+        default_factory=Counter
+    )  # fresh acceptance samples still wanted at batch 1
     previous: TimedStep | None = None  # the last recorded step, if it was timed
 
     def __post_init__(self) -> None:
@@ -122,6 +126,8 @@ class ShapeSelector:
             if self.needs_cost_samples(shape, bucket):
                 return shape if self.previous_was_plain(bucket) else self.plain
             if self.tokens_per_row[shape.name].samples < ACCEPTANCE_SAMPLES:
+                return shape
+            if bucket == 1 and self.rechecking[shape.name] > 0:
                 return shape
         return self.best(candidates, bucket)
 
@@ -185,6 +191,13 @@ class ShapeSelector:
             smaller //= 2
         return None
 
+    def close_to_plain(self, shape: TreeBuffers) -> bool:
+        """Whether `shape` runs at batch 1 within RECHECK_WITHIN of plain's rate: close enough that its acceptance on
+        other text could make it win. (A shape far behind, say a chain costing 2 plain steps for 1.6 tokens, is
+        not run for ACCEPTANCE_SAMPLES steps at every re-measurement.)"""
+        rate = self.relative_rate(shape, 1)
+        return rate is not None and rate >= RECHECK_WITHIN
+
     def record(
         self, shape: TreeBuffers, batch_size: int, seconds: float, speculative_tokens: Sequence[int]
     ) -> None:
@@ -195,6 +208,8 @@ class ShapeSelector:
         self.steps_by_shape[shape.name] += 1
         if shape.num_nodes > 1 and speculative_tokens:
             self.tokens_per_row[shape.name].add(sum(speculative_tokens) / len(speculative_tokens))
+            if self.rechecking[shape.name] > 0:
+                self.rechecking[shape.name] -= 1
         key = (shape.name, bucket)
         step = TimedStep(shape.name, bucket, seconds) if key in self.warmed_up else None
         self.warmed_up.add(key)
@@ -224,9 +239,18 @@ class ShapeSelector:
 
     def _start_remeasurement(self, bucket: int) -> None:
         """Every REEXPLORE_EVERY steps at a bucket, the chosen shape (if speculative) and the shapes close to it
-        take fresh cost ratios next to plain steps: a cost changes with the context and the batch's rows."""
+        take fresh cost ratios next to plain steps: a cost changes with the context and the batch's rows.
+
+        When plain decoding is chosen at batch 1, the shapes close to it have their acceptance judged afresh too
+        (ACCEPTANCE_SAMPLES steps on the text decoded now): acceptance varies with the text, and a shape that is
+        not run keeps the estimate of the text it last ran on. Judged on a hard opening, a chain stayed off while
+        easier text followed (docs/engine.md, "Shape per step").
+        """
         measured = [shape for shape in self.shapes[1:] if self.measured(shape, bucket)]
         best = self.best(measured, bucket)
         for shape in measured:
             if shape is best or self.worth_remeasuring(shape, best, bucket):
                 self.refreshing[(shape.name, bucket)] = REFRESH_SAMPLES
+                if best is self.plain and bucket == 1 and self.close_to_plain(shape):
+                    self.tokens_per_row[shape.name].recent.clear()
+                    self.rechecking[shape.name] = ACCEPTANCE_SAMPLES
