@@ -252,3 +252,33 @@ def test_a_chain_judged_on_hard_text_is_judged_again_when_plain_decoding_runs() 
         selector.record(shape, 1, seconds[shape.name], [gained] if shape.num_nodes > 1 else [])
     assert chosen[EXPLORATION:REEXPLORE_EVERY].count("chain_4") == 0  # judged on the hard opening
     assert set(chosen[-REEXPLORE_EVERY // 2 :]) == {"chain_4"}
+
+
+def test_judging_acceptance_afresh_runs_the_shape_at_batch_1_only() -> None:
+    """Re-judging runs a shape for ACCEPTANCE_SAMPLES steps. At batch 4, where the chain costs 2 plain steps, those
+    steps would be a loss, so a batch that grows meanwhile decodes plain."""
+    selector = ShapeSelector(
+        [build_tree_buffers((), name="plain"), build_tree_buffers(chain(4), name="chain_4")]
+    )
+    seconds = {("plain", 1): 0.030, ("chain_4", 1): 0.0336, ("plain", 2): 0.030, ("chain_4", 2): 0.040}
+    seconds |= {("plain", 4): 0.030, ("chain_4", 4): 0.060}
+    gained = {"tokens": 1.8}
+
+    def run(batch: int, steps: int) -> list[str]:
+        chosen = []
+        for _ in range(steps):
+            shape = selector.choose(batch, speculative_rows=batch)
+            chosen.append(shape.name)
+            tokens = [gained["tokens"]] * batch if shape.num_nodes > 1 else []
+            selector.record(shape, batch, seconds[(shape.name, batch)], tokens)
+        return chosen
+
+    for batch in (1, 2, 4):  # easy text: the chain is measured at every bucket
+        run(batch, EXPLORATION)
+    chain_4 = selector.shapes[1]
+    assert selector.measured(chain_4, 4) and selector.choose(4, speculative_rows=4).name == "plain"
+    gained["tokens"] = 1.05  # hard text: the chain falls behind plain at batch 1 too
+    run(1, REEXPLORE_EVERY - selector.steps_at_bucket[1])  # the re-measurement at batch 1 starts re-judging
+    assert selector.rechecking["chain_4"] == ACCEPTANCE_SAMPLES
+    assert set(run(4, ACCEPTANCE_SAMPLES)) == {"plain"}
+    assert run(1, 2 * COST_SAMPLES + ACCEPTANCE_SAMPLES).count("chain_4") >= ACCEPTANCE_SAMPLES
