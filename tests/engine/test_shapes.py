@@ -279,6 +279,6 @@ def test_judging_acceptance_afresh_runs_the_shape_at_batch_1_only() -> None:
     assert selector.measured(chain_4, 4) and selector.choose(4, speculative_rows=4).name == "plain"
     gained["tokens"] = 1.05  # hard text: the chain falls behind plain at batch 1 too
     run(1, REEXPLORE_EVERY - selector.steps_at_bucket[1])  # the re-measurement at batch 1 starts re-judging
-    assert selector.rechecking["chain_4"] == ACCEPTANCE_SAMPLES
+    assert not selector.tokens_per_row["chain_4"].recent  # its acceptance is to be judged afresh
     assert set(run(4, ACCEPTANCE_SAMPLES)) == {"plain"}
     assert run(1, 2 * COST_SAMPLES + ACCEPTANCE_SAMPLES).count("chain_4") >= ACCEPTANCE_SAMPLES

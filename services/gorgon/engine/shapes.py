@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from gorgon.engine.tree import TreeBuffers
 
 ACCEPTANCE_WINDOW = 64  # speculative steps per shape whose mean gain is the shape's acceptance
-TIMING_WINDOW = 9  # step times per (shape, bucket) whose median is its step time (reported, not compared)
+TIMING_WINDOW = (
+    9  # step times per (shape, bucket) whose median is its step time (kept to inspect, not compared)
+)
 COST_WINDOW = 9  # cost ratios per (shape, bucket) whose median is the shape's cost in plain steps
 COST_SAMPLES = 6  # cost ratios of a shape at a bucket before it is judged (its warm-up step is not timed)
 REFRESH_SAMPLES = 4  # fresh cost ratios a re-measurement takes
@@ -104,9 +106,6 @@ class ShapeSelector:
     warmed_up: set[tuple[str, int]] = field(default_factory=set)
     steps_by_shape: Counter[str] = field(default_factory=Counter)  # every recorded step, by shape name
     refreshing: Counter[tuple[str, int]] = field(default_factory=Counter)  # fresh cost ratios still wanted
-    rechecking: Counter[str] = field(
-        default_factory=Counter
-    )  # fresh acceptance samples still wanted at batch 1
     previous: TimedStep | None = None  # the last recorded step, if it was timed
 
     def __post_init__(self) -> None:
@@ -125,9 +124,7 @@ class ShapeSelector:
         for shape in candidates:
             if self.needs_cost_samples(shape, bucket):
                 return shape if self.previous_was_plain(bucket) else self.plain
-            if self.tokens_per_row[shape.name].samples < ACCEPTANCE_SAMPLES:
-                return shape
-            if bucket == 1 and self.rechecking[shape.name] > 0:
+            if self.needs_acceptance_samples(shape, bucket):
                 return shape
         return self.best(candidates, bucket)
 
@@ -146,6 +143,14 @@ class ShapeSelector:
     def needs_cost_samples(self, shape: TreeBuffers, bucket: int) -> bool:
         """Too few cost ratios at this bucket, or a re-measurement under way."""
         return not self.measured(shape, bucket) or self.refreshing[(shape.name, bucket)] > 0
+
+    def needs_acceptance_samples(self, shape: TreeBuffers, bucket: int) -> bool:
+        """Fewer than ACCEPTANCE_SAMPLES steps judge the shape's acceptance: at any bucket before it was first
+        judged, and at batch 1 only after a re-measurement emptied its window (see `_start_remeasurement`)."""
+        window = self.tokens_per_row[shape.name]
+        return len(window.recent) < ACCEPTANCE_SAMPLES and (
+            bucket == 1 or window.samples < ACCEPTANCE_SAMPLES
+        )
 
     def measured(self, shape: TreeBuffers, bucket: int) -> bool:
         if shape.num_nodes == 1:
@@ -208,8 +213,6 @@ class ShapeSelector:
         self.steps_by_shape[shape.name] += 1
         if shape.num_nodes > 1 and speculative_tokens:
             self.tokens_per_row[shape.name].add(sum(speculative_tokens) / len(speculative_tokens))
-            if self.rechecking[shape.name] > 0:
-                self.rechecking[shape.name] -= 1
         key = (shape.name, bucket)
         step = TimedStep(shape.name, bucket, seconds) if key in self.warmed_up else None
         self.warmed_up.add(key)
@@ -253,4 +256,3 @@ class ShapeSelector:
                 self.refreshing[(shape.name, bucket)] = REFRESH_SAMPLES
                 if best is self.plain and bucket == 1 and self.close_to_plain(shape):
                     self.tokens_per_row[shape.name].recent.clear()
-                    self.rechecking[shape.name] = ACCEPTANCE_SAMPLES
