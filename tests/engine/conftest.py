@@ -37,13 +37,19 @@ def make_engine(
     empty_heads_dir = tmp_path_factory.mktemp("no-shipped-files")
 
     def build(
-        heads: MedusaHeads | None = None, *, cycle_shapes: bool = False, **settings: object
+        heads: MedusaHeads | None = None,
+        *,
+        cycle_shapes: bool = False,
+        model: LlamaForCausalLM | None = None,
+        **settings: object,
     ) -> MedusaEngine:
-        """`cycle_shapes`: run every shape in turn (CyclingSelector) instead of the timing-based choice."""
+        """`cycle_shapes`: run every shape in turn (CyclingSelector) instead of the timing-based choice;
+        `model`: another tiny model than `tiny_model`."""
         settings.setdefault("heads_path", empty_heads_dir)
+        model = model or tiny_model
         loaded = LoadedModel(
-            model=tiny_model,
-            forward=tiny_model,
+            model=model,
+            forward=model,
             tokenizer=tokenizer,
             name="tiny-llama",
             device=torch.device("cpu"),

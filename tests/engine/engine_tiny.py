@@ -41,14 +41,14 @@ def _random_llama(seed: int, **geometry: object) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval().requires_grad_(False)
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+def tiny_llama(seed: int = 0, *, initializer_range: float = 0.3) -> LlamaForCausalLM:
     model = _random_llama(
         seed,
         hidden_size=64,
         intermediate_size=128,
         num_attention_heads=4,
         num_key_value_heads=2,
-        initializer_range=0.3,
+        initializer_range=initializer_range,
         eos_token_id=EOS_ID,
         bos_token_id=None,
         pad_token_id=None,
@@ -57,6 +57,13 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     model.generation_config.eos_token_id = EOS_ID
     model.generation_config.pad_token_id = EOS_ID
     return model
+
+
+def looping_llama(seed: int = 0) -> LlamaForCausalLM:
+    """tiny_llama's geometry with smaller weights: its greedy output falls into loops within a few tokens
+    (a token repeated, or a short cycle such as 15 173 63 15 173 63), as small models' greedy text repeats
+    itself; context lookup drafts predict such text."""
+    return tiny_llama(seed, initializer_range=0.05)
 
 
 def smollm2_shaped_llama(dtype: torch.dtype, seed: int = 3) -> LlamaForCausalLM:

@@ -15,6 +15,7 @@ from gorgon.engine.decode import RowSampling
 from gorgon.engine.detok import IncrementalDetokenizer, StopSequenceFilter
 from gorgon.engine.interface import GenerationRequest
 from gorgon.engine.kv import RowKVCache
+from gorgon.engine.lookup import ContextLookup
 
 CAPACITY_ROUNDING = 64
 
@@ -37,6 +38,9 @@ class ActiveRequest:
     detokenizer: IncrementalDetokenizer
     stop_filter: StopSequenceFilter
     generated: list[int] = field(default_factory=list)
+    lookup: ContextLookup | None = (
+        None  # prompt + generated tokens, for context lookup drafts (engine/lookup.py)
+    )
     drafted_tokens: int = 0
     accepted_tokens: int = 0
 
@@ -88,6 +92,9 @@ class Batch:
     cache: RowKVCache
     next_tokens: torch.Tensor  # [B] long: chosen last step, not yet in the cache
     draft_topk: torch.Tensor | None  # [B, K, topk] long: the heads' drafts for the next step
+    first_draft_by_model: torch.Tensor | None = (
+        None  # [B] bool: draft_topk[b, 0] from the base model's logits
+    )
 
     @classmethod
     def from_requests(cls, rows: Sequence[ActiveRequest], layout: CacheLayout) -> Batch:
@@ -123,11 +130,13 @@ class Batch:
             return self
         index = torch.tensor(keep, dtype=torch.long, device=self.next_tokens.device)
         drafts = self.draft_topk.index_select(0, index) if self.draft_topk is not None else None
+        by_model = self.first_draft_by_model
         return Batch(
             [self.rows[position] for position in keep],
             self.cache.select_rows(index),
             self.next_tokens.index_select(0, index),
             drafts,
+            by_model.index_select(0, index) if by_model is not None else None,
         )
 
     @classmethod
@@ -136,9 +145,17 @@ class Batch:
         if len(batches) == 1:
             return batches[0]
         drafts = [batch.draft_topk for batch in batches]
+        have_drafts = all(draft is not None for draft in drafts)
         return cls(
             [row for batch in batches for row in batch.rows],
             RowKVCache.concatenate([batch.cache for batch in batches]),
             torch.cat([batch.next_tokens for batch in batches]),
-            None if any(draft is None for draft in drafts) else torch.cat(drafts),
+            torch.cat(drafts) if have_drafts else None,
+            torch.cat([batch.drafts_by_model() for batch in batches]) if have_drafts else None,
         )
+
+    def drafts_by_model(self) -> torch.Tensor:
+        """[B] bool: first_draft_by_model, all False where it is unset."""
+        if self.first_draft_by_model is not None:
+            return self.first_draft_by_model
+        return torch.zeros(len(self.rows), dtype=torch.bool, device=self.next_tokens.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -61,6 +61,16 @@ class EngineSettings(BaseSettings):
         description="Heads sharing the lm_head draft over this many most frequent tokens (draft_vocab.json "
         "beside the heads); 0 = the whole vocabulary. Output is unchanged either way.",
     )
+    lookup_drafts: bool = Field(
+        default=True,
+        description="Where the text so far ends in an n-gram the prompt or the output already holds, draft what "
+        "followed it on the tree's top-1 chain instead of the heads' drafts (prompt lookup decoding, "
+        "engine/lookup.py). Output is unchanged either way.",
+    )
+    lookup_min_ngram: int = Field(default=2, ge=1, description="Shortest suffix a context lookup matches.")
+    lookup_max_ngram: int = Field(
+        default=4, ge=1, description="Longest suffix a context lookup matches (the longest match wins)."
+    )
     typical_epsilon: float = Field(default=DEFAULT_TYPICAL_EPSILON, gt=0)
     typical_alpha: float = Field(default=DEFAULT_TYPICAL_ALPHA, gt=0)
     max_batch_size: int = Field(default=16, ge=1, description="Rows decoded together at most.")
@@ -80,6 +90,12 @@ class EngineSettings(BaseSettings):
         "as transformers', bit for bit, in fewer operations per step; false = transformers' forward.",
     )
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; default torch's.")
+
+    @model_validator(mode="after")
+    def _ngram_range(self) -> EngineSettings:
+        if self.lookup_min_ngram > self.lookup_max_ngram:
+            raise ValueError("lookup_min_ngram must not exceed lookup_max_ngram")
+        return self
 
     @field_validator("dequantized_cache_dir", mode="before")
     @classmethod

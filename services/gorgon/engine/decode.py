@@ -56,6 +56,9 @@ class StepOutcome:
     next_tokens: torch.Tensor  # [B] long
     draft_topk: torch.Tensor | None  # [B, K, DRAFT_TOPK] long
     plain_draft_seconds: float = 0.0  # a plain step's drafting for a speculative next step (not a plain cost)
+    first_draft_by_model: torch.Tensor | None = (
+        None  # [B] bool: draft_topk[b, 0] came from the base model's logits
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,15 +364,17 @@ def lookahead_step(
     batch_index = torch.arange(candidates.shape[0], device=candidates.device)
     new_next = choose_next_tokens(logits[batch_index, accepted], rows)
     cache.compact(tree.depths[:spine].expand(candidates.shape[0], -1), accepted + 1)
-    new_drafts = None
+    new_drafts = first_by_model = None
     if want_drafts:
-        new_drafts = _lookahead_drafts(parts, tree, candidates, hidden, logits, accepted, new_next)
+        new_drafts, first_by_model = _lookahead_drafts(
+            parts, tree, candidates, hidden, logits, accepted, new_next
+        )
     chain_tokens = candidates[:, 1:spine].tolist()
     accepted_list, next_list = accepted.tolist(), new_next.tolist()
     emitted = [
         [*chain_tokens[row][: accepted_list[row]], next_list[row]] for row in range(candidates.shape[0])
     ]
-    return StepOutcome(emitted, accepted_list, new_next, new_drafts)
+    return StepOutcome(emitted, accepted_list, new_next, new_drafts, first_draft_by_model=first_by_model)
 
 
 def _lookahead_drafts(
@@ -380,9 +385,10 @@ def _lookahead_drafts(
     logits: torch.Tensor,
     last_nodes: torch.Tensor,
     new_next: torch.Tensor,
-) -> torch.Tensor | None:
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Next step's drafts [B, K, DRAFT_TOPK]: from the leaf holding new_next where there is one (its top-k
-    logits first, the heads' drafts from its hidden state after), else from the last accepted chain node."""
+    logits first, the heads' drafts from its hidden state after), else from the last accepted chain node; and
+    [B] bool, where the first draft came from such a leaf (its top-1 is the base model's own next token)."""
     leaves = torch.arange(candidates.shape[1], device=candidates.device) >= tree.spine_nodes  # [T]
     holds_next = (
         leaves[None, :] & (tree.parents[None, :] == last_nodes[:, None]) & (candidates == new_next[:, None])
@@ -395,9 +401,9 @@ def _lookahead_drafts(
     tokens = torch.where(found, greedy_tokens(leaf_logits), new_next)
     drafts = draft(parts, hidden[batch_index, source], tokens)
     if drafts is None or not bool(found.any()):
-        return drafts
+        return drafts, torch.zeros_like(found)
     shifted = torch.cat([leaf_logits.topk(DRAFT_TOPK, dim=-1).indices[:, None], drafts[:, :-1]], dim=1)
-    return torch.where(found[:, None, None], shifted, drafts)
+    return torch.where(found[:, None, None], shifted, drafts), found
 
 
 def plain_step(

@@ -30,6 +30,7 @@ from gorgon.engine.detok import IncrementalDetokenizer, StopSequenceFilter
 from gorgon.engine.interface import ChatMessage, FinishReason, GenerationRequest, ModelInfo, TokenEvent
 from gorgon.engine.lean import LeanLlamaDecoder, supports_lean_forward
 from gorgon.engine.loader import LoadedModel
+from gorgon.engine.lookup import ContextLookup, with_lookup_drafts
 from gorgon.engine.medusa import MedusaHeads, has_medusa_heads, load_medusa_heads
 from gorgon.engine.packed import can_pack, packed_copy, row_blocked_copy
 from gorgon.engine.shapes import ShapeSelector
@@ -148,8 +149,20 @@ class MedusaEngine:
         )
         self.waiting.append(
             ActiveRequest(
-                request, sampling, IncrementalDetokenizer(self.tokenizer), StopSequenceFilter(params.stop)
+                request,
+                sampling,
+                IncrementalDetokenizer(self.tokenizer),
+                StopSequenceFilter(params.stop),
+                lookup=self._context_lookup(request) if sampling.speculative else None,
             )
+        )
+
+    def _context_lookup(self, request: GenerationRequest) -> ContextLookup | None:
+        if not self.settings.lookup_drafts:
+            return None
+        settings = self.settings
+        return ContextLookup(
+            request.prompt_ids, min_ngram=settings.lookup_min_ngram, max_ngram=settings.lookup_max_ngram
         )
 
     def cancel(self, request_id: str) -> None:
@@ -202,6 +215,10 @@ class MedusaEngine:
         if batch.draft_topk is None:
             shape = self.selector.plain
         started = time.perf_counter()
+        if shape.num_nodes > 1 and self.settings.lookup_drafts:
+            batch.draft_topk = with_lookup_drafts(
+                batch.draft_topk, [row.lookup for row in batch.rows], batch.first_draft_by_model
+            )
         outcome = speculative_step(
             self.parts,
             batch.cache,
@@ -224,6 +241,7 @@ class MedusaEngine:
             ],
         )
         batch.next_tokens, batch.draft_topk = outcome.next_tokens, outcome.draft_topk
+        batch.first_draft_by_model = outcome.first_draft_by_model
         return self._emit(outcome, drafted=shape.max_depth, rows=list(batch.rows))
 
     def _wants_drafts(self, batch_size: int, speculative_rows: int) -> bool:
@@ -254,6 +272,8 @@ class MedusaEngine:
                 finish = FinishReason.STOP
                 break
         row.generated.extend(kept)
+        if row.lookup is not None:
+            row.lookup.extend(kept)
         if finish is None and row.remaining_tokens <= 0:
             finish = FinishReason.LENGTH
         text, hit_stop = row.stop_filter.push(row.detokenizer.add(kept))
