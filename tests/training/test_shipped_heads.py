@@ -14,6 +14,7 @@ from gorgon.engine.decode import ModelParts, RowSampling, TypicalAcceptance, pre
 from gorgon.engine.interface import ChatMessage
 from gorgon.engine.kv import RowKVCache
 from gorgon.engine.loader import LoadedModel, load_model_and_tokenizer
+from gorgon.engine.lookup import ContextLookup, with_lookup_drafts
 from gorgon.engine.medusa import MedusaHeads, load_medusa_heads
 from gorgon.engine.tree import TreeBuffers, build_tree_buffers, is_spine_tree
 from gorgon.training.base_model import BaseModel
@@ -76,9 +77,16 @@ SPARE_SLOTS = 64  # room for any shipped tree past the sequence, the same for ev
 
 
 def _greedy(
-    loaded: LoadedModel, heads: MedusaHeads, tree: TreeBuffers, prompt: list[int], max_new_tokens: int
+    loaded: LoadedModel,
+    heads: MedusaHeads,
+    tree: TreeBuffers,
+    prompt: list[int],
+    max_new_tokens: int,
+    *,
+    lookup: bool = False,
 ) -> tuple[list[int], int]:
-    """Greedy decoding of one prompt with the engine's step; (tokens, speculative steps taken)."""
+    """Greedy decoding of one prompt with the engine's step, with context lookup drafts as the engine serves
+    (`lookup`) or the heads' drafts alone; (tokens, speculative steps taken)."""
     config = loaded.model.config
     model = loaded.model
     parts = ModelParts(
@@ -96,18 +104,26 @@ def _greedy(
     rows = [RowSampling()]
     outcome = prefill(parts, cache, [prompt], rows)
     tokens, steps = list(outcome.emitted[0]), 0
+    settings = EngineSettings()
+    context = ContextLookup(
+        prompt + tokens, min_ngram=settings.lookup_min_ngram, max_ngram=settings.lookup_max_ngram
+    )
     while len(tokens) < max_new_tokens and loaded.tokenizer.eos_token_id not in tokens:
+        drafts = outcome.draft_topk
+        if lookup and tree.num_nodes > 1:
+            drafts = with_lookup_drafts(drafts, [context], outcome.first_draft_by_model)
         outcome = speculative_step(
             parts,
             cache,
             outcome.next_tokens,
-            outcome.draft_topk,
+            drafts,
             tree,
             rows,
             TypicalAcceptance(),
             want_drafts=True,
         )
         tokens += outcome.emitted[0]
+        context.extend(outcome.emitted[0])
         steps += 1
     tokens = tokens[:max_new_tokens]
     eos = loaded.tokenizer.eos_token_id
@@ -128,15 +144,16 @@ def test_shipped_heads_give_two_tokens_per_step_on_held_out_prompts() -> None:
     ]
     for prompt in prompts:
         medusa_tokens, medusa_steps = _greedy(loaded, heads, tree, prompt, max_new_tokens)
+        served_tokens, _ = _greedy(loaded, heads, tree, prompt, max_new_tokens, lookup=True)
         plain_tokens, _ = _greedy(loaded, heads, plain, prompt, max_new_tokens)
-        assert medusa_tokens == plain_tokens
+        assert medusa_tokens == served_tokens == plain_tokens  # context lookup drafts change no token either
         generated += len(medusa_tokens) - 1  # the first token comes from the prefill
         engine_steps.append(medusa_steps)
     # the tree search's figure is the engine's: its walk along the same responses takes the same steps
     # (one step of slack per prompt for bf16 heads, which the search reads in float32)
     walked = _walked_steps(loaded, prompts, max_new_tokens)
     assert all(abs(a - b) <= 1 for a, b in zip(walked, engine_steps, strict=True)), (walked, engine_steps)
-    tokens_per_step = generated / sum(engine_steps)
+    tokens_per_step = generated / sum(engine_steps)  # the heads' own drafts, as issue 3 measures them
     if tokens_per_step < TOKENS_PER_STEP_TARGET:
         # Outputs were checked above: only the issue-3 target may be missed, never identity.
         pytest.xfail(f"issue 3 target not met: {tokens_per_step:.2f} tokens per step (docs/heads.md)")

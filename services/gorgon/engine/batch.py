@@ -38,9 +38,7 @@ class ActiveRequest:
     detokenizer: IncrementalDetokenizer
     stop_filter: StopSequenceFilter
     generated: list[int] = field(default_factory=list)
-    lookup: ContextLookup | None = (
-        None  # prompt + generated tokens, for context lookup drafts (engine/lookup.py)
-    )
+    lookup: ContextLookup | None = None  # prompt + generated, for lookup drafts (engine/lookup.py)
     drafted_tokens: int = 0
     accepted_tokens: int = 0
 
@@ -92,9 +90,7 @@ class Batch:
     cache: RowKVCache
     next_tokens: torch.Tensor  # [B] long: chosen last step, not yet in the cache
     draft_topk: torch.Tensor | None  # [B, K, topk] long: the heads' drafts for the next step
-    first_draft_by_model: torch.Tensor | None = (
-        None  # [B] bool: draft_topk[b, 0] from the base model's logits
-    )
+    first_draft_by_model: torch.Tensor | None = None  # [B] bool: draft_topk[b, 0] from the model
 
     @classmethod
     def from_requests(cls, rows: Sequence[ActiveRequest], layout: CacheLayout) -> Batch:

@@ -56,9 +56,7 @@ class StepOutcome:
     next_tokens: torch.Tensor  # [B] long
     draft_topk: torch.Tensor | None  # [B, K, DRAFT_TOPK] long
     plain_draft_seconds: float = 0.0  # a plain step's drafting for a speculative next step (not a plain cost)
-    first_draft_by_model: torch.Tensor | None = (
-        None  # [B] bool: draft_topk[b, 0] came from the base model's logits
-    )
+    first_draft_by_model: torch.Tensor | None = None  # [B] bool: draft_topk[b, 0] from the model
 
 
 @dataclass(frozen=True, slots=True)
