@@ -57,20 +57,23 @@ def with_lookup_drafts(
     """draft_topk [B, K, R] with each row's lookup proposal as the rank-0 draft of heads 0.. (the heads' drafts
     shifted one rank down, the proposed token not repeated). Where a row's first drafts came from the base model's
     own logits (a lookahead leaf, decode.lookahead_step), they stay and the proposal continues after their top-1,
-    from head 1 on."""
+    from head 1 on. Rows without a lookup or a match keep their drafts; with none anywhere, draft_topk itself."""
+    num_heads = draft_topk.shape[1]
     by_model = first_draft_by_model.tolist() if first_draft_by_model is not None else [False] * len(lookups)
-    rows = draft_topk.tolist()
-    changed = False
+    proposals: dict[int, tuple[int, list[int]]] = {}  # row -> (first head, proposed tokens)
     for row, lookup in enumerate(lookups):
         if lookup is None:
             continue
         first = 1 if by_model[row] else 0
-        heads = rows[row]
-        proposal = lookup.propose(len(heads) - first, after=[heads[0][0]] if first else ())
-        for head, token in enumerate(proposal, start=first):
-            ranked = heads[head]
-            heads[head] = [token, *(draft for draft in ranked if draft != token)][: len(ranked)]
-            changed = True
-    if not changed:
+        after = [int(draft_topk[row, 0, 0])] if first else []
+        proposal = lookup.propose(num_heads - first, after=after)
+        if proposal:
+            proposals[row] = (first, proposal)
+    if not proposals:
         return draft_topk
+    rows = draft_topk.tolist()
+    for row, (first, proposal) in proposals.items():
+        for head, token in enumerate(proposal, start=first):
+            ranked = rows[row][head]
+            rows[row][head] = [token, *(draft for draft in ranked if draft != token)][: len(ranked)]
     return torch.tensor(rows, dtype=draft_topk.dtype, device=draft_topk.device)

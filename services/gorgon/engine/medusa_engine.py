@@ -158,9 +158,10 @@ class MedusaEngine:
         )
 
     def _context_lookup(self, request: GenerationRequest) -> ContextLookup | None:
-        if not self.settings.lookup_drafts:
-            return None
+        """The row's lookup index; None with lookup drafts off (then no step looks anything up)."""
         settings = self.settings
+        if not settings.lookup_drafts:
+            return None
         return ContextLookup(
             request.prompt_ids, min_ngram=settings.lookup_min_ngram, max_ngram=settings.lookup_max_ngram
         )
@@ -215,7 +216,7 @@ class MedusaEngine:
         if batch.draft_topk is None:
             shape = self.selector.plain
         started = time.perf_counter()
-        if shape.num_nodes > 1 and self.settings.lookup_drafts:
+        if shape.num_nodes > 1:
             batch.draft_topk = with_lookup_drafts(
                 batch.draft_topk, [row.lookup for row in batch.rows], batch.first_draft_by_model
             )
