@@ -282,3 +282,51 @@ def test_judging_acceptance_afresh_runs_the_shape_at_batch_1_only() -> None:
     assert not selector.tokens_per_row["chain_4"].recent  # its acceptance is to be judged afresh
     assert set(run(4, ACCEPTANCE_SAMPLES)) == {"plain"}
     assert run(1, 2 * COST_SAMPLES + ACCEPTANCE_SAMPLES).count("chain_4") >= ACCEPTANCE_SAMPLES
+
+
+def _chain_and_lookahead_tree_selector() -> ShapeSelector:
+    return ShapeSelector(
+        [
+            build_tree_buffers((), name="plain"),
+            build_tree_buffers(chain(2), name="chain_2"),
+            build_tree_buffers([(0,), (0, 0), (1,), (0, 0, 0), (0, 1)], name="tree", lookahead=True),
+        ]
+    )
+
+
+def test_a_lookahead_tree_step_also_measures_the_chains_on_its_spine() -> None:
+    """A lookahead tree verifies its top-1 chain exactly as a chain step does, so a tree step that emitted t
+    tokens for a row is one in which a chain of depth d would have emitted min(t, d + 1)."""
+    selector = _chain_and_lookahead_tree_selector()
+    chain_2, tree = selector.shapes[1], selector.shapes[2]
+    assert selector.chains_verified_by(tree) == [chain_2]
+    selector.record(tree, 2, 0.05, [4, 2])
+    assert selector.tokens_per_row["tree"].value == 3.0
+    assert selector.tokens_per_row["chain_2"].value == 2.5  # min(4, 3) and min(2, 3)
+    selector.record(chain_2, 1, 0.04, [3])
+    assert selector.tokens_per_row["tree"].value == 3.0  # a chain step tells nothing of the tree's leaves
+
+
+def test_a_gathered_tree_does_not_stand_for_a_chain() -> None:
+    """A branching tree run by gathering keys per node may accept off its top-1 chain: its token count does not
+    say what the chain would have accepted."""
+    selector = _selector()
+    assert selector.chains_verified_by(selector.shapes[2]) == []
+    assert selector.chains_verified_by(selector.shapes[0]) == []
+
+
+def test_a_chain_judged_on_hard_text_comes_back_when_the_tree_runs_on_easy_text() -> None:
+    """The chain is explored on hard text (1.1 tokens per step), the tree after it on easy text, where both would
+    gain 3. Each tree step also measures the chain on the text decoded now, so the cheaper chain is chosen;
+    judged only by its own steps, the chain would stay at 1.1 and lose to the tree until a re-measurement."""
+    selector = _chain_and_lookahead_tree_selector()
+    seconds = {"plain": 0.030, "chain_2": 0.031, "tree": 0.045}
+    chosen = []
+    for step in range(REEXPLORE_EVERY - 1):
+        shape = selector.choose(1, speculative_rows=1)
+        chosen.append(shape.name)
+        hard = shape.name == "chain_2" and step < EXPLORATION
+        tokens = [] if shape.num_nodes == 1 else [1.1 if hard else 3]
+        selector.record(shape, 1, seconds[shape.name], tokens)
+    assert "tree" in chosen[:EXPLORATION]
+    assert set(chosen[-REEXPLORE_EVERY // 2 :]) == {"chain_2"}  # 3 tokens either way: the cheaper shape wins

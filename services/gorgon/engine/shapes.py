@@ -203,6 +203,22 @@ class ShapeSelector:
         rate = self.relative_rate(shape, 1)
         return rate is not None and rate >= RECHECK_WITHIN
 
+    def chains_verified_by(self, shape: TreeBuffers) -> list[TreeBuffers]:
+        """The other chains whose every node `shape` verifies as a chain does: the chains no deeper than the top-1
+        chain of a lookahead tree or of a longer chain. A step of `shape` that emitted t tokens for a row is a step
+        in which such a chain of depth d would have emitted min(t, d + 1), so that step also measures the chain's
+        acceptance on the text decoded now. Without it a chain's estimate stays at the text it last ran on while
+        the tree runs: a traced batch-1 run kept a chain at 1.45 tokens per step, judged on hard text, while the
+        tree ran on text where it gained 2.3-2.7 (docs/engine.md, "What bounds Medusa ÷ plain at batch 1")."""
+        if not (shape.lookahead or shape.is_chain) or shape.num_nodes == 1:
+            return []
+        spine_depth = shape.spine_nodes - 1
+        return [
+            other
+            for other in self.shapes[1:]
+            if other is not shape and other.is_chain and other.max_depth <= spine_depth
+        ]
+
     def record(
         self, shape: TreeBuffers, batch_size: int, seconds: float, speculative_tokens: Sequence[int]
     ) -> None:
@@ -213,6 +229,10 @@ class ShapeSelector:
         self.steps_by_shape[shape.name] += 1
         if shape.num_nodes > 1 and speculative_tokens:
             self.tokens_per_row[shape.name].add(sum(speculative_tokens) / len(speculative_tokens))
+            for implied in self.chains_verified_by(shape):
+                longest = implied.max_depth + 1
+                gains = [min(tokens, longest) for tokens in speculative_tokens]
+                self.tokens_per_row[implied.name].add(sum(gains) / len(gains))
         key = (shape.name, bucket)
         step = TimedStep(shape.name, bucket, seconds) if key in self.warmed_up else None
         self.warmed_up.add(key)
