@@ -107,10 +107,12 @@ class ShapeSelector:
     steps_by_shape: Counter[str] = field(default_factory=Counter)  # every recorded step, by shape name
     refreshing: Counter[tuple[str, int]] = field(default_factory=Counter)  # fresh cost ratios still wanted
     previous: TimedStep | None = None  # the last recorded step, if it was timed
+    implied_chains: dict[str, list[TreeBuffers]] = field(init=False)  # by `_chains_on_spine`
 
     def __post_init__(self) -> None:
         if not self.shapes or self.shapes[0].num_nodes != 1:
             raise ValueError("the first shape must be plain decoding (a one-node tree)")
+        self.implied_chains = {shape.name: _chains_on_spine(shape, self.shapes[1:]) for shape in self.shapes}
 
     @property
     def plain(self) -> TreeBuffers:
@@ -204,20 +206,9 @@ class ShapeSelector:
         return rate is not None and rate >= RECHECK_WITHIN
 
     def chains_verified_by(self, shape: TreeBuffers) -> list[TreeBuffers]:
-        """The other chains whose every node `shape` verifies as a chain does: the chains no deeper than the top-1
-        chain of a lookahead tree or of a longer chain. A step of `shape` that emitted t tokens for a row is a step
-        in which such a chain of depth d would have emitted min(t, d + 1), so that step also measures the chain's
-        acceptance on the text decoded now. Without it a chain's estimate stays at the text it last ran on while
-        the tree runs: a traced batch-1 run kept a chain at 1.45 tokens per step, judged on hard text, while the
-        tree ran on text where it gained 2.3-2.7 (docs/engine.md, "What bounds Medusa ÷ plain at batch 1")."""
-        if not (shape.lookahead or shape.is_chain) or shape.num_nodes == 1:
-            return []
-        spine_depth = shape.spine_nodes - 1
-        return [
-            other
-            for other in self.shapes[1:]
-            if other is not shape and other.is_chain and other.max_depth <= spine_depth
-        ]
+        """The other chains whose every node `shape` verifies as a chain does (fixed per shape, see
+        `_chains_on_spine`)."""
+        return self.implied_chains[shape.name]
 
     def record(
         self, shape: TreeBuffers, batch_size: int, seconds: float, speculative_tokens: Sequence[int]
@@ -276,3 +267,21 @@ class ShapeSelector:
                 self.refreshing[(shape.name, bucket)] = REFRESH_SAMPLES
                 if best is self.plain and bucket == 1 and self.close_to_plain(shape):
                     self.tokens_per_row[shape.name].recent.clear()
+
+
+def _chains_on_spine(shape: TreeBuffers, speculative: Sequence[TreeBuffers]) -> list[TreeBuffers]:
+    """The chains among `speculative` (other than `shape`) no deeper than the top-1 chain of `shape`, when `shape`
+    is a lookahead tree or a longer chain: it verifies their every node exactly as they do, so a step of `shape`
+    that emitted t tokens for a row is one in which a chain of depth d would have emitted min(t, d + 1), and it
+    measures that chain's acceptance on the text decoded now. Without it a chain's estimate stays at the text it
+    last ran on while the tree runs: a traced batch-1 run kept a chain at 1.45 tokens per step, judged on hard
+    text, while the tree ran on text where it gained 2.3-2.7 (docs/engine.md, "What bounds Medusa ÷ plain at
+    batch 1"). A gathered branching tree may accept off its top-1 chain, so it stands for no chain."""
+    if shape.num_nodes == 1 or not (shape.lookahead or shape.is_chain):
+        return []
+    spine_depth = shape.spine_nodes - 1
+    return [
+        other
+        for other in speculative
+        if other is not shape and other.is_chain and other.max_depth <= spine_depth
+    ]
