@@ -34,6 +34,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check services operator tests loadtest scripts
 	$(BIN)/ruff format --check services operator tests loadtest scripts
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix services operator tests loadtest scripts
