@@ -28,8 +28,8 @@ run: $(STAMP) ## the whole platform on this machine: embedded Redis, API on :800
 test: $(STAMP) ## every test, on CPU, against a private Redis server
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+test-fast: $(STAMP) ## unit tests only: no real model, no spawned processes (the private Redis aside)
+	$(BIN)/python -m pytest -q -m "not slow and not processes"
 
 lint: $(STAMP)
 	$(BIN)/ruff check services operator tests loadtest scripts

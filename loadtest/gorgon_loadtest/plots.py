@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -15,6 +15,9 @@ from matplotlib.axes import Axes
 
 from gorgon_loadtest.record import Mode, RunResult
 from gorgon_loadtest.stats import latency_samples
+
+if TYPE_CHECKING:
+    from matplotlib.typing import LegendLocType
 
 LATENCY_CDF_FILE = "latency_cdf.png"
 CONCURRENCY_SWEEP_FILE = "concurrency_sweep.png"
@@ -126,7 +129,7 @@ def _variants(summaries: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(row["variant"] for row in summaries))
 
 
-def _legend(ax: Axes, loc: str = "best") -> None:
+def _legend(ax: Axes, loc: LegendLocType = "best") -> None:
     """A legend when something was drawn; else say so (every request of the runs failed)."""
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small", loc=loc)

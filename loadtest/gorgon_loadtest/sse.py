@@ -1,9 +1,11 @@
 """Server-sent events as OpenAI streams them: `data: {json}` events separated by blank lines, ending with
-`data: [DONE]`. Pure functions over text, so the parsing is tested without a server."""
+`data: [DONE]`, read from lines (the load test's httpx client) or from timed byte pieces (the lean HTTP/1.1
+connection of `gorgon bench platform`). Pure functions over text, so the parsing is tested without a server."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from gorgon_loadtest.target import Endpoint
@@ -36,6 +38,20 @@ class SseDecoder:
         payload = "\n".join(self._data)
         self._data = []
         return payload
+
+
+def timed_payloads(pieces: Iterable[tuple[float, bytes]]) -> Iterator[tuple[float, str]]:
+    """The event payloads of a stream read as (time, bytes) pieces, each with the time of the piece that
+    completed its event. A piece may end anywhere, even inside a character; an event the pieces leave open is
+    not yielded (nothing says when it would have completed)."""
+    decoder = SseDecoder()
+    partial_line = b""
+    for received, piece in pieces:
+        *lines, partial_line = (partial_line + piece).split(b"\n")
+        for line in lines:
+            payload = decoder.feed(line.decode())
+            if payload is not None:
+                yield received, payload
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,7 +64,11 @@ def summarize(records: Sequence[RequestRecord], wall_s: float) -> dict[str, Any]
 
 def summarize_run(run: RunResult) -> dict[str, Any]:
     """One load level's summary, with the level it ran at."""
-    level = {"label": run.level.label, "server": run.level.server, "mode": str(run.level.mode)}
+    level: dict[str, Any] = {
+        "label": run.level.label,
+        "server": run.level.server,
+        "mode": str(run.level.mode),
+    }
     level |= {"variant": run.level.variant, "concurrency": run.level.concurrency, "rate": run.level.rate}
     return level | summarize(run.records, run.wall_s) | _client_load(run.client_cpu_s, run.wall_s)
 

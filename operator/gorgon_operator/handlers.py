@@ -68,7 +68,8 @@ def spec_changed(
         raise kopf.PermanentError(f"invalid WorkerPool spec: {exc}") from exc
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_S)
+# kopf types `namespace` as optional for cluster-scoped resources; a WorkerPool is namespaced.
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_S)  # type: ignore[arg-type]
 async def poll(
     *,
     body: kopf.Body,

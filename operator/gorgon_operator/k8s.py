@@ -84,6 +84,8 @@ class KubernetesActuator:
 
 def workload_of(deployment: V1Deployment, gpu_resource: str) -> Workload:
     spec = deployment.spec
+    if spec is None or spec.template.spec is None:
+        raise InvalidSpecError("the worker Deployment has no pod template")
     pod_spec = spec.template.spec
     containers = pod_spec.containers or []
     return Workload(
@@ -113,6 +115,8 @@ class OwnPods:
     match_labels: Mapping[str, str]
 
     def __contains__(self, pod: V1Pod) -> bool:
+        if pod.metadata is None:
+            return False
         labels = pod.metadata.labels or {}
         return pod.metadata.namespace == self.namespace and all(
             labels.get(key) == value for key, value in self.match_labels.items()
@@ -127,18 +131,17 @@ def schedulable_replicas(
     Usable: matching the workers' nodeSelector (the caller lists only those), schedulable and Ready. Taints
     and affinity are not evaluated. A terminating pod still holds its GPUs and is not counted as ours.
     """
-    usable = {node.metadata.name: node for node in nodes if _usable(node)}
-    allocatable = sum(
-        _quantity((node.status.allocatable or {}).get(gpu_resource)) for node in usable.values()
-    )
+    usable = {node.metadata.name: node for node in nodes if node.metadata is not None and _usable(node)}
+    allocatable = sum(_allocatable(node, gpu_resource) for node in usable.values())
     used, own_placed = 0, 0
     for pod in pods:
-        if pod.spec.node_name not in usable:
+        if pod.spec is None or pod.spec.node_name not in usable:
             continue
         used += sum(
             container_gpus(container.resources, gpu_resource) for container in pod.spec.containers or []
         )
-        if pod.metadata.deletion_timestamp is None and pod in own:
+        terminating = pod.metadata is not None and pod.metadata.deletion_timestamp is not None
+        if not terminating and pod in own:
             own_placed += 1
     if gpus_per_replica < 1:
         raise ValueError("a GPU cap needs gpus_per_replica ≥ 1")
@@ -151,6 +154,11 @@ def _usable(node: V1Node) -> bool:
         return False
     conditions = (node.status.conditions if node.status else None) or []
     return any(condition.type == "Ready" and condition.status == "True" for condition in conditions)
+
+
+def _allocatable(node: V1Node, gpu_resource: str) -> int:
+    allocatable = (node.status.allocatable if node.status else None) or {}
+    return _quantity(allocatable.get(gpu_resource))
 
 
 def _quantity(value: str | None) -> int:

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
-from gorgon.core.streams import RedisNames, backlog, live_workers
+from gorgon.core.redis.names import RedisNames
+from gorgon.core.redis.queue import backlog
+from gorgon.core.redis.registry import live_workers
 from gorgon_operator.policy import Decision, Observation, ScalingPolicy, WindowState, decide
 
 log = logging.getLogger(__name__)

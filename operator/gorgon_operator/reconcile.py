@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
-from gorgon.core.streams import backlog
+from gorgon.core.redis.queue import backlog
 from gorgon_operator import metrics
 from gorgon_operator.errors import InvalidSpecError, PoolError, TransientError
 from gorgon_operator.k8s import KubernetesActuator, Workload
@@ -180,13 +180,15 @@ def _events(previous: Mapping[str, Any], obs: Observation, decision: Decision, s
 
 
 def set_condition(
-    conditions: list[Mapping[str, Any]], kind: str, status: str, reason: str, message: str, *, now: float
+    conditions: Sequence[Mapping[str, Any]], kind: str, status: str, reason: str, message: str, *, now: float
 ) -> list[dict[str, Any]]:
     """Conditions with `kind` set; its lastTransitionTime changes only when its status does."""
     result = [dict(condition) for condition in conditions if condition.get("type") != kind]
     old = next((condition for condition in conditions if condition.get("type") == kind), None)
-    changed = old is None or old.get("status") != status
-    transition = _timestamp(now) if changed else old.get("lastTransitionTime", _timestamp(now))
+    if old is None or old.get("status") != status:
+        transition = _timestamp(now)
+    else:
+        transition = old.get("lastTransitionTime", _timestamp(now))
     result.append(
         {
             "type": kind,

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gorgon.core.errors import ConfigurationError
-from gorgon_operator.policy import Observation, ScalingPolicy, WindowState, decide, policy_from_spec
+from gorgon_operator.policy import Observation, ScalingPolicy, WindowState, decide
+from gorgon_operator.spec import policy_from_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

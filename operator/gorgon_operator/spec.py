@@ -1,15 +1,16 @@
-"""A WorkerPool spec as a typed value, with the defaults of every field that is not a policy tunable."""
+"""A WorkerPool spec as a typed value, with the defaults of every field that is not a policy tunable, and the
+scaling policy as written in a spec or a simulate trace (camelCase) as a ScalingPolicy."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from gorgon.core.streams import RedisNames
-from gorgon.engine.config import DEFAULT_MODEL_DISPLAY_NAME
+from gorgon.core.defaults import DEFAULT_MODEL_DISPLAY_NAME
+from gorgon.core.redis.names import RedisNames
 from gorgon_operator.errors import InvalidSpecError
-from gorgon_operator.policy import ScalingPolicy, policy_from_spec
+from gorgon_operator.policy import ScalingPolicy
 
 DEFAULT_POLL_INTERVAL_S = 15.0
 DEFAULT_GPU_RESOURCE_NAME = "nvidia.com/gpu"
@@ -112,3 +113,80 @@ def _secret_ref(value: Any) -> SecretKeyRef | None:
     if not isinstance(value, Mapping) or not value.get("name") or not value.get("key"):
         raise InvalidSpecError("redis.urlSecretRef needs a name and a key")
     return SecretKeyRef(str(value["name"]), str(value["key"]))
+
+
+# --- the policy as written in a WorkerPool spec (camelCase) or a simulate trace ---------------------------
+
+_SPEC_KEYS: dict[str, str] = {
+    "targetBacklogPerReplica": "target_backlog_per_replica",
+    "minReplicas": "min_replicas",
+    "maxReplicas": "max_replicas",
+    "scaleToZeroAfterSeconds": "scale_to_zero_after_s",
+    "startupGraceSeconds": "startup_grace_s",
+}
+_BEHAVIOR_KEYS: dict[str, dict[str, str]] = {
+    "scaleUp": {
+        "stabilizationWindowSeconds": "scale_up_window_s",
+        "maxStepReplicas": "scale_up_max_step_replicas",
+        "maxStepPercent": "scale_up_max_step_percent",
+    },
+    "scaleDown": {
+        "stabilizationWindowSeconds": "scale_down_window_s",
+        "maxStepReplicas": "scale_down_max_step_replicas",
+        "maxStepPercent": "scale_down_max_step_percent",
+    },
+}
+
+
+def policy_from_spec(spec: Mapping[str, Any], *, ignore_unknown: bool = True) -> ScalingPolicy:
+    """Build a policy from camelCase fields (a WorkerPool spec, or the `policy` of a simulate trace).
+
+    Absent fields keep the defaults of `ScalingPolicy`. Raises ValueError naming what is wrong.
+    """
+    values: dict[str, Any] = {}
+    unknown = []
+    for key, value in spec.items():
+        if key in _SPEC_KEYS:
+            values[_SPEC_KEYS[key]] = value
+        elif key == "behavior":
+            unknown += _behavior_values(value or {}, values)
+        else:
+            unknown.append(key)
+    if unknown and not ignore_unknown:
+        raise ValueError(f"unknown policy field(s): {', '.join(sorted(unknown))}")
+    return replace(ScalingPolicy(), **_typed(values))
+
+
+def _behavior_values(behavior: Mapping[str, Any], values: dict[str, Any]) -> list[str]:
+    unknown = []
+    for key, value in behavior.items():
+        if key == "tolerance":
+            values["tolerance"] = value
+        elif key in _BEHAVIOR_KEYS and isinstance(value, Mapping):
+            for sub_key, sub_value in value.items():
+                if sub_key in _BEHAVIOR_KEYS[key]:
+                    values[_BEHAVIOR_KEYS[key][sub_key]] = sub_value
+                else:
+                    unknown.append(f"behavior.{key}.{sub_key}")
+        else:
+            unknown.append(f"behavior.{key}")
+    return unknown
+
+
+def _typed(values: dict[str, Any]) -> dict[str, Any]:
+    """Coerce to the declared field types, so `"300"` or `2.0` from YAML/JSON fail or convert cleanly."""
+    types = {f.name: f.type for f in fields(ScalingPolicy)}
+    typed: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None:
+            if "None" not in str(types[name]):
+                raise ValueError(f"{name} must not be null")
+            typed[name] = None
+            continue
+        wants_int = str(types[name]).startswith("int")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if wants_int and value != int(value):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        typed[name] = int(value) if wants_int else float(value)
+    return typed

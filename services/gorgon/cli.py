@@ -26,10 +26,10 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("up",), "gorgon.local.up", "run the whole platform locally: Redis, API, worker(s), autoscaler"),
     (("api",), "gorgon.api.serve", "run the API service"),
     (("worker",), "gorgon.worker.serve", "run one worker"),
-    (("bench", "engine"), "gorgon.engine.bench", "benchmark HF generate vs plain vs Medusa decoding"),
+    (("bench", "engine"), "gorgon.bench.engine", "benchmark HF generate vs plain vs Medusa decoding"),
     (
         ("bench", "step-cost"),
-        "gorgon.engine.step_cost",
+        "gorgon.bench.step_cost",
         "time one decoding step by tree size (for the tree search)",
     ),
     (("bench", "platform"), "gorgon.bench.platform", "benchmark the API + queue overhead on the echo engine"),

@@ -13,10 +13,13 @@ import pytest
 import redis
 
 from gorgon.api.deps import hash_api_key
-from gorgon.core.streams import RedisNames
+from gorgon.core.redis.names import RedisNames
 from gorgon.engine.echo import chat_prompt, continuation
 from gorgon.engine.interface import ChatMessage
 from gorgon.local.processes import LocalServices
+
+pytestmark = pytest.mark.processes
+
 
 PROMPT = "Write a short history of the internet:"
 

@@ -11,9 +11,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gorgon.api.enqueuer import BatchingEnqueuer
-from gorgon.core import streams
 from gorgon.core.protocol import RequestPayload, WireSampling
-from gorgon.core.streams import RedisNames
+from gorgon.core.redis.names import RedisNames
+from gorgon.core.redis.queue import backlog, ensure_group, read_entries
 
 
 def payload(request_id: str) -> RequestPayload:
@@ -28,8 +28,8 @@ async def test_concurrent_requests_are_enqueued_in_order_each_with_its_own_answe
     enqueuer = BatchingEnqueuer(redis_async, redis_names, max_backlog=3)
     answers = await asyncio.gather(*(enqueuer.enqueue(payload(f"r{index}")) for index in range(5)))
     assert [answer is not None for answer in answers] == [True, True, True, False, False]
-    await streams.ensure_group(redis_async, redis_names, "m")
-    entries = await streams.read_entries(redis_async, redis_names, "m", "c1", 10, None, own=False)
+    await ensure_group(redis_async, redis_names, "m")
+    entries = await read_entries(redis_async, redis_names, "m", "c1", 10, None, own=False)
     assert [(entry_id, item.request_id) for entry_id, item in entries if item] == [
         (answers[0], "r0"),
         (answers[1], "r1"),
@@ -51,7 +51,7 @@ async def test_requests_of_one_loop_iteration_share_one_connection(
         if entry["name"] == f"enqueuer-{redis_names.namespace}"
     ]
     await client.aclose()
-    assert await streams.backlog(redis_async, redis_names, "m") == 20
+    assert await backlog(redis_async, redis_names, "m") == 20
     assert len(connections) == 1
 
 

@@ -12,9 +12,11 @@ import redis.asyncio as aioredis
 
 from gorgon.api.errors import OpenAIError
 from gorgon.api.generation import ChunkOrder, Gateway
-from gorgon.core import streams
 from gorgon.core.protocol import Chunk, RequestPayload, WireError, WireSampling
-from gorgon.core.streams import Publication, Publisher, RedisNames, TokenSubscriber
+from gorgon.core.redis.names import RedisNames
+from gorgon.core.redis.publisher import Publication, Publisher
+from gorgon.core.redis.queue import backlog
+from gorgon.core.redis.subscriber import TokenSubscriber
 
 ELSEWHERE = "a-channel-nobody-listens-to"
 
@@ -48,7 +50,7 @@ async def relay_in_background(
 
     task = asyncio.create_task(collect())
     async with asyncio.timeout(5):
-        while not await streams.backlog(redis, names, "m"):
+        while not await backlog(redis, names, "m"):
             await asyncio.sleep(0.01)
     return task
 

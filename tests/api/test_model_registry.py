@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 
 from gorgon.api.errors import OpenAIError
 from gorgon.api.registry import ModelRegistry
-from gorgon.core.streams import RedisNames, register_worker
+from gorgon.core.redis.names import RedisNames
+from gorgon.core.redis.registry import register_worker
 
 CACHE_S = 0.1
 

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.processes
+
 
 @pytest.mark.parametrize("command", [["api"], ["worker", "--engine", "echo"]])
 def test_services_without_redis_url_fail_with_one_line(command: list[str]) -> None:

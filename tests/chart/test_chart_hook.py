@@ -17,6 +17,8 @@ from chart_render import CHART_DIR, Manifest, container, find, run_helm
 
 from gorgon_testing import services_in_fresh_namespace
 
+pytestmark = pytest.mark.processes
+
 
 class _FakeApi(BaseHTTPRequestHandler):
     completion_status = 200

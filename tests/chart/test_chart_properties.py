@@ -21,6 +21,9 @@ from chart_render import (
     workloads,
 )
 
+pytestmark = pytest.mark.processes
+
+
 SCENARIOS = {path.name.removesuffix("-values.yaml"): path for path in CI_VALUES}
 ALL_SCENARIOS = pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 

@@ -21,6 +21,9 @@ from chart_render import (
 )
 from cloudcoil.models.prometheus_operator import v1 as monitoring_v1
 
+pytestmark = pytest.mark.processes
+
+
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas installed.
 KUBE_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 # prometheus-operator kinds: checked with models generated from its CRDs.

@@ -15,6 +15,9 @@ import pytest
 import yaml
 from chart_render import CHART_DIR, CI_VALUES, REPO_ROOT, run_helm
 
+pytestmark = pytest.mark.processes
+
+
 VALUES_TEXT = (CHART_DIR / "values.yaml").read_text()
 SCHEMA = json.loads((CHART_DIR / "values.schema.json").read_text())
 KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z][\w.-]*):(?P<rest>.*)$")

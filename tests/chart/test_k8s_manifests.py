@@ -6,8 +6,11 @@ import subprocess
 import sys
 
 import kubernetes_validate
+import pytest
 import yaml
 from chart_render import REPO_ROOT, find_helm, load_crd, validate_against_crd
+
+pytestmark = pytest.mark.processes
 
 K8S_DIR = REPO_ROOT / "k8s"
 

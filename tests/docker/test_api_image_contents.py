@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 from test_dockerfiles import REPO_ROOT, excluded_from_context
 
+pytestmark = pytest.mark.processes
+
 # Modules of the worker extra: none may be imported by the API or the operator.
 WORKER_ONLY_MODULES = ("torch", "transformers", "deepspeed", "accelerate", "gguf", "safetensors")
 
 BLOCK_WORKER_MODULES = f"""
 import importlib.abc, sys
+
 class _NotInThisImage(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in {WORKER_ONLY_MODULES!r}:

@@ -15,6 +15,9 @@ import yaml
 
 from gorgon.cli import COMMANDS, build_parser
 
+pytestmark = pytest.mark.processes
+
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = {"api": REPO_ROOT / "Dockerfile.api", "worker": REPO_ROOT / "Dockerfile.worker"}
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())

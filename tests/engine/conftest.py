@@ -10,8 +10,8 @@ from engine_tiny import CyclingSelector, byte_tokenizer, tiny_llama
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from gorgon.engine.config import EngineSettings
+from gorgon.engine.drafting.heads import MedusaHeads
 from gorgon.engine.loader import LoadedModel
-from gorgon.engine.medusa import MedusaHeads
 from gorgon.engine.medusa_engine import MedusaEngine
 
 
@@ -58,7 +58,7 @@ def make_engine(
         )
         engine = MedusaEngine(loaded, heads, EngineSettings(use_deepspeed=False, **settings))
         if cycle_shapes:
-            engine.selector = CyclingSelector(engine.selector.shapes)
+            engine.scheduler.selector = CyclingSelector(engine.scheduler.selector.shapes)
         return engine
 
     return build

@@ -7,9 +7,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from gorgon.engine.drafting.heads import MedusaHeads
+from gorgon.engine.kernels.packed import can_pack, packed_copy, row_blocked_copy
 from gorgon.engine.kv import RowKVCache
-from gorgon.engine.medusa import MedusaHeads
-from gorgon.engine.packed import can_pack, packed_copy, row_blocked_copy
 from gorgon.engine.shapes import ShapeSelector
 from gorgon.engine.tree import TreeBuffers
 
@@ -94,6 +94,14 @@ def empty_cache(model: LlamaForCausalLM, batch: int, capacity: int) -> RowKVCach
 def as_the_cpu_engine_runs_it(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """`module`'s copy with the linears the CPU engine uses: packed where oneDNN packs `dtype`, else row-blocked."""
     return packed_copy(module) if can_pack(torch.device("cpu"), dtype) else row_blocked_copy(module)
+
+
+def randomised(heads: MedusaHeads, seed: int = 0) -> MedusaHeads:
+    """`heads` with random weights (an untrained head is the identity)."""
+    torch.manual_seed(seed)
+    for parameter in heads.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    return heads
 
 
 def random_heads(

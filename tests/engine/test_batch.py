@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from gorgon.engine.batch import ActiveRequest, prefill_groups
-from gorgon.engine.decode import RowSampling
 from gorgon.engine.detok import IncrementalDetokenizer, StopSequenceFilter
 from gorgon.engine.interface import GenerationRequest, SamplingParams
+from gorgon.engine.sampling import RowSampling
 
 
 def _row(name: str, prompt_tokens: int, tokenizer) -> ActiveRequest:

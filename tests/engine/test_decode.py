@@ -1,24 +1,15 @@
-"""The speculative step on a tiny random Llama: acceptance, KV compaction, typical acceptance, sampling."""
+"""The speculative step on a tiny random Llama: acceptance, KV compaction, lookahead trees, typical acceptance."""
 
 from __future__ import annotations
 
 import torch
-from engine_tiny import VOCAB, as_the_cpu_engine_runs_it, empty_cache, random_heads
+from engine_tiny import VOCAB, empty_cache, random_heads
 
-from gorgon.engine.decode import (
-    DRAFT_TOPK,
-    ModelParts,
-    RowSampling,
-    TypicalAcceptance,
-    draft,
-    filtered_probabilities,
-    greedy_tokens,
-    prefill,
-    row_logits,
-    speculative_step,
-    typical_accept,
-)
+from gorgon.engine.decode import prefill, speculative_step
+from gorgon.engine.drafting.heads import DRAFT_TOPK
 from gorgon.engine.kv import RowKVCache
+from gorgon.engine.parts import ModelParts
+from gorgon.engine.sampling import RowSampling, TypicalAcceptance
 from gorgon.engine.tree import build_tree_buffers, chain
 
 NUM_HEADS = 3
@@ -205,61 +196,6 @@ def test_non_speculative_row_accepts_nothing(tiny_model) -> None:
     assert outcome.emitted == [greedy[1:2]]
 
 
-def test_typical_acceptance_on_crafted_distributions() -> None:
-    rule = TypicalAcceptance()  # epsilon 0.09, alpha 0.3
-    peaked = torch.full((100,), -30.0)
-    peaked[0], peaked[1] = 0.0, -3.0  # p(0) ~ 0.95, p(1) ~ 0.047 < 0.09
-    flat = torch.zeros(100)  # p = 0.01, H = ln 100, alpha * exp(-H) = 0.003 < 0.01
-    logits = torch.stack([peaked, peaked, flat])
-    accepted = typical_accept(logits, torch.tensor([0, 1, 57]), 1.0, rule)
-    assert accepted.tolist() == [True, False, True]
-    strict = TypicalAcceptance(epsilon=0.09, alpha=3.0)  # flat threshold becomes 0.03 > 0.01
-    assert typical_accept(logits, torch.tensor([0, 1, 57]), 1.0, strict).tolist() == [True, False, False]
-
-
-def test_top_p_keeps_the_smallest_nucleus() -> None:
-    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
-    probs = filtered_probabilities(logits, RowSampling(temperature=1.0, top_p=0.7))
-    torch.testing.assert_close(probs, torch.tensor([0.5 / 0.8, 0.3 / 0.8, 0.0, 0.0]))
-
-
-def test_single_row_logits_match_the_row_inside_a_batch() -> None:
-    """oneDNN's bf16 matrix-vector product rounds differently from the matrix-matrix one now and then; the
-    engine pads single rows so greedy decoding alone matches decoding in a batch or a tree. Seed 23 is a case
-    where the unpadded product differs on AVX-512 CPUs without AMX (with AMX both products agree here). The
-    lm_head is the engine's CPU copy (packed where oneDNN packs bf16): on a Skylake Xeon without AVX512_BF16,
-    unpacked bf16 products of 4 or more rows round row 0 unlike the 2-row product, packed ones do not."""
-    generator = torch.Generator().manual_seed(23)
-    linear = torch.nn.Linear(1536, 576, bias=False).to(torch.bfloat16)
-    with torch.no_grad():
-        linear.weight.copy_(torch.randn(576, 1536, generator=generator) / 40)
-        gate = torch.randn(4, 1536, generator=generator)
-        rows = (torch.nn.functional.silu(gate) * torch.randn(4, 1536, generator=generator) * 3).to(
-            torch.bfloat16
-        )
-        lm_head = as_the_cpu_engine_runs_it(linear, torch.bfloat16)
-        in_batch = lm_head(rows)[:1]
-        assert torch.equal(row_logits(lm_head, rows[:1]), in_batch)
-
-
-def test_recurrent_heads_draft_along_their_own_top1_path(tiny_model) -> None:
-    heads = random_heads(NUM_HEADS, recurrent=True)
-    embed = tiny_model.get_input_embeddings()
-    lm_head = tiny_model.get_output_embeddings()
-    parts = ModelParts(tiny_model.get_decoder(), lm_head, heads, embed_tokens=embed)
-    hidden, next_tokens = torch.randn(2, 64), torch.tensor([5, 77])
-    drafts = draft(parts, hidden, next_tokens)  # [B, K, DRAFT_TOPK]
-    assert drafts.shape == (2, NUM_HEADS, DRAFT_TOPK)
-    # teacher-forced on the path it drafted (the base model's token, then each head's best), the heads give
-    # the same rankings
-    path = torch.cat([next_tokens[:, None], drafts[:, :-1, 0]], dim=1)  # [B, K]
-    embeddings = embed(path).permute(1, 0, 2)[:, :, None]  # [K, B, 1, H]
-    logits = heads(hidden[:, None], lm_head, embeddings)[:, :, 0]  # [K, B, V]
-    assert torch.equal(logits.topk(DRAFT_TOPK, dim=-1).indices.permute(1, 0, 2), drafts)
-    other = draft(parts, hidden, torch.tensor([6, 77]))
-    assert not torch.equal(other[0], drafts[0]) and torch.equal(other[1], drafts[1])
-
-
 def test_a_sampled_row_in_a_lookahead_tree_accepts_by_typical_acceptance(tiny_model) -> None:
     """A nearly greedy temperature: the drafted chain's right tokens have p ~ 1 and pass the typical test."""
     parts = _parts(tiny_model)
@@ -276,11 +212,3 @@ def test_a_sampled_row_in_a_lookahead_tree_accepts_by_typical_acceptance(tiny_mo
     assert outcome.accepted_drafts == [2]
     assert outcome.emitted == [greedy[1:4]]
     assert cache.lengths.tolist() == [len(prompt) + 3]
-
-
-def test_greedy_tokens_are_the_argmax_with_the_first_of_equal_maxima() -> None:
-    torch.manual_seed(0)
-    logits = (torch.randn(5, 3, 4096) * 3).round().to(torch.bfloat16)  # coarse values: many ties
-    logits[0, 0, [7, 99, 4000]] = 100.0
-    assert torch.equal(greedy_tokens(logits), logits.argmax(-1))
-    assert int(greedy_tokens(logits)[0, 0]) == 7

@@ -9,14 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_tiny import random_heads
 
 from gorgon.core.errors import ConfigurationError
 from gorgon.engine import loader
 from gorgon.engine.config import DEFAULT_HEADS_PATH, EngineSettings
 from gorgon.engine.loader import check_settings, load_model_and_tokenizer, resolve_dtype, resolve_model_source
-from gorgon.engine.medusa import MedusaHeads, save_medusa_heads
-from gorgon.engine.medusa_engine import load_heads_for
 
 
 def test_defaults_and_environment(monkeypatch) -> None:
@@ -73,26 +70,6 @@ def test_directory_without_a_model_is_a_clear_error(tmp_path) -> None:
 def test_tensor_parallel_needs_deepspeed() -> None:
     with pytest.raises(ConfigurationError, match="AutoTP"):
         check_settings(EngineSettings(tensor_parallel_size=2, use_deepspeed=False))
-
-
-def test_heads_missing_means_plain_decoding(make_engine, tmp_path) -> None:
-    loaded = make_engine().loaded
-    assert load_heads_for(loaded, EngineSettings(heads_path=tmp_path)) is None
-
-
-def test_heads_for_another_model_are_rejected(make_engine, tmp_path) -> None:
-    loaded = make_engine().loaded
-    save_medusa_heads(MedusaHeads(32, 260, 2, own_lm_heads=True), tmp_path, base_model_name_or_path="other")
-    with pytest.raises(ConfigurationError, match="hidden size 32"):
-        load_heads_for(loaded, EngineSettings(heads_path=tmp_path))
-
-
-def test_matching_heads_are_loaded(make_engine, tmp_path) -> None:
-    loaded = make_engine().loaded
-    save_medusa_heads(random_heads(3), tmp_path, base_model_name_or_path="tiny-llama")
-    heads = load_heads_for(loaded, EngineSettings(heads_path=tmp_path))
-    assert heads is not None and heads.num_heads == 3
-    assert load_heads_for(loaded, EngineSettings(heads_path=tmp_path, speculation=False)) is None
 
 
 def test_deepspeed_wrap_keeps_logits_and_stdout_clean(tiny_model, capfd) -> None:

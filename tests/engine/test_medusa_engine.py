@@ -189,7 +189,7 @@ def test_chat_without_template_is_a_clear_error(make_engine) -> None:
 def test_tree_shipped_beside_the_heads_is_used(make_engine, tmp_path) -> None:
     (tmp_path / "medusa_choices.json").write_text("[[0], [1], [0, 0], [2]]")
     engine = make_engine(random_heads(), heads_path=tmp_path)
-    trees = {shape.name: shape.num_nodes for shape in engine.selector.shapes}
+    trees = {shape.name: shape.num_nodes for shape in engine.scheduler.selector.shapes}
     assert trees["heads_tree"] == 5
     assert "plain" in trees
 
@@ -229,7 +229,7 @@ def test_recurrent_heads_give_the_plain_greedy_output_alone_and_batched(make_eng
 
 def test_a_tree_is_cut_to_the_nodes_recurrent_heads_can_fill(make_engine) -> None:
     engine = make_engine(random_heads(recurrent=True), medusa_choices="cpu_12")
-    tree = engine.selector.shapes[-1]
+    tree = engine.scheduler.selector.shapes[-1]
     assert tree.choices == ((0,), (0, 0), (0, 0, 0), (1,), (2,), (0, 1), (0, 0, 1))  # chain first
     assert tree.lookahead and tree.spine_nodes == 4
 
@@ -256,7 +256,9 @@ def test_a_plain_steps_drafting_for_the_next_step_is_not_counted_as_plain_cost(
     engine = make_engine(random_heads(), cycle_shapes=True)
     engine.add(_request("short", 12))
     _drain(engine, {})
-    plain_times = list(engine.selector.step_seconds[("plain", 1)].recent)
-    chain_times = list(engine.selector.step_seconds[(engine.selector.shapes[1].name, 1)].recent)
+    plain_times = list(engine.scheduler.selector.step_seconds[("plain", 1)].recent)
+    chain_times = list(
+        engine.scheduler.selector.step_seconds[(engine.scheduler.selector.shapes[1].name, 1)].recent
+    )
     assert plain_times and chain_times
     assert max(plain_times) < slow_drafting <= min(chain_times)

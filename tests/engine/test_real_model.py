@@ -52,19 +52,19 @@ def test_shipped_heads_in_every_shape_at_batch_4_give_the_plain_greedy_output() 
     rows share a forward shows here (an SDPA grouped-query path that did: 12 of 16 bench prompts diverged)."""
     from engine_tiny import CyclingSelector
 
-    from gorgon.engine.bench import BENCH_PROMPTS
-    from gorgon.engine.bench_runner import run_engine
+    from gorgon.bench.engine_run import run_engine
+    from gorgon.bench.prompts import BENCH_PROMPTS
 
     settings = EngineSettings()
     speculative = load_engine(settings)
     assert speculative.info.speculative
-    speculative.selector = CyclingSelector(speculative.selector.shapes)
+    speculative.scheduler.selector = CyclingSelector(speculative.scheduler.selector.shapes)
     plain = load_engine(settings.model_copy(update={"heads_path": settings.heads_path / "missing"}))
     prompts = [speculative.encode([ChatMessage("user", text)]) for text in BENCH_PROMPTS[:4]]
     expected = run_engine(plain, prompts, 64).token_ids
     output = run_engine(speculative, prompts, 64)
     assert sum(output.shape_steps.values()) > 0 and len(output.shape_steps) == len(
-        speculative.selector.shapes
+        speculative.scheduler.selector.shapes
     )
     assert output.token_ids == expected
 
@@ -73,8 +73,8 @@ def test_shipped_heads_in_every_shape_at_batch_4_give_the_plain_greedy_output() 
 def test_a_prompt_decodes_in_each_shape_at_batch_1_what_plain_decoding_gives() -> None:
     """On an AVX2-only AMD EPYC, bench prompt 0 alone drifted from plain greedy at token 14 with the chain and
     with the tree forced on every step, until attention ran each emitted query in a call of its own."""
-    from gorgon.engine.bench import BENCH_PROMPTS
-    from gorgon.engine.bench_runner import run_engine
+    from gorgon.bench.engine_run import run_engine
+    from gorgon.bench.prompts import BENCH_PROMPTS
     from gorgon.engine.shapes import ShapeSelector
 
     class OneShape(ShapeSelector):
@@ -86,8 +86,8 @@ def test_a_prompt_decodes_in_each_shape_at_batch_1_what_plain_decoding_gives() -
     prompt = [plain.encode([ChatMessage("user", BENCH_PROMPTS[0])])]
     expected = run_engine(plain, prompt, 32).token_ids
     speculative = load_engine(settings)
-    for shape in speculative.selector.shapes[1:]:
-        speculative.selector = OneShape([speculative.selector.plain, shape])
+    for shape in speculative.scheduler.selector.shapes[1:]:
+        speculative.scheduler.selector = OneShape([speculative.scheduler.selector.plain, shape])
         output = run_engine(speculative, prompt, 32)
         assert output.shape_steps[shape.name] > 0
         assert output.token_ids == expected, shape.name
@@ -97,7 +97,7 @@ def test_a_prompt_decodes_in_each_shape_at_batch_1_what_plain_decoding_gives() -
 def test_a_prompt_prefilled_beside_a_longer_one_leaves_the_cache_it_leaves_alone() -> None:
     """A 33-token prompt padded to 42 queries left other KV values than alone on an AVX2-only AMD EPYC (a tail
     of 1 query past a 32-query block): the engine prefills each prompt length in its own forward."""
-    from gorgon.engine.bench import BENCH_PROMPTS
+    from gorgon.bench.prompts import BENCH_PROMPTS
 
     settings = EngineSettings()
     engine = load_engine(settings.model_copy(update={"heads_path": settings.heads_path / "missing"}))

@@ -1,7 +1,12 @@
-"""The speculation-shape selector: tries every shape, then keeps the fastest per batch-size bucket."""
+"""The speculation shapes on offer, and the selector: tries every shape, then keeps the fastest per batch-size
+bucket."""
 
 from __future__ import annotations
 
+import torch
+from engine_tiny import random_heads
+
+from gorgon.engine.config import EngineSettings
 from gorgon.engine.shapes import (
     ACCEPTANCE_SAMPLES,
     COST_SAMPLES,
@@ -9,6 +14,7 @@ from gorgon.engine.shapes import (
     REFRESH_SAMPLES,
     ShapeSelector,
     batch_bucket,
+    build_shapes,
 )
 from gorgon.engine.tree import build_tree_buffers, chain
 
@@ -330,3 +336,15 @@ def test_a_chain_judged_on_hard_text_comes_back_when_the_tree_runs_on_easy_text(
         selector.record(shape, 1, seconds[shape.name], tokens)
     assert "tree" in chosen[:EXPLORATION]
     assert set(chosen[-REEXPLORE_EVERY // 2 :]) == {"chain_2"}  # 3 tokens either way: the cheaper shape wins
+
+
+def test_a_named_tree_is_cut_to_the_heads_available(tmp_path) -> None:
+    settings = EngineSettings(medusa_choices="mc_sim_7b_63", heads_path=tmp_path)
+    plain, chain_2, tree = build_shapes(settings, random_heads(2), torch.device("cpu"))
+    assert (plain.num_nodes, chain_2.name, tree.name) == (1, "chain_2", "mc_sim_7b_63")
+    assert tree.max_depth == 2
+    assert all(len(path) <= 2 for path in tree.choices)
+
+
+def test_without_heads_only_plain_decoding_is_offered() -> None:
+    assert [shape.name for shape in build_shapes(EngineSettings(), None, torch.device("cpu"))] == ["plain"]

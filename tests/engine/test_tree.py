@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gorgon.engine.tree import MC_SIM_7B_63, build_tree_buffers, chain, tree_by_name
+from gorgon.engine.tree import MC_SIM_7B_63, build_tree_buffers, chain
 
 
 def test_two_siblings_and_a_grandchild() -> None:
@@ -51,11 +51,8 @@ def test_missing_parent_is_rejected() -> None:
         build_tree_buffers([(0,), (1, 0)])
 
 
-def test_vicuna_tree_shape_and_cut_to_available_heads() -> None:
-    full = tree_by_name("mc_sim_7b_63", num_heads=4)
+def test_vicuna_tree_shape() -> None:
+    full = build_tree_buffers(MC_SIM_7B_63, name="mc_sim_7b_63")
     assert full.num_nodes == len(MC_SIM_7B_63) + 1 == 64
     assert full.topk == 10
     assert full.max_depth == 4
-    two_heads = tree_by_name("mc_sim_7b_63", num_heads=2)
-    assert two_heads.max_depth == 2
-    assert all(len(path) <= 2 for path in two_heads.choices)

@@ -13,8 +13,9 @@ from engine_tiny import VOCAB, as_the_cpu_engine_runs_it, empty_cache, smollm2_s
 from transformers import LlamaForCausalLM
 
 from gorgon.engine.attention import gather_per_node, node_key_slots, use_row_attention
-from gorgon.engine.decode import ModelParts, forward_tokens
+from gorgon.engine.forward import forward_tokens
 from gorgon.engine.kv import RowKVCache
+from gorgon.engine.parts import ModelParts
 from gorgon.engine.tree import build_tree_buffers
 
 SIBLINGS_TREE = ((0,), (1,), (2,), (0, 0), (1, 0))  # nodes: root, (0,), (1,), (2,), (0, 0), (1, 0)

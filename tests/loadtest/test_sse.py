@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gorgon_loadtest.sse import DONE, Chunk, MalformedChunkError, SseDecoder, parse_chunk
+from gorgon_loadtest.sse import DONE, Chunk, MalformedChunkError, SseDecoder, parse_chunk, timed_payloads
 from gorgon_loadtest.target import Endpoint
 
 
@@ -29,6 +29,17 @@ def test_decoder_handles_crlf_and_a_missing_final_blank_line() -> None:
 
 def test_decoder_ignores_blank_lines_between_events() -> None:
     assert decode(["", "", "data: x", "", ""]) == ["x"]
+
+
+def test_timed_payloads_take_the_time_of_the_piece_that_completes_each_event() -> None:
+    stream = 'data: {"a": 1}\n\ndata: "é"\r\n\r\ndata: [DONE]\n\n'.encode()
+    inside_the_character = stream.index("é".encode()) + 1
+    pieces = [(1.0, stream[:5]), (2.0, stream[5:inside_the_character]), (3.0, stream[inside_the_character:])]
+    assert list(timed_payloads(pieces)) == [(2.0, '{"a": 1}'), (3.0, '"é"'), (3.0, DONE)]
+
+
+def test_timed_payloads_leave_out_an_event_the_stream_leaves_open() -> None:
+    assert list(timed_payloads([(1.0, b"data: x\n\ndata: y\n")])) == [(1.0, "x")]
 
 
 def test_completion_chunk_gives_text_and_finish_reason() -> None:

@@ -12,9 +12,12 @@ import sys
 import time
 
 import httpx
+import pytest
 import redis
 
 from gorgon.local.processes import free_port
+
+pytestmark = pytest.mark.processes
 
 
 def up_command(port: int, *extra: str) -> list[str]:

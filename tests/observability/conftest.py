@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from observability_platform import InProcessPlatform, running_platform
 
-from gorgon.core.streams import RedisNames
+from gorgon.core.redis.names import RedisNames
 
 
 @pytest.fixture

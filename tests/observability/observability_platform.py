@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from gorgon.api.app import create_app
 from gorgon.api.config import ApiSettings
 from gorgon.core.config import RedisSettings
-from gorgon.core.streams import RedisNames
+from gorgon.core.redis.names import RedisNames
 from gorgon.engine.echo import EchoEngine
 from gorgon.worker.config import WorkerSettings
 from gorgon.worker.http import serve_probes

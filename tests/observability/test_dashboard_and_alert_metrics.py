@@ -20,6 +20,9 @@ from prometheus_client.utils import floatToGoString
 
 from gorgon.api.metrics import TTFT_BUCKETS
 
+pytestmark = pytest.mark.processes
+
+
 CHART_DIR = Path(__file__).resolve().parents[2] / "charts" / "gorgon"
 DASHBOARD = json.loads((CHART_DIR / "dashboards" / "gorgon.json").read_text())
 METRIC_MODULES = ("gorgon.api.metrics", "gorgon.worker.metrics", "gorgon_operator.metrics")

@@ -13,7 +13,7 @@ import torch
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from gorgon.core.streams import RedisNames
+from gorgon.core.redis.names import RedisNames
 from gorgon.engine.echo import EchoEngine
 from gorgon.engine.kv import RowKVCache
 from gorgon.local.processes import free_port

@@ -14,9 +14,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from gorgon.core import streams, tracing
+from gorgon.core import tracing
 from gorgon.core.protocol import RequestPayload, WireSampling
-from gorgon.core.streams import RedisNames
+from gorgon.core.redis.names import RedisNames
+from gorgon.core.redis.queue import enqueue
 from gorgon.engine.echo import EchoEngine
 from gorgon.worker.main import Worker
 
@@ -107,7 +108,7 @@ async def test_a_message_without_traceparent_gets_a_worker_root_span(
         payload = RequestPayload(
             "r-untraced", "echo", sampling, time.time() + 30, False, "nobody-listens", "abc"
         )
-        assert await streams.enqueue(redis, redis_names, payload, 0) is not None
+        assert await enqueue(redis, redis_names, payload, 0) is not None
         spans = await finished_spans(exported, 1 + len(WORKER_SPANS))
     finally:
         worker.request_stop()

@@ -19,6 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gorgon.local.processes import api_command, free_port, service_env, stop_all, wait_until_ready
 
+pytestmark = pytest.mark.processes
+
+
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
 

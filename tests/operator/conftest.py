@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 from operator_objects import GPU_NODES, api_mocks, deployment, node
 
-from gorgon.core.streams import RedisNames
+from gorgon.core.redis.names import RedisNames
 from gorgon_operator.k8s import KubernetesActuator
 from gorgon_operator.reconcile import PoolReconciler
 

@@ -17,7 +17,7 @@ from kopf._core.engines.posting import K8sEvent
 from kubernetes.client import ApiException
 from operator_objects import api_mocks, deployment, scaled_to
 
-from gorgon.core.streams import RedisNames
+from gorgon.core.redis.names import RedisNames
 from gorgon_operator import handlers
 from gorgon_operator.k8s import MISSING_OBJECT_RETRY_S, KubernetesActuator
 from gorgon_operator.reconcile import PoolReconciler

@@ -12,7 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from gorgon.core.protocol import RequestPayload, WireSampling
-from gorgon.core.streams import RedisNames, backlog, enqueue, live_workers, read_result
+from gorgon.core.redis.names import RedisNames
+from gorgon.core.redis.queue import backlog, enqueue
+from gorgon.core.redis.registry import live_workers
+from gorgon.core.redis.requests import read_result
 from gorgon_operator.local import LocalWorkers, run_local_autoscaler
 from gorgon_operator.policy import ScalingPolicy
 

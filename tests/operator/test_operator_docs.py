@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gorgon.engine.config import DEFAULT_MODEL_DISPLAY_NAME
-from gorgon_operator.policy import ScalingPolicy, policy_from_spec
+from gorgon.core.defaults import DEFAULT_MODEL_DISPLAY_NAME
+from gorgon_operator.policy import ScalingPolicy
 from gorgon_operator.simulate import simulate
 from gorgon_operator.spec import (
     DEFAULT_CAP_TO_SCHEDULABLE_GPUS,
     DEFAULT_GPU_RESOURCE_NAME,
     DEFAULT_POLL_INTERVAL_S,
+    policy_from_spec,
 )
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "operator.md").read_text()

@@ -12,8 +12,8 @@ from gorgon_operator.policy import (
     ScalingPolicy,
     WindowState,
     decide,
-    policy_from_spec,
 )
+from gorgon_operator.spec import policy_from_spec
 
 POLICY = ScalingPolicy(target_backlog_per_replica=8, min_replicas=0, max_replicas=20)
 STEP_S = 15

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from gorgon.core.streams import RedisNames
-from gorgon.engine.config import DEFAULT_MODEL_DISPLAY_NAME
+from gorgon.core.defaults import DEFAULT_MODEL_DISPLAY_NAME
+from gorgon.core.redis.names import RedisNames
 from gorgon_operator.errors import InvalidSpecError
 from gorgon_operator.spec import DEFAULT_POLL_INTERVAL_S, SecretKeyRef, parse_spec
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import httpx
 import redis
 
-from gorgon.core.streams import RedisNames
+from gorgon.core.redis.names import RedisNames
 from gorgon.engine.echo import CYCLE, continuation
 from gorgon.local.processes import LocalServices
 from gorgon.local.redis_server import PrivateRedis, start_private_redis

@@ -25,8 +25,11 @@ from reliability_harness import (
     wait_for_workers,
 )
 
-from gorgon.core.streams import RedisNames
+from gorgon.core.redis.names import RedisNames
 from gorgon.local.processes import LocalServices, api_command, free_port, spawn, wait_until_ready
+
+pytestmark = pytest.mark.processes
+
 
 STEP_DELAY_S = 0.01
 MAX_TOKENS = 150

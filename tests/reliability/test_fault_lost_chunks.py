@@ -12,7 +12,8 @@ import redis.asyncio as aioredis
 from gorgon.api.errors import OpenAIError
 from gorgon.api.generation import Gateway
 from gorgon.core.protocol import Chunk, RequestPayload, WireSampling
-from gorgon.core.streams import RedisNames, TokenSubscriber
+from gorgon.core.redis.names import RedisNames
+from gorgon.core.redis.subscriber import TokenSubscriber
 
 DEADLINE_S = 60
 

@@ -8,6 +8,7 @@ import logging
 import time
 
 import httpx
+import pytest
 from reliability_harness import (
     FAST_TAKEOVER,
     RestartableRedis,
@@ -17,6 +18,8 @@ from reliability_harness import (
     wait_for,
     wait_for_workers,
 )
+
+pytestmark = pytest.mark.processes
 
 log = logging.getLogger(__name__)
 

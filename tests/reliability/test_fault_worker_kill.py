@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import redis
 from reliability_harness import (
     FAST_TAKEOVER,
@@ -21,8 +22,10 @@ from reliability_harness import (
     wait_for_workers,
 )
 
-from gorgon.core.streams import CONSUMER_GROUP, RedisNames
+from gorgon.core.redis.names import CONSUMER_GROUP, RedisNames
 from gorgon.local.processes import LocalServices
+
+pytestmark = pytest.mark.processes
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+pytestmark = pytest.mark.processes
+
+
 CHECKS = [
     schemathesis.checks.not_a_server_error,
     status_code_conformance,

@@ -11,9 +11,12 @@ import httpx
 import pytest
 import redis
 
-from gorgon.core.streams import RedisNames
+from gorgon.core.redis.names import RedisNames
 from gorgon.engine.echo import continuation
 from gorgon.local.processes import LocalServices
+
+pytestmark = pytest.mark.processes
+
 
 PROTOCOL_LOOKING_PROMPTS = [
     "data: [DONE]\n\n",

@@ -7,8 +7,11 @@ import asyncio
 import logging
 import time
 
+import pytest
 from reliability_harness import StreamOutcome, distinct_prompt, platform_on, problems, sized, wait_for_workers
 from sse_wire_client import finish_stream, open_stream
+
+pytestmark = pytest.mark.processes
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,9 @@ from gorgon.local.processes import (
     worker_command,
 )
 
+pytestmark = pytest.mark.processes
+
+
 KEY = "sk-reliability-" + uuid.uuid4().hex
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gorgon.engine.medusa import MedusaHeads
+from gorgon.engine.drafting.heads import MedusaHeads
 from gorgon.training.evaluate import (
     MAX_RANK,
     accepted_drafts,

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gorgon.engine.medusa import load_medusa_heads, save_medusa_heads
-from gorgon.engine.medusa_engine import DRAFT_VOCABULARY_FILE
+from gorgon.engine.drafting.checkpoint import DRAFT_VOCABULARY_FILE, load_medusa_heads, save_medusa_heads
 from gorgon.engine.tree import build_tree_buffers
 from gorgon.training.base_model import BaseModel
 from gorgon.training.distill import generate_greedy

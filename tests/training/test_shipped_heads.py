@@ -10,12 +10,15 @@ import torch
 from gorgon.engine.batch import cache_capacity
 from gorgon.engine.chat import encode_chat
 from gorgon.engine.config import DEFAULT_HEADS_PATH, EngineSettings
-from gorgon.engine.decode import ModelParts, RowSampling, TypicalAcceptance, prefill, speculative_step
+from gorgon.engine.decode import prefill, speculative_step
+from gorgon.engine.drafting.checkpoint import load_medusa_heads
+from gorgon.engine.drafting.heads import MedusaHeads
+from gorgon.engine.drafting.lookup import ContextLookup, with_lookup_drafts
 from gorgon.engine.interface import ChatMessage
 from gorgon.engine.kv import RowKVCache
 from gorgon.engine.loader import LoadedModel, load_model_and_tokenizer
-from gorgon.engine.lookup import ContextLookup, with_lookup_drafts
-from gorgon.engine.medusa import MedusaHeads, load_medusa_heads
+from gorgon.engine.parts import ModelParts
+from gorgon.engine.sampling import RowSampling, TypicalAcceptance
 from gorgon.engine.tree import TreeBuffers, build_tree_buffers, is_spine_tree
 from gorgon.training.base_model import BaseModel
 from gorgon.training.distill import generate_greedy

@@ -34,6 +34,7 @@ def test_a_malformed_cost_table_is_a_usage_error(capsys: pytest.CaptureFixture[s
     assert "tokens:ms pairs" in capsys.readouterr().err
 
 
+@pytest.mark.processes
 def test_the_command_module_imports_without_torch() -> None:
     probe = "import sys, gorgon.training.cli; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

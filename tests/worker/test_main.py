@@ -11,9 +11,12 @@ from dataclasses import replace
 import pytest
 import redis.asyncio as aioredis
 
-from gorgon.core import streams
 from gorgon.core.protocol import Chunk, RequestPayload, WireSampling
-from gorgon.core.streams import CONSUMER_GROUP, RedisNames, TokenSubscriber
+from gorgon.core.redis.names import CONSUMER_GROUP, RedisNames
+from gorgon.core.redis.publisher import Publication, Publisher
+from gorgon.core.redis.queue import backlog, enqueue, ensure_group, read_entries
+from gorgon.core.redis.requests import read_progress, read_result, request_cancel
+from gorgon.core.redis.subscriber import TokenSubscriber
 from gorgon.engine.echo import EchoEngine, continuation
 from gorgon.worker.config import WorkerSettings
 from gorgon.worker.main import Worker
@@ -78,15 +81,15 @@ async def test_non_streaming_request_gets_one_final_chunk_and_its_entry_is_delet
 ) -> None:
     worker, task = await start_worker(redis_async, redis_names)
     queue = subscriber.register("r1")
-    await streams.enqueue(redis_async, redis_names, payload(subscriber.channel, "r1", max_tokens=8), 0)
+    await enqueue(redis_async, redis_names, payload(subscriber.channel, "r1", max_tokens=8), 0)
     chunks = await collect(queue)
     await stop_worker(worker, task)
     assert len(chunks) == 1
     assert chunks[0].text == continuation("abc", 8)
     assert chunks[0].finish_reason == "length"
     assert (chunks[0].prompt_tokens, chunks[0].completion_tokens) == (3, 8)
-    assert await streams.backlog(redis_async, redis_names, "echo") == 0
-    stored = await streams.read_result(redis_async, redis_names, "r1")
+    assert await backlog(redis_async, redis_names, "echo") == 0
+    stored = await read_result(redis_async, redis_names, "r1")
     assert stored is not None and stored.text == chunks[0].text
 
 
@@ -95,7 +98,7 @@ async def test_streaming_chunks_are_seq_numbered_and_kept_as_progress(
 ) -> None:
     worker, task = await start_worker(redis_async, redis_names)
     queue = subscriber.register("r1")
-    await streams.enqueue(
+    await enqueue(
         redis_async,
         redis_names,
         payload(subscriber.channel, "r1", max_tokens=7, stream=True, use_speculative=False),
@@ -105,7 +108,7 @@ async def test_streaming_chunks_are_seq_numbered_and_kept_as_progress(
     await stop_worker(worker, task)
     assert [chunk.seq for chunk in chunks] == list(range(7))
     assert "".join(chunk.text for chunk in chunks) == continuation("abc", 7)
-    progress = await streams.read_progress(redis_async, redis_names, "r1", 0)
+    progress = await read_progress(redis_async, redis_names, "r1", 0)
     assert [chunk.seq for chunk in progress] == list(range(7))
 
 
@@ -114,12 +117,12 @@ async def test_requests_join_the_running_batch(
 ) -> None:
     worker, task = await start_worker(redis_async, redis_names, step_delay_s=0.01)
     long_queue = subscriber.register("long")
-    await streams.enqueue(
+    await enqueue(
         redis_async, redis_names, payload(subscriber.channel, "long", max_tokens=60, use_speculative=False), 0
     )
     await asyncio.sleep(0.1)
     short_queue = subscriber.register("short")
-    await streams.enqueue(
+    await enqueue(
         redis_async, redis_names, payload(subscriber.channel, "short", max_tokens=3, use_speculative=False), 0
     )
     short = await collect(short_queue)
@@ -135,7 +138,7 @@ async def test_stop_sequences_end_the_text_before_the_stop(
 ) -> None:
     worker, task = await start_worker(redis_async, redis_names)
     queue = subscriber.register("r1")
-    await streams.enqueue(
+    await enqueue(
         redis_async,
         redis_names,
         payload(subscriber.channel, "r1", max_tokens=20, stream=True, stop=("fg",)),
@@ -152,14 +155,14 @@ async def test_context_overflow_is_reported_to_the_client(
 ) -> None:
     worker, task = await start_worker(redis_async, redis_names)
     queue = subscriber.register("r1")
-    await streams.enqueue(
+    await enqueue(
         redis_async, redis_names, payload(subscriber.channel, "r1", max_tokens=4000, prompt="x" * 200), 0
     )
     (chunk,) = await collect(queue)
     await stop_worker(worker, task)
     assert chunk.error is not None
     assert (chunk.error.code, chunk.error.status) == ("context_length_exceeded", 400)
-    assert await streams.backlog(redis_async, redis_names, "echo") == 0
+    assert await backlog(redis_async, redis_names, "echo") == 0
 
 
 async def test_expired_deadline_gives_a_timeout_error(
@@ -170,7 +173,7 @@ async def test_expired_deadline_gives_a_timeout_error(
     late = replace(
         payload(subscriber.channel, "r1", max_tokens=1000, use_speculative=False), deadline=time.time() + 0.3
     )
-    await streams.enqueue(redis_async, redis_names, late, 0)
+    await enqueue(redis_async, redis_names, late, 0)
     (chunk,) = await collect(queue)
     await stop_worker(worker, task)
     assert chunk.error is not None and chunk.error.code == "timeout"
@@ -182,20 +185,20 @@ async def test_cancel_flag_drops_the_row_and_frees_the_slot(
 ) -> None:
     worker, task = await start_worker(redis_async, redis_names, step_delay_s=0.01)
     queue = subscriber.register("r1")
-    await streams.enqueue(
+    await enqueue(
         redis_async,
         redis_names,
         payload(subscriber.channel, "r1", max_tokens=1000, stream=True, use_speculative=False),
         0,
     )
     await queue.get()
-    await streams.request_cancel(redis_async, redis_names, "r1", 30)
+    await request_cancel(redis_async, redis_names, "r1", 30)
     async with asyncio.timeout(2):
-        while await streams.backlog(redis_async, redis_names, "echo"):
+        while await backlog(redis_async, redis_names, "echo"):
             await asyncio.sleep(0.01)
     assert worker.engine.num_active == 0
     await stop_worker(worker, task)
-    progress = await streams.read_progress(redis_async, redis_names, "r1", 0)
+    progress = await read_progress(redis_async, redis_names, "r1", 0)
     assert len(progress) < 1000 and not progress[-1].final
 
 
@@ -204,7 +207,7 @@ async def test_superseded_attempt_is_fenced_out_and_does_not_ack(
 ) -> None:
     worker, task = await start_worker(redis_async, redis_names, step_delay_s=0.01)
     queue = subscriber.register("r1")
-    await streams.enqueue(
+    await enqueue(
         redis_async,
         redis_names,
         payload(subscriber.channel, "r1", max_tokens=500, stream=True, use_speculative=False),
@@ -216,19 +219,17 @@ async def test_superseded_attempt_is_fenced_out_and_does_not_ack(
         while worker.engine.num_active:
             await asyncio.sleep(0.01)
     await stop_worker(worker, task)
-    published = await streams.read_progress(redis_async, redis_names, "r1", 0)
+    published = await read_progress(redis_async, redis_names, "r1", 0)
     assert all(chunk.attempt == 1 for chunk in published)
     assert not published[-1].final
-    assert await streams.backlog(redis_async, redis_names, "echo") == 1, (
-        "the entry must stay for its new owner"
-    )
+    assert await backlog(redis_async, redis_names, "echo") == 1, "the entry must stay for its new owner"
 
 
 async def _abandoned_entry(redis: aioredis.Redis, names: RedisNames, request: RequestPayload) -> str:
     """An entry delivered to a consumer that then died."""
-    await streams.ensure_group(redis, names, "echo")
-    await streams.enqueue(redis, names, request, 0)
-    ((entry_id, _),) = await streams.read_entries(redis, names, "echo", "dead-worker", 1, None, own=False)
+    await ensure_group(redis, names, "echo")
+    await enqueue(redis, names, request, 0)
+    ((entry_id, _),) = await read_entries(redis, names, "echo", "dead-worker", 1, None, own=False)
     return entry_id
 
 
@@ -238,11 +239,11 @@ async def test_entry_of_a_dead_worker_is_resumed_where_it_stopped(
     request = payload(subscriber.channel, "r1", max_tokens=12, stream=True, use_speculative=False)
     await _abandoned_entry(redis_async, redis_names, request)
     already = continuation("abc", 5)
-    publisher = streams.Publisher(redis_async, redis_names)
+    publisher = Publisher(redis_async, redis_names)
     for seq, char in enumerate(already):
         chunk = Chunk("r1", attempt=1, seq=seq, text=char, token_ids=tuple(char.encode()))
         # published to a channel nobody hears (the resumed attempt reads them from the progress list)
-        await publisher.publish([streams.Publication(chunk, True, None, 60, "elsewhere")])
+        await publisher.publish([Publication(chunk, True, None, 60, "elsewhere")])
     queue = subscriber.register("r1")
     worker, task = await start_worker(redis_async, redis_names, name="w2")
     chunks = await collect(queue, timeout=10)
@@ -251,7 +252,7 @@ async def test_entry_of_a_dead_worker_is_resumed_where_it_stopped(
     assert {chunk.attempt for chunk in chunks} == {2}
     assert already + "".join(chunk.text for chunk in chunks) == continuation("abc", 12)
     assert chunks[-1].completion_tokens == 12 and chunks[-1].prompt_tokens == 3
-    assert await streams.backlog(redis_async, redis_names, "echo") == 0
+    assert await backlog(redis_async, redis_names, "echo") == 0
 
 
 async def test_entry_delivered_too_often_is_dead_lettered_with_an_error_to_the_client(
@@ -265,7 +266,7 @@ async def test_entry_delivered_too_often_is_dead_lettered_with_an_error_to_the_c
     (chunk,) = await collect(queue, timeout=10)
     await stop_worker(worker, task)
     assert chunk.error is not None and chunk.error.code == "worker_failure"
-    assert await streams.backlog(redis_async, redis_names, "echo") == 0
+    assert await backlog(redis_async, redis_names, "echo") == 0
     dead = await redis_async.xrange(redis_names.dead_letter_stream("echo"))
     assert len(dead) == 1
     assert RequestPayload.decode(dead[0][1][b"p"]).request_id == "r1"
@@ -277,7 +278,7 @@ async def test_stop_hands_unfinished_work_back_for_immediate_takeover(
     settings = FAST.model_copy(update={"shutdown_grace_s": 0.0})
     worker, task = await start_worker(redis_async, redis_names, settings, step_delay_s=0.01)
     queue = subscriber.register("r1")
-    await streams.enqueue(
+    await enqueue(
         redis_async,
         redis_names,
         payload(subscriber.channel, "r1", max_tokens=300, stream=True, use_speculative=False),
@@ -301,7 +302,7 @@ async def test_a_request_over_the_token_budget_waits_for_room(
     first_queue, second_queue = subscriber.register("first"), subscriber.register("second")
     for request_id in ("first", "second"):  # 3 prompt + 30 new tokens each: only one fits in 50
         request = payload(subscriber.channel, request_id, max_tokens=30, stream=True, use_speculative=False)
-        await streams.enqueue(redis_async, redis_names, request, 0)
+        await enqueue(redis_async, redis_names, request, 0)
     first, second = await collect(first_queue), await collect(second_queue)
     await stop_worker(worker, task)
     assert second[0].published_at >= first[-1].published_at

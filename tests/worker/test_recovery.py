@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from gorgon.core.streams import CONSUMER_GROUP, RedisNames
+from gorgon.core.redis.names import CONSUMER_GROUP, RedisNames
 from gorgon.engine.echo import continuation
 from gorgon.local.processes import LocalServices
 from gorgon_testing import services_in_fresh_namespace

@@ -21,7 +21,9 @@ from gorgon.api.registry import ModelRegistry
 from gorgon.api.routes import chat, completions, health, models
 from gorgon.api.telemetry import RequestTelemetry
 from gorgon.core.config import RedisSettings, get_redis_settings
-from gorgon.core.streams import RedisNames, TokenSubscriber, open_redis
+from gorgon.core.redis.connection import open_redis
+from gorgon.core.redis.names import RedisNames
+from gorgon.core.redis.subscriber import TokenSubscriber
 
 log = logging.getLogger(__name__)
 

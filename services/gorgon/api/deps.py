@@ -15,8 +15,8 @@ from gorgon.api.config import ApiSettings
 from gorgon.api.errors import OpenAIError
 from gorgon.api.generation import Gateway
 from gorgon.api.registry import ModelRegistry
-from gorgon.core import streams
-from gorgon.core.streams import RedisNames
+from gorgon.core.redis.names import RedisNames
+from gorgon.core.redis.rate_limit import count_request
 
 RATE_WINDOW_S = 60
 
@@ -69,7 +69,7 @@ async def authorize(request: Request, state: ApiState) -> None:
     if limit <= 0:
         return
     now = time.time()
-    count = await streams.count_request(state.redis, state.names, identity, RATE_WINDOW_S, now)
+    count = await count_request(state.redis, state.names, identity, RATE_WINDOW_S, now)
     if count > limit:
         retry_after = int(RATE_WINDOW_S - now % RATE_WINDOW_S) + 1
         raise OpenAIError(

@@ -34,7 +34,7 @@ class DirectRoutes:
         self, app: ASGIApp, routes: Iterable[APIRoute], passed: tuple[type[Exception], ...] = ()
     ) -> None:
         self.app = app
-        self._routes = {route.path: route for route in routes if "POST" in route.methods}
+        self._routes = {route.path: route for route in routes if route.methods and "POST" in route.methods}
         self._passed = passed
 
     @property

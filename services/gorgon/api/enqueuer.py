@@ -1,7 +1,7 @@
 """Enqueueing with the round trips shared: the requests of one API process that reach the queue in the same
 event-loop iteration go to Redis in one pipeline (one socket write and one read for all of them, instead of one
 each). A lone request is sent as soon as the loop comes round, so nothing waits for company. The enqueuer's
-commands go over a `streams.CommandConnection` of its own (no redis-py machinery per command)."""
+commands go over a `CommandConnection` of its own (no redis-py machinery per command)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,17 @@ import asyncio
 
 from redis.asyncio import Redis as AsyncRedis
 
-from gorgon.core import streams
 from gorgon.core.protocol import RequestPayload
-from gorgon.core.streams import RedisNames
+from gorgon.core.redis.command_connection import CommandConnection
+from gorgon.core.redis.names import RedisNames
+from gorgon.core.redis.queue import enqueue_many
 
 
 class BatchingEnqueuer:
-    """`streams.enqueue`, with the calls made in one loop iteration sent together."""
+    """`gorgon.core.redis.queue.enqueue`, with the calls made in one loop iteration sent together."""
 
     def __init__(self, redis: AsyncRedis, names: RedisNames, max_backlog: int) -> None:
-        self._redis = streams.CommandConnection(redis.connection_pool)
+        self._redis = CommandConnection(redis.connection_pool)
         self._names = names
         self._max_backlog = max_backlog
         self._waiting: list[tuple[RequestPayload, asyncio.Future[str | None]]] = []
@@ -44,7 +45,7 @@ class BatchingEnqueuer:
         caller's clean-up sets the cancel flag, as for a request enqueued just before its client left)."""
         batch, self._waiting = self._waiting, []
         try:
-            entry_ids = await streams.enqueue_many(
+            entry_ids = await enqueue_many(
                 self._redis, self._names, [payload for payload, _ in batch], self._max_backlog
             )
         except asyncio.CancelledError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -56,7 +57,7 @@ class OpenAIError(Exception):
         )
 
 
-def _field_path(location: tuple[Any, ...] | list[Any]) -> str | None:
+def _field_path(location: Sequence[Any]) -> str | None:
     parts = [str(part) for part in location if part != "body"]
     return ".".join(parts) or None
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from redis.asyncio import Redis as AsyncRedis
@@ -21,9 +21,10 @@ from redis.exceptions import RedisError
 
 from gorgon.api.enqueuer import BatchingEnqueuer
 from gorgon.api.errors import OpenAIError
-from gorgon.core import streams
 from gorgon.core.protocol import Chunk, RequestPayload
-from gorgon.core.streams import RedisNames, TokenSubscriber
+from gorgon.core.redis.names import RedisNames
+from gorgon.core.redis.requests import read_progress, read_result, request_cancel
+from gorgon.core.redis.subscriber import TokenSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class Gateway:
         """The channel workers publish this process's chunks on (`RequestPayload.reply_to`)."""
         return self._subscriber.channel
 
-    async def generate(self, payload: RequestPayload) -> AsyncIterator[Chunk]:
+    async def generate(self, payload: RequestPayload) -> AsyncGenerator[Chunk, None]:
         """The request's chunks in order, ending with the final one (raises OpenAIError for a worker error)."""
         queue = self._subscriber.register(payload.request_id)
         finished = False
@@ -117,7 +118,9 @@ class Gateway:
                 headers={"Retry-After": str(self._retry_after_s)},
             )
 
-    async def _relay(self, queue: asyncio.Queue[Chunk], payload: RequestPayload) -> AsyncIterator[Chunk]:
+    async def _relay(
+        self, queue: asyncio.Queue[Chunk], payload: RequestPayload
+    ) -> AsyncGenerator[Chunk, None]:
         order = ChunkOrder(stream=payload.stream)
         while True:
             remaining = payload.deadline + DEADLINE_GRACE_S - time.time()
@@ -168,10 +171,8 @@ class Gateway:
     async def _missed(self, payload: RequestPayload, order: ChunkOrder) -> list[Chunk]:
         """What Redis holds that pub/sub may not have delivered: progress chunks, or the stored final result."""
         if payload.stream:
-            return await streams.read_progress(
-                self._redis, self._names, payload.request_id, order.expected_seq
-            )
-        result = await streams.read_result(self._redis, self._names, payload.request_id)
+            return await read_progress(self._redis, self._names, payload.request_id, order.expected_seq)
+        result = await read_result(self._redis, self._names, payload.request_id)
         return [result] if result is not None else []
 
     def _clean_up_later(self, payload: RequestPayload, *, cancel: bool) -> None:
@@ -187,7 +188,7 @@ class Gateway:
     async def _cancel(self, payload: RequestPayload) -> None:
         ttl = int(max(0.0, payload.deadline - time.time())) + 60
         try:
-            await streams.request_cancel(self._redis, self._names, payload.request_id, ttl)
+            await request_cancel(self._redis, self._names, payload.request_id, ttl)
         except RedisError as exc:
             log.warning("could not cancel request %s: %s", payload.request_id, exc)
             return

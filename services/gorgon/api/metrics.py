@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncGenerator, MutableMapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -83,8 +83,8 @@ def is_rejection(status: int) -> bool:
 
 
 async def observed_stream(
-    chunks: AsyncIterator[Chunk], scope: MutableMapping[str, Any]
-) -> AsyncIterator[Chunk]:
+    chunks: AsyncGenerator[Chunk, None], scope: MutableMapping[str, Any]
+) -> AsyncGenerator[Chunk, None]:
     """Pass a streaming request's chunks through, recording time to first token and inter-token latency."""
     endpoint = endpoint_of(scope)
     previous = scope.get(STARTED_AT) or time.perf_counter()

@@ -17,7 +17,8 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from gorgon.api.errors import OpenAIError
-from gorgon.core.streams import RedisNames, live_workers
+from gorgon.core.redis.names import RedisNames
+from gorgon.core.redis.registry import live_workers
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from gorgon.api.config import ApiSettings  # noqa: PLC0415
     from gorgon.api.http_protocol import HeadCoalescingProtocol  # noqa: PLC0415
     from gorgon.core.config import get_redis_settings  # noqa: PLC0415
-    from gorgon.core.streams import require_redis_url  # noqa: PLC0415
+    from gorgon.core.redis.connection import require_redis_url  # noqa: PLC0415
     from gorgon.core.tracing import configure_tracing  # noqa: PLC0415
 
     configure_tracing("gorgon-api")

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from typing import Any, TypeVar
 
 import orjson
@@ -136,8 +136,12 @@ async def _streaming_reply(
 
 
 async def _sse_events(
-    first: Chunk, chunks: AsyncIterator[Chunk], shape: ReplyShape, include_usage: bool, expose_timing: bool
-) -> AsyncIterator[bytes]:
+    first: Chunk,
+    chunks: AsyncGenerator[Chunk, None],
+    shape: ReplyShape,
+    include_usage: bool,
+    expose_timing: bool,
+) -> AsyncGenerator[bytes, None]:
     chunk, opening = first, True
     try:
         while True:

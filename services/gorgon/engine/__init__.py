@@ -5,21 +5,19 @@ Imports here stay light (the API image has no torch): the heavy modules load ins
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gorgon.engine.config import EngineSettings
-    from gorgon.engine.interface import Engine
-
-log = logging.getLogger(__name__)
+    from gorgon.engine.medusa_engine import MedusaEngine
 
 
-def load_engine(settings: EngineSettings | None = None) -> Engine:
+def load_engine(settings: EngineSettings | None = None) -> MedusaEngine:
     """Load the model (and Medusa heads when `settings.heads_path` holds them) and return a ready engine."""
     from gorgon.engine.config import EngineSettings  # noqa: PLC0415 - keeps `import gorgon.engine` torch-free
+    from gorgon.engine.drafting.checkpoint import load_heads_for  # noqa: PLC0415
     from gorgon.engine.loader import load_model_and_tokenizer  # noqa: PLC0415
-    from gorgon.engine.medusa_engine import MedusaEngine, load_heads_for  # noqa: PLC0415
+    from gorgon.engine.medusa_engine import MedusaEngine  # noqa: PLC0415
 
     settings = settings or EngineSettings()
     loaded = load_model_and_tokenizer(settings)

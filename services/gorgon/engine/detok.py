@@ -22,8 +22,11 @@ class IncrementalDetokenizer:
         self.prefix_offset = 0
         self.read_offset = 0
 
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    def _decode(self, ids: list[int]) -> str:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if not isinstance(text, str):  # a flat list of ids decodes to one string
+            raise TypeError(f"the tokenizer decoded {len(ids)} ids to {type(text).__name__}")
+        return text
 
     def add(self, token_ids: Sequence[int]) -> str:
         """Append tokens; return the newly complete text."""

@@ -16,7 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gorgon.core.errors import ContextOverflowError, GorgonError
-from gorgon.engine.interface import ChatMessage, FinishReason, GenerationRequest, ModelInfo, TokenEvent
+from gorgon.engine.interface import (
+    ChatMessage,
+    FinishReason,
+    GenerationRequest,
+    KVCacheUsage,
+    ModelInfo,
+    TokenEvent,
+)
+from gorgon.engine.scheduler import fits_token_budget
 
 ECHO_MODEL_NAME = "echo"
 ECHO_CONTEXT_LENGTH = 4096
@@ -91,6 +99,9 @@ class EchoEngine:
         text = prompt if isinstance(prompt, str) else chat_prompt(prompt)
         return list(text.encode())
 
+    def admits(self, request: GenerationRequest, token_budget: int | None) -> bool:
+        return fits_token_budget(request, [row.request for row in self._rows.values()], token_budget)
+
     def add(self, request: GenerationRequest) -> None:
         total = len(request.prompt_ids) + request.params.max_new_tokens
         if total > self.info.context_length:
@@ -111,6 +122,9 @@ class EchoEngine:
     def num_active(self) -> int:
         return len(self._rows)
 
+    def kv_cache_usage(self) -> KVCacheUsage | None:
+        return None  # no model, no KV cache
+
     def step(self) -> list[TokenEvent]:
         if self._step_delay_s > 0 and self._rows:
             time.sleep(self._step_delay_s)
@@ -124,9 +138,7 @@ class EchoEngine:
         params = row.request.params
         count = SPECULATIVE_TOKENS_PER_STEP if params.use_speculative else 1
         count = min(count, params.max_new_tokens - len(row.generated))
-        new = ""
-        for _ in range(count):
-            new += next_character(row.text + row.generated + new)
+        new = continuation(row.text + row.generated, count)
         row.generated += new
         finish = FinishReason.LENGTH if len(row.generated) >= params.max_new_tokens else None
         visible_end = len(row.generated)

@@ -2,9 +2,10 @@
 
 The worker owns a single engine object and drives it step by step:
 
-    engine.add(request)       # at a step boundary; raises GorgonError subclasses for bad requests
-    events = engine.step()    # one forward over the running batch; one event per request that produced output
-    engine.cancel(request_id) # the row leaves the batch before the next step
+    engine.admits(request, token_budget)  # whether the request may join now (else it waits for a later step)
+    engine.add(request)                   # at a step boundary; raises GorgonError subclasses for bad requests
+    events = engine.step()                # one forward over the running batch; one event per request with output
+    engine.cancel(request_id)             # the row leaves the batch before the next step
 
 Everything here is plain data so it can cross threads and be serialised by the worker.
 """
@@ -79,12 +80,31 @@ class ModelInfo:
     speculative: bool
 
 
+@dataclass(frozen=True, slots=True)
+class KVCacheUsage:
+    """The running batch's KV cache: bytes allocated, and the fraction of its slots holding tokens."""
+
+    allocated_bytes: int
+    used_fraction: float
+
+
 @runtime_checkable
 class Engine(Protocol):
     info: ModelInfo
 
+    @property
+    def runs_inline(self) -> bool:
+        """Whether a step takes microseconds: the worker then calls the engine on its event loop, where a hand-off
+        to its engine thread would cost more than the step."""
+        ...
+
     def encode(self, prompt: str | Sequence[ChatMessage]) -> list[int]:
         """Token ids for a completion prompt (str) or a chat (messages, through the chat template)."""
+        ...
+
+    def admits(self, request: GenerationRequest, token_budget: int | None) -> bool:
+        """Whether `request` may join the batch now: its prompt + max_new_tokens fit `token_budget` beside the
+        requests admitted and not finished (an empty batch always takes one); None: no budget."""
         ...
 
     def add(self, request: GenerationRequest) -> None:
@@ -105,4 +125,8 @@ class Engine(Protocol):
     @property
     def num_active(self) -> int:
         """Requests currently admitted and not finished."""
+        ...
+
+    def kv_cache_usage(self) -> KVCacheUsage | None:
+        """The running batch's KV cache; None with no batch running, or for an engine without a KV cache."""
         ...

@@ -16,14 +16,10 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from gorgon.core.defaults import DEFAULT_MODEL_DISPLAY_NAME
 from gorgon.core.errors import ConfigurationError
-from gorgon.engine.config import (
-    DEFAULT_GGUF_FILE,
-    DEFAULT_GGUF_PACKAGE,
-    DEFAULT_MODEL_DISPLAY_NAME,
-    EngineSettings,
-)
-from gorgon.engine.packed import onednn_packs
+from gorgon.engine.config import DEFAULT_GGUF_FILE, DEFAULT_GGUF_PACKAGE, EngineSettings
+from gorgon.engine.kernels.packed import onednn_packs
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +166,11 @@ def _save_dequantized(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 
 def _mark_dequantized(model: PreTrainedModel) -> None:
     """transformers dequantizes GGUF weights into dense tensors of the requested dtype, yet flags the model as
-    quantized, and then refuses `.half()` / `.float()` — which deepspeed.init_inference calls for fp16 (the CUDA
-    default) and fp32. The weights are plain tensors: clear the flag and the quantization config."""
-    model.is_quantized = False
-    model.hf_quantizer = None
+    quantized (it keeps a quantizer), and then refuses `.half()` / `.float()` — which deepspeed.init_inference
+    calls for fp16 (the CUDA default) and fp32. The weights are plain tensors: drop the quantizer and the
+    quantization config, as transformers' quantizers do when they dequantize a model."""
+    if hasattr(model, "hf_quantizer"):
+        del model.hf_quantizer
     if hasattr(model.config, "quantization_config"):  # saved with the model, it would flag reloads again
         del model.config.quantization_config
 
@@ -217,6 +214,11 @@ def check_settings(settings: EngineSettings) -> None:
         raise ConfigurationError("tensor_parallel_size > 1 needs use_deepspeed=true (DeepSpeed AutoTP)")
 
 
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """`module` on `device` in `dtype`, for inference and without gradients (in place, as Module.to moves)."""
+    module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
 def load_model_and_tokenizer(settings: EngineSettings) -> LoadedModel:
     """Load, place and (optionally) DeepSpeed-wrap the model, showing progress per phase."""
     check_settings(settings)
@@ -231,7 +233,7 @@ def load_model_and_tokenizer(settings: EngineSettings) -> LoadedModel:
         model, tokenizer = _load_weights(source, dtype, settings.dequantized_cache_dir)
         progress.update()
         progress.set_postfix_str(phases[1])
-        model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        _place(model, device, dtype)
         progress.update()
         forward: torch.nn.Module = model
         if settings.use_deepspeed:

@@ -1,4 +1,5 @@
-"""Choosing the speculation shape per step (tree → chain → plain) from measured cost and acceptance.
+"""The speculation shapes an engine offers (plain, a chain, a tree) and choosing one per step from measured cost
+and acceptance.
 
 A tree step verifies more drafted tokens but costs more per forward, and the extra cost grows with the batch.
 The selector keeps, per shape, the mean tokens each row gains per step (acceptance, measured on speculative
@@ -8,20 +9,31 @@ plain step's time. Shapes it has not measured at a bucket are measured first, al
 (unless a smaller bucket's measurements predict a loss: see `predicted_to_lose`), and every shape's cost is
 re-measured now and then, so a shape that became worthwhile (trained heads, smaller batch) gets picked again.
 
-Costs are ratios of adjacent steps because this machine's speed drifts: a shared VM ran the same plain step at
-29 to 45 ms over the minutes of one bench (medians of 200 steps, 2026-12-04). Absolute step times measured
-minutes apart compared the drift, not the shapes: at batch 4 the selector kept a 4-deep chain that cost 2.0
-plain steps for 1.6 tokens on 69 % of batch-4 steps, and Medusa ran at 0.86x plain there.
+Costs are ratios of adjacent steps because a shared machine's speed drifts by tens of percent over minutes:
+absolute step times measured minutes apart compare the drift, not the shapes, and kept a chain that cost more
+than the tokens it gained.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import statistics
 from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gorgon.engine.tree import TreeBuffers
+import torch
+
+from gorgon.core.errors import GorgonError
+from gorgon.engine.config import EngineSettings
+from gorgon.engine.drafting.checkpoint import HEADS_TREE_FILE
+from gorgon.engine.drafting.heads import MedusaHeads
+from gorgon.engine.tree import TREES, TreeBuffers, build_tree_buffers, chain, is_spine_tree, spine_choices
+
+log = logging.getLogger(__name__)
+
+CHAIN_DEPTH = 3  # drafted tokens in the chain shape of Medusa-1 heads (fewer when fewer heads)
 
 ACCEPTANCE_WINDOW = 64  # speculative steps per shape whose mean gain is the shape's acceptance
 TIMING_WINDOW = (
@@ -39,6 +51,52 @@ REMEASURE_WITHIN = (
 )
 
 
+def build_shapes(
+    settings: EngineSettings, heads: MedusaHeads | None, device: torch.device
+) -> list[TreeBuffers]:
+    """plain first, then the chain and the configured tree (only those the heads can fill)."""
+    shapes = [build_tree_buffers((), name="plain", device=device)]
+    if heads is None:
+        return shapes
+    # Recurrent heads chain over all their heads: each continues the one before it, so deep drafts stay useful.
+    depth = heads.num_heads if heads.recurrent else min(CHAIN_DEPTH, heads.num_heads)
+    shapes.append(build_tree_buffers(chain(depth), name=f"chain_{depth}", device=device))
+    tree = _configured_tree(settings, heads, device)
+    if tree.num_nodes > 1 and tree.choices != shapes[-1].choices:
+        shapes.append(tree)
+    return shapes
+
+
+def default_tree_name(device: torch.device) -> str:
+    return "mc_sim_7b_63" if device.type == "cuda" else "cpu_12"
+
+
+def _configured_tree(settings: EngineSettings, heads: MedusaHeads, device: torch.device) -> TreeBuffers:
+    """The named tree; with `auto`, the tree shipped beside the heads (medusa_choices.json) or the device default.
+
+    Recurrent heads draft along their own best path, so a tree is cut to the nodes that branch off it. A tree
+    that only branches off its top-1 chain runs as a lookahead tree (decode.lookahead_step)."""
+    shipped = settings.heads_path / HEADS_TREE_FILE
+    if settings.medusa_choices == "auto" and shipped.is_file():
+        name, choices = "heads_tree", [tuple(path) for path in json.loads(shipped.read_text())]
+    else:
+        name = default_tree_name(device) if settings.medusa_choices == "auto" else settings.medusa_choices
+        if name not in TREES:
+            raise GorgonError(
+                f"unknown Medusa tree {name!r}; known: {', '.join(TREES)}",
+                param="medusa_choices",
+                code="configuration_error",
+            )
+        choices = list(TREES[name])
+    usable = [path for path in choices if len(path) <= heads.num_heads]
+    if heads.recurrent:
+        spine = spine_choices(usable)
+        if len(spine) < len(usable):
+            log.info("tree %s: %d of %d nodes fit recurrent heads", name, len(spine), len(usable))
+        usable = spine
+    return build_tree_buffers(usable, name=name, device=device, lookahead=is_spine_tree(usable))
+
+
 def batch_bucket(batch_size: int) -> int:
     """Batch sizes grouped by powers of two: 1, 2, 4, 8, 16, ..."""
     return 1 << max(batch_size - 1, 0).bit_length()
@@ -47,10 +105,9 @@ def batch_bucket(batch_size: int) -> int:
 @dataclass(slots=True)
 class WindowMean:
     """Mean of the last ACCEPTANCE_WINDOW observations. Tokens gained vary from 1 to the tree's depth + 1 from
-    one step to the next; an exponential mean with weight 0.2 (used before) swung by ±0.33 tokens, and whenever
-    it dipped below the break-even point the selector went plain, which freezes the estimate until the next
-    re-measurement: on 8 bench prompts at batch 1 it ran plain on 327 of 704 steps although the 4-deep chain
-    gained 1.61 tokens per step at 1.12 plain steps' cost (measured 2026-12-01, /tmp script)."""
+    one step to the next; an exponential mean swings so far that it dips below the break-even point now and
+    then, the selector goes plain, and a plain step measures no acceptance: the estimate stays low until the
+    next re-measurement although the shape wins."""
 
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=ACCEPTANCE_WINDOW))
     samples: int = 0

@@ -172,18 +172,10 @@ def build_tree_buffers(
 
 def spine_choices(choices: Choices) -> list[tuple[int, ...]]:
     """The paths that branch off the top-1 chain only, (0, ..., 0, r): the nodes recurrent heads can fill
-    (they draft along their own best path, see decode._draft_recurrent)."""
+    (they draft along their own best path, see drafting.heads._draft_recurrent)."""
     return [tuple(path) for path in choices if all(rank == 0 for rank in path[:-1])]
 
 
 def is_spine_tree(choices: Choices) -> bool:
     """Every node branches off the top-1 chain (see spine_choices)."""
     return len(spine_choices(choices)) == len(choices)
-
-
-def tree_by_name(name: str, *, num_heads: int, device: str | torch.device = "cpu") -> TreeBuffers:
-    """A shipped tree, cut to the heads available (paths deeper than num_heads are dropped)."""
-    if name not in TREES:
-        raise ValueError(f"unknown Medusa tree {name!r}; known: {', '.join(TREES)}")
-    usable = [path for path in TREES[name] if len(path) <= num_heads]
-    return build_tree_buffers(usable, name=name, device=device)

@@ -145,7 +145,7 @@ def start_autoscaler(
     except ImportError as exc:
         log.warning("no local autoscaler (%s): running %d fixed worker(s)", exc, args.workers)
         return None
-    from gorgon.core.streams import RedisNames  # noqa: PLC0415
+    from gorgon.core.redis.names import RedisNames  # noqa: PLC0415
 
     max_workers = args.max_workers or ScalingPolicy().max_replicas + args.workers - 1
     extra = max_workers - args.workers

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Final, cast
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -19,7 +20,7 @@ from gorgon.engine.loader import load_model_and_tokenizer
 
 log = logging.getLogger(__name__)
 
-SERVING_DTYPE = "auto"  # the engine's own default: bf16 on CPU, fp16 on CUDA
+SERVING_DTYPE: Final = "auto"  # the engine's own default: bf16 on CPU, fp16 on CUDA
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class BaseModel:
         return int(self.model.lm_head.weight.shape[0])
 
     @cached_property
-    def lm_head(self) -> torch.nn.Module:
+    def lm_head(self) -> torch.nn.Linear:
         """A float32 copy of the model's lm_head, frozen: what the heads are trained and evaluated against."""
         served = self.model.lm_head
         copy = torch.nn.Linear(served.in_features, served.out_features, bias=served.bias is not None)
@@ -48,9 +49,9 @@ class BaseModel:
         return copy.requires_grad_(False)
 
     @cached_property
-    def embed_tokens(self) -> torch.nn.Module:
+    def embed_tokens(self) -> torch.nn.Embedding:
         """A float32 copy of the input embeddings, frozen: what recurrent heads read their tokens through."""
-        served = self.model.get_input_embeddings()
+        served = cast(torch.nn.Embedding, self.model.get_input_embeddings())
         copy = torch.nn.Embedding(served.num_embeddings, served.embedding_dim)
         with torch.no_grad():
             copy.weight.copy_(served.weight.float())

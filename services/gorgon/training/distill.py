@@ -105,7 +105,10 @@ def generate_greedy(
         engine.add(GenerationRequest(str(index), tuple(prompt), params))
     recorder = _ResponseRecorder(len(prompts), [len(prompt) for prompt in prompts])
     # The engine runs its own (possibly prepacked) copy of the decoder: hook that copy's final norm.
-    with captured_hidden_states(engine.parts.decoder.norm) as forwards, torch.inference_mode():
+    with (
+        captured_hidden_states(engine.parts.decoder.get_submodule("norm")) as forwards,
+        torch.inference_mode(),
+    ):
         while engine.num_active:
             events = engine.step()
             recorder.add_step(list(forwards), events)
@@ -120,7 +123,10 @@ def _plain_engine(base: BaseModel, max_batch_size: int) -> MedusaEngine:
         model, model, base.tokenizer, base.name, model.device, model.dtype, uses_deepspeed=False
     )
     settings = EngineSettings(
-        speculation=False, use_deepspeed=False, max_batch_size=max_batch_size, device=model.device.type
+        speculation=False,
+        use_deepspeed=False,
+        max_batch_size=max_batch_size,
+        device="cuda" if model.device.type == "cuda" else "cpu",
     )
     return MedusaEngine(loaded, None, settings)
 

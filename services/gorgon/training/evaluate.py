@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gorgon.engine.medusa import MedusaHeads
+from gorgon.engine.drafting.heads import MedusaHeads
 from gorgon.engine.tree import chain, is_spine_tree
 from gorgon.training.settings import VERIFY_COST_MS
 from gorgon.training.trainer import IGNORE, Positions, head_logits
@@ -37,7 +37,7 @@ MAX_RANK = 10
 @torch.inference_mode()
 def target_ranks(
     heads: MedusaHeads,
-    lm_head: nn.Module,
+    lm_head: nn.Linear,
     positions: Positions,
     batch_tokens: int = 512,
     embed_tokens: nn.Module | None = None,

@@ -13,12 +13,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import cast
 
 import torch
+from torch import nn
 
 from gorgon.core.errors import ConfigurationError
-from gorgon.engine.medusa import MedusaHeads, load_medusa_heads, save_medusa_heads
-from gorgon.engine.medusa_engine import DRAFT_VOCABULARY_FILE
+from gorgon.engine.drafting.checkpoint import DRAFT_VOCABULARY_FILE, load_medusa_heads, save_medusa_heads
+from gorgon.engine.drafting.heads import MedusaHeads
 from gorgon.training.base_model import BaseModel, load_base_model
 from gorgon.training.distill import (
     DistillSettings,
@@ -32,7 +34,7 @@ from gorgon.training.distill import (
 from gorgon.training.evaluate import HeadAccuracy, TreeSearch, grow_tree, head_accuracies, target_ranks
 from gorgon.training.prompts import Split, prompts_for
 from gorgon.training.settings import DataSettings, RunSettings
-from gorgon.training.trainer import Positions, Trainer, head_targets, new_heads
+from gorgon.training.trainer import Positions, Trainer, head_projection, head_targets, new_heads
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def _prompt_batch_maker(base: BaseModel, max_new_tokens: int, batch_size: int):
 def distillation_data(base: BaseModel, settings: DataSettings, work_dir: Path) -> tuple[Sequences, Sequences]:
     """(training, held-out) sequences, generated or read back from the work directory's shards."""
     if settings.text_file is not None:
-        return _text_file_data(base, settings, work_dir)
+        return _text_file_data(base, settings.text_file, settings, work_dir)
     return (
         prompt_split_data(base, settings, work_dir, Split.TRAIN, settings.num_prompts),
         prompt_split_data(base, settings, work_dir, Split.HELD_OUT, settings.held_out_prompts),
@@ -80,16 +82,18 @@ def prompt_split_data(
     return build_shards(work_dir / "data" / str(split), distill, prompts, maker, f"distilling {split}")
 
 
-def _text_file_data(base: BaseModel, settings: DataSettings, work_dir: Path) -> tuple[Sequences, Sequences]:
+def _text_file_data(
+    base: BaseModel, text_file: Path, settings: DataSettings, work_dir: Path
+) -> tuple[Sequences, Sequences]:
     """Chunks of a text file; the last tenth of the chunks (at least one) is held out."""
-    chunks = text_file_chunks(base, settings.text_file, settings.chunk_tokens)
+    chunks = text_file_chunks(base, text_file, settings.chunk_tokens)
     if len(chunks) < 2:
-        raise ConfigurationError(f"{settings.text_file} yields one chunk; need two (one is held out)")
+        raise ConfigurationError(f"{text_file} yields one chunk; need two (one is held out)")
     held_out_count = max(1, len(chunks) // 10)
     parts = {"train": chunks[:-held_out_count], "held-out": chunks[-held_out_count:]}
     results = []
     for split, split_chunks in parts.items():
-        source = f"text:{settings.text_file.resolve()}:{split}:{len(split_chunks)}x{settings.chunk_tokens}"
+        source = f"text:{text_file.resolve()}:{split}:{len(split_chunks)}x{settings.chunk_tokens}"
         distill = DistillSettings(base.name, source, 0, settings.generation_batch_size)
         maker = lambda batch: teacher_forced(base, batch)  # noqa: E731 - a one-line adapter
         results.append(
@@ -114,7 +118,7 @@ def draft_coverage(response_ids: torch.Tensor, vocabulary: Sequence[int]) -> flo
     return float(inside.float().mean())
 
 
-def export_with_own_projections(heads: MedusaHeads, lm_head: torch.nn.Module) -> MedusaHeads:
+def export_with_own_projections(heads: MedusaHeads, lm_head: torch.nn.Linear) -> MedusaHeads:
     """The same heads with the shared lm_head copied into every head (FasterDecoding's original layout)."""
     if heads.own_lm_heads:
         return heads
@@ -128,8 +132,9 @@ def export_with_own_projections(heads: MedusaHeads, lm_head: torch.nn.Module) ->
     )
     with torch.no_grad():
         for shared_head, own_head in zip(heads.heads, full.heads, strict=True):
-            own_head[: heads.num_layers].load_state_dict(shared_head.state_dict(), strict=True)
-            own_head[-1].weight.copy_(lm_head.weight)
+            own_blocks = cast(nn.Sequential, own_head)
+            own_blocks[: heads.num_layers].load_state_dict(shared_head.state_dict(), strict=True)
+            head_projection(own_head).weight.copy_(lm_head.weight)
     return full.eval()
 
 

@@ -21,12 +21,12 @@ VERIFY_COST_MS: tuple[tuple[int, float], ...] = (
     (40, 174.1),
 )
 """Median engine step of SmolLM2-135M bf16 at batch 1 by tree size (nodes, ms) on the 2-core dev CPU, measured by
-`gorgon bench step-cost` on 2026-12-01 (load average ~1.9). Only the ratios matter to the tree search."""
+`gorgon bench step-cost`. Only the ratios matter to the tree search."""
 
 BRANCHING_COST_MS = 10.0
 """Extra step time of a tree with nodes deeper off its top-1 chain than (0, ..., 0, r), over a chain of as many
 tokens (the per-node key gather of engine/attention.py), SmolLM2 bf16 batch 1 on the dev CPU: 4-node tree 1.28x
-plain against 1.49x for a 4-deep chain at 1.55 / 1.49 tokens per step (2026-12-01). Spine trees do not pay it:
+plain against 1.49x for a 4-deep chain at 1.55 / 1.49 tokens per step. Spine trees do not pay it:
 they run as lookahead trees."""
 
 

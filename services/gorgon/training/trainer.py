@@ -24,6 +24,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ from torch.nn import functional
 from tqdm import tqdm
 
 from gorgon.core.errors import ConfigurationError
-from gorgon.engine.medusa import MedusaHeads
+from gorgon.engine.drafting.heads import MedusaHeads
 from gorgon.training.distill import Sequences
 from gorgon.training.settings import TrainSettings, TrainVocab
 
@@ -132,7 +133,7 @@ def remap_targets(targets: torch.Tensor, vocabulary: torch.Tensor, vocab_size: i
     return remapped
 
 
-def new_heads(settings: TrainSettings, lm_head: nn.Module, hidden_size: int, vocab_size: int) -> MedusaHeads:
+def new_heads(settings: TrainSettings, lm_head: nn.Linear, hidden_size: int, vocab_size: int) -> MedusaHeads:
     """Fresh heads (seeded); own projections start as copies of the base lm_head, as in Medusa."""
     torch.manual_seed(settings.seed)
     heads = MedusaHeads(
@@ -146,12 +147,17 @@ def new_heads(settings: TrainSettings, lm_head: nn.Module, hidden_size: int, voc
     if settings.own_lm_heads:
         with torch.no_grad():
             for head in heads.heads:
-                head[-1].weight.copy_(lm_head.weight)
+                head_projection(head).weight.copy_(lm_head.weight)
     return heads
 
 
+def head_projection(head: nn.Module) -> nn.Linear:
+    """The vocabulary projection of a head with its own lm_head: the last module of its Sequential."""
+    return cast(nn.Linear, cast(nn.Sequential, head)[-1])
+
+
 def sampled_projection(
-    lm_head: nn.Module,
+    lm_head: nn.Linear,
     vocabulary: torch.Tensor,
     others: torch.Tensor,
     num_samples: int,
@@ -261,7 +267,7 @@ class Trainer:
         self,
         settings: TrainSettings,
         heads: MedusaHeads,
-        lm_head: nn.Module,
+        lm_head: nn.Linear,
         positions: Positions,
         work_dir: Path,
         embed_tokens: nn.Module | None = None,
@@ -345,7 +351,8 @@ class Trainer:
 
     def run(self) -> TrainResult:
         self.heads.train()
-        loss, per_head = float("nan"), []
+        loss = float("nan")
+        per_head: list[float] = []
         batches = planned_batches(int(self.hidden.shape[0]), self.settings)
         with tqdm(total=self.total_steps, initial=self.step, desc="training heads", unit="step") as progress:
             for step, batch in enumerate(batches):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -88,8 +87,3 @@ class WorkerSettings(BaseSettings):
         if self.heartbeat_interval_s >= self.registration_ttl_s:
             raise ValueError("heartbeat_interval_s must be shorter than registration_ttl_s")
         return self
-
-
-@lru_cache
-def get_worker_settings() -> WorkerSettings:
-    return WorkerSettings()

@@ -27,10 +27,22 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
-from gorgon.core import streams
 from gorgon.core.errors import GorgonError
 from gorgon.core.protocol import Chunk, RequestPayload, WireError
-from gorgon.core.streams import EntryRef, Publication, Publisher, RedisNames, StepWork, StreamEntry
+from gorgon.core.redis.fencing import claim_attempt
+from gorgon.core.redis.names import RedisNames
+from gorgon.core.redis.publisher import EntryRef, Publication, Publisher, StepWork
+from gorgon.core.redis.queue import (
+    StreamEntry,
+    autoclaim_stale,
+    dead_letter,
+    ensure_group,
+    finish_entries,
+    hand_back,
+    heartbeat_entries,
+    read_entries,
+)
+from gorgon.core.redis.registry import register_worker, unregister_worker
 from gorgon.engine.interface import (
     ChatMessage,
     Engine,
@@ -60,7 +72,6 @@ class InFlight:
     next_seq: int = 0
     text: str = ""
     prior_token_ids: tuple[int, ...] = ()
-    reserved_tokens: int = 0
 
     @property
     def request_id(self) -> str:
@@ -82,10 +93,6 @@ class InFlight:
         if self.payload.messages is not None:
             return [ChatMessage(role, content) for role, content in self.payload.messages]
         return self.payload.prompt or ""
-
-
-class _OverBudgetError(Exception):
-    """Admitting the request now would exceed the batch's token budget: it waits for a later step."""
 
 
 @dataclass
@@ -130,7 +137,7 @@ class Worker:
         self._stopping.set()
 
     async def run(self) -> None:
-        await streams.ensure_group(self._redis, self._names, self.model)
+        await ensure_group(self._redis, self._names, self.model)
         await self._publisher.load()
         await self._register()
         self.ready = True
@@ -147,7 +154,7 @@ class Worker:
         finally:
             self.ready = False
             heartbeat.cancel()
-            await streams.unregister_worker(self._redis, self._names, self.model, self.worker_id)
+            await unregister_worker(self._redis, self._names, self.model, self.worker_id)
             await self._publisher.close()
             self._engine_thread.shutdown(wait=False)
 
@@ -161,7 +168,7 @@ class Worker:
             return []
         if not own:
             return await self._publisher.read_new(self.model, self.worker_id, room, block_ms)
-        return await streams.read_entries(
+        return await read_entries(
             self._redis, self._names, self.model, self.worker_id, room, block_ms, own=True
         )
 
@@ -183,9 +190,7 @@ class Worker:
     async def _admit_entries(self, entries: list[StreamEntry], *, redelivered: bool) -> None:
         for entry_id, payload in entries:
             if payload is None:
-                await streams.dead_letter(
-                    self._redis, self._names, self.model, entry_id, b"", "invalid payload"
-                )
+                await dead_letter(self._redis, self._names, self.model, entry_id, b"", "invalid payload")
                 continue
             if payload.request_id in self._active:
                 continue
@@ -199,9 +204,9 @@ class Worker:
     async def _resume(self, item: InFlight) -> bool:
         """Start a new attempt of a redelivered request; False when there is nothing left to do for it."""
         ttl = self._ttl_for(item.payload)
-        claim = await streams.claim_attempt(self._redis, self._names, item.request_id, ttl)
+        claim = await claim_attempt(self._redis, self._names, item.request_id, ttl)
         if claim.finished or claim.cancelled:
-            await streams.finish_entries(self._redis, self._names, self.model, [item.entry_id])
+            await finish_entries(self._redis, self._names, self.model, [item.entry_id])
             return False
         item.attempt = claim.attempt
         if claim.attempt > self._settings.max_deliveries:
@@ -222,7 +227,7 @@ class Worker:
             503,
         )
         await self._publish_error(item, error)
-        await streams.dead_letter(
+        await dead_letter(
             self._redis, self._names, self.model, item.entry_id, item.payload.encode(), "too many deliveries"
         )
         metrics.DEAD_LETTERED.inc()
@@ -274,8 +279,8 @@ class Worker:
         for event in result.events:
             item = self._active.get(event.request_id)
             publication = self._publication(item, event) if item is not None else None
-            if publication is not None:
-                publications.append((item, publication))  # type: ignore[arg-type]
+            if item is not None and publication is not None:
+                publications.append((item, publication))
         return publications
 
     async def _sync(self, publications: list[tuple[InFlight, Publication]]) -> None:
@@ -304,7 +309,7 @@ class Worker:
                 self._observer.finished(item.request_id, publication.chunk.finish_reason or "error")
         await self._admit_entries(reply.new_entries, redelivered=False)
         if self._acks and not self._active:
-            await streams.finish_entries(self._redis, self._names, self.model, self._acks)
+            await finish_entries(self._redis, self._names, self.model, self._acks)
             self._acks = []
 
     async def _wait_for_redis(self, error: RedisError) -> None:
@@ -315,7 +320,7 @@ class Worker:
         while not self._stopping.is_set():
             await asyncio.sleep(delay)
             try:
-                await streams.ensure_group(self._redis, self._names, self.model)
+                await ensure_group(self._redis, self._names, self.model)
                 await self._publisher.load()
                 await self._register()
             except RedisError as exc:
@@ -329,7 +334,7 @@ class Worker:
         """On the engine thread, so the event loop keeps heartbeating during long steps; engines whose steps
         take microseconds (`runs_inline`, the echo engine without delay) run on the loop: a thread hand-off
         would cost more than the step."""
-        if getattr(self.engine, "runs_inline", False):
+        if self.engine.runs_inline:
             return self._tick(admissions, drops)
         return await asyncio.get_running_loop().run_in_executor(
             self._engine_thread, self._tick, admissions, drops
@@ -340,30 +345,27 @@ class Worker:
         result = TickResult()
         for request_id in drops:
             self.engine.cancel(request_id)
-        reserved = sum(item.reserved_tokens for item in self._active.values())
         for item in admissions:
             try:
-                reserved += self._add_to_engine(item, reserved)
+                admitted = self._add_to_engine(item)
             except GorgonError as exc:
                 result.rejected.append((item, WireError(str(exc), "invalid_request_error", exc.code, 400)))
-            except _OverBudgetError:
+                continue
+            if not admitted:
                 result.deferred.append(item)
         if self.engine.num_active:
             result.events = self.engine.step()
         return result
 
-    def _add_to_engine(self, item: InFlight, reserved: int) -> int:
-        """Admit `item` unless the token budget is spent (an empty batch always admits); returns its tokens."""
+    def _add_to_engine(self, item: InFlight) -> bool:
+        """Admit `item` unless the engine has no room for it under the token budget (it waits for a later step)."""
         if len(item.prior_token_ids) >= item.payload.sampling.max_tokens:
             raise GorgonError("the request had already produced max_tokens tokens", code="already_complete")
         request = item.generation_request(self.engine.encode(item.engine_prompt()))
-        tokens = len(request.prompt_ids) + request.params.max_new_tokens
-        budget = self._settings.max_batch_tokens
-        if budget is not None and reserved > 0 and reserved + tokens > budget:
-            raise _OverBudgetError
+        if not self.engine.admits(request, self._settings.max_batch_tokens):
+            return False
         self.engine.add(request)
-        item.reserved_tokens = tokens
-        return tokens
+        return True
 
     def _expired_requests(self) -> set[str]:
         now = time.time()
@@ -444,7 +446,7 @@ class Worker:
             "speculative": self.engine.info.speculative,
             "active": len(self._active),
         }
-        await streams.register_worker(
+        await register_worker(
             self._redis, self._names, self.model, self.worker_id, info, self._settings.registration_ttl_s
         )
 
@@ -461,13 +463,13 @@ class Worker:
 
     async def _heartbeat_once(self, lease_ms: int) -> None:
         held = [item.entry_id for item in self._active.values()]
-        await streams.heartbeat_entries(self._redis, self._names, self.model, self.worker_id, held)
+        await heartbeat_entries(self._redis, self._names, self.model, self.worker_id, held)
         if self._stopping.is_set():
             return
         await self._register()
         room = self._max_batch - len(self._active) - len(self._claimed)
         if room > 0:
-            stale = await streams.autoclaim_stale(
+            stale = await autoclaim_stale(
                 self._redis, self._names, self.model, self.worker_id, lease_ms, room
             )
             if stale:
@@ -481,13 +483,13 @@ class Worker:
         self._claimed = []
         while self._active and time.monotonic() < deadline:
             await self._step_once()
-        await streams.finish_entries(self._redis, self._names, self.model, self._acks)
+        await finish_entries(self._redis, self._names, self.model, self._acks)
         self._acks = []
         leftover = [item.entry_id for item in self._active.values()] + [entry_id for entry_id, _ in held_back]
         if leftover:
             log.warning("handing back %d unfinished requests", len(leftover))
             lease_ms = int(self._settings.lease_s * 1000)
-            await streams.hand_back(self._redis, self._names, self.model, self.worker_id, leftover, lease_ms)
+            await hand_back(self._redis, self._names, self.model, self.worker_id, leftover, lease_ms)
         self._active.clear()
 
 

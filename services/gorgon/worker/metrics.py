@@ -7,11 +7,9 @@ from the engine when Prometheus scrapes (`EngineMemoryCollector`), so it costs n
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -19,8 +17,6 @@ from prometheus_client.registry import Collector
 
 from gorgon.engine.interface import Engine
 from gorgon.worker.config import WorkerSettings
-
-log = logging.getLogger(__name__)
 
 STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -74,18 +70,6 @@ def timed_engine_build(build: Callable[[WorkerSettings], Engine], settings: Work
     return engine
 
 
-def kv_cache_use(engine: Any) -> tuple[int, float] | None:
-    """(bytes allocated, fraction of slots holding tokens) of the running batch's KV cache, for engines with
-    a per-row cache (the Medusa engine); None for engines without one or with no batch running."""
-    cache = getattr(getattr(engine, "batch", None), "cache", None)
-    if cache is None or not getattr(cache, "layers", None):
-        return None
-    allocated = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
-    slots = cache.batch_size * cache.capacity
-    used = float(cache.lengths.sum()) / slots if slots else 0.0
-    return int(allocated), used
-
-
 def cuda_memory() -> dict[str, int] | None:
     """Allocated and reserved bytes on the current CUDA device, when torch is loaded and a GPU is in use."""
     torch = sys.modules.get("torch")
@@ -105,10 +89,10 @@ class EngineMemoryCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         kv_bytes, kv_usage, device = self._families()
-        kv = kv_cache_use(self.engine) if self.engine is not None else None
+        kv = self.engine.kv_cache_usage() if self.engine is not None else None
         if kv is not None:
-            kv_bytes.add_metric([], kv[0])
-            kv_usage.add_metric([], kv[1])
+            kv_bytes.add_metric([], kv.allocated_bytes)
+            kv_usage.add_metric([], kv.used_fraction)
         for kind, value in (cuda_memory() or {}).items():
             device.add_metric(["cuda", kind], value)
         yield from (kv_bytes, kv_usage, device)

@@ -12,7 +12,8 @@ import socket
 import uuid
 
 from gorgon.core.config import get_redis_settings
-from gorgon.core.streams import RedisNames, open_redis
+from gorgon.core.redis.connection import open_redis
+from gorgon.core.redis.names import RedisNames
 from gorgon.worker.config import WorkerSettings
 
 log = logging.getLogger(__name__)

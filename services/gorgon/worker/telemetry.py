@@ -131,4 +131,6 @@ def _parent_context(
     if parent is not None:
         return parent, None
     root = tracing.start_span("gorgon.worker.request", None, started_ns, attributes)
+    if root is None:
+        return None, None
     return trace.set_span_in_context(root), root

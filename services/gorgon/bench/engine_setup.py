@@ -1,0 +1,34 @@
+"""The engine the engine benchmarks load: its settings from their flags, and stand-in heads when the model has
+no trained ones."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gorgon.engine.config import EngineSettings
+from gorgon.engine.loader import LoadedModel
+from gorgon.engine.medusa import MedusaHeads
+
+UNTRAINED_HEADS = 4
+
+
+def settings_from_args(args: argparse.Namespace) -> EngineSettings:
+    """EngineSettings (environment and defaults) with the flags the command line set on top."""
+    overrides: dict[str, Any] = {"device": args.device, "dtype": args.dtype}
+    if args.model:
+        overrides["model"] = args.model
+    if args.heads:
+        overrides["heads_path"] = args.heads
+    if args.no_deepspeed:
+        overrides["use_deepspeed"] = False
+    if args.medusa_choices:
+        overrides["medusa_choices"] = args.medusa_choices
+    return EngineSettings(**overrides)
+
+
+def untrained_heads(loaded: LoadedModel) -> MedusaHeads:
+    """Heads that reuse lm_head with identity ResBlocks: they draft the base model's own next-token guess."""
+    config = loaded.model.config
+    heads = MedusaHeads(config.hidden_size, config.vocab_size, UNTRAINED_HEADS, own_lm_heads=False)
+    return heads.to(device=loaded.device, dtype=loaded.dtype).eval().requires_grad_(False)

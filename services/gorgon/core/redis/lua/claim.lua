@@ -1,0 +1,5 @@
+-- A redelivered request starts a new attempt. KEYS: attempt, progress, result, cancel. ARGV: the attempt's TTL.
+-- Returns {attempt, finished, cancelled, chunks published so far}.
+local attempt = tonumber(redis.call('GET', KEYS[1]) or '1') + 1
+redis.call('SET', KEYS[1], attempt, 'EX', ARGV[1])
+return {attempt, redis.call('EXISTS', KEYS[3]), redis.call('EXISTS', KEYS[4]), redis.call('LRANGE', KEYS[2], 0, -1)}

@@ -1,0 +1,94 @@
+"""The base model's forward over a batch's new tokens: where they are written in the cache, at which positions,
+what each one sees, and logits that round the same for one row as for many."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gorgon.engine.attention import node_key_slots
+from gorgon.engine.kv import RowKVCache
+from gorgon.engine.parts import ModelParts
+
+WINDOW_ROUNDING = 32  # attention window rounded up so SDPA sees few distinct shapes
+
+
+def attention_mask(lengths: torch.Tensor, tree_mask: torch.Tensor, window: int) -> torch.Tensor:
+    """[B, 1, T, window] bool: query i of row b sees the row's accepted slots and its tree ancestors."""
+    num_nodes = tree_mask.shape[0]
+    slots = torch.arange(window, device=lengths.device)
+    if num_nodes == 1:  # plain decoding: the accepted slots and the new token's own slot
+        return (slots[None, :] <= lengths[:, None])[:, None, None]
+    relative = slots[None, :] - lengths[:, None]  # [B, W]
+    seen_past = relative < 0
+    in_tree = (relative >= 0) & (relative < num_nodes)
+    tree_columns = relative.clamp(0, num_nodes - 1)[:, None, :].expand(-1, num_nodes, -1)  # [B, T, W]
+    tree_part = tree_mask[None].expand(lengths.shape[0], -1, -1).gather(2, tree_columns)
+    return (seen_past[:, None, :] | (in_tree[:, None, :] & tree_part))[:, None]
+
+
+def forward_tokens(
+    parts: ModelParts,
+    cache: RowKVCache,
+    input_ids: torch.Tensor,
+    depths: torch.Tensor,
+    tree_mask: torch.Tensor,
+    *,
+    ancestors: torch.Tensor | None = None,
+    exact_queries: int = 0,
+) -> torch.Tensor:
+    """Run input_ids [B, T] written at slots lengths + arange(T), positions lengths + depths. -> hidden [B, T, H].
+
+    With `ancestors` (a branching tree, see TreeBuffers) every node attends to its path in plain-decoding order
+    (engine/attention.py), so accepted nodes round exactly as plain steps do; without, one masked window, whose
+    first `exact_queries` tokens (those that may be emitted) attend as virtual rows of one query so that they round
+    as a plain step's token does (engine/attention.py).
+    """
+    num_nodes = input_ids.shape[1]
+    longest = int(cache.lengths.max()) + num_nodes
+    window = -(-longest // WINDOW_ROUNDING) * WINDOW_ROUNDING
+    offsets = torch.arange(num_nodes, device=input_ids.device).expand(input_ids.shape[0], -1)
+    cache.plan_forward(offsets, window)
+    window = cache.plan.window
+    attention_options: dict[str, torch.Tensor | int] = {}
+    if ancestors is None:
+        mask = attention_mask(cache.lengths, tree_mask, window)
+    else:
+        attention_options["key_slots"], mask = node_key_slots(cache.lengths, ancestors, depths, window)
+    if exact_queries:
+        attention_options["exact_queries"] = exact_queries
+    positions = cache.lengths[:, None] + depths[None, :]
+    output = parts.decoder(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        **attention_options,
+    )
+    return output.last_hidden_state
+
+
+def row_logits(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """hidden [N, H] -> logits [N, V]; a single row is padded to two (see forward_one_token_as_two)."""
+    if hidden.shape[0] != 1:
+        return lm_head(hidden)
+    return lm_head(hidden.repeat(2, 1))[:1]
+
+
+def forward_one_token_as_two(parts: ModelParts, cache: RowKVCache, next_tokens: torch.Tensor) -> torch.Tensor:
+    """A single-token forward, padded with a throwaway second token -> hidden [1, 1, H].
+
+    With one row of one token, every linear layer is a matrix-vector product, which oneDNN computes with another
+    accumulation order than a matrix-matrix product: now and then a bf16 value rounds the other way and greedy
+    decoding drifts from what the same text gives inside a batch or a tree. Two rows keep every forward on the
+    matrix-matrix path. The padding token sits after the real one (which cannot see it); its KV slot lies past
+    the row's length and is overwritten by the next step.
+    """
+    pair = next_tokens[:, None].expand(-1, 2)
+    depths = torch.arange(2, device=next_tokens.device)
+    hidden = forward_tokens(parts, cache, pair, depths, _CHAIN_OF_TWO.to(next_tokens.device), exact_queries=2)
+    return hidden[:, :1]
+
+
+_CHAIN_OF_TWO = torch.ones(2, 2, dtype=torch.bool).tril()

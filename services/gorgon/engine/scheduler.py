@@ -1,0 +1,113 @@
+"""What the engine's next step does, and who may join the running batch.
+
+Admission: a request joins when its tokens (prompt + max_new_tokens) fit the token budget beside the requests
+already admitted and not finished; an empty batch always takes one. Admitted requests wait here for a step.
+
+Prefill first: a step with waiting requests and room in the batch prefills them (their first tokens come out) and
+decodes nothing; otherwise it decodes the running batch.
+
+Shape: a decoding step is plain, a chain or a tree, as the ShapeSelector picks for the batch from measured cost
+and acceptance (engine/shapes.py); plain while the batch has no drafts. A step drafts for the next one only when
+the next one will speculate (drafting costs a projection).
+
+Importing this module loads no torch: the echo engine admits by the same rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gorgon.engine.interface import GenerationRequest
+
+if TYPE_CHECKING:
+    from gorgon.engine.batch import ActiveRequest, Batch
+    from gorgon.engine.shapes import ShapeSelector
+    from gorgon.engine.tree import TreeBuffers
+
+
+def budget_tokens(request: GenerationRequest) -> int:
+    """What a request holds of the token budget: its prompt and every token it may generate."""
+    return len(request.prompt_ids) + request.params.max_new_tokens
+
+
+def fits_token_budget(
+    request: GenerationRequest, admitted: Iterable[GenerationRequest], token_budget: int | None
+) -> bool:
+    """Whether `request` may join the `admitted` requests under `token_budget` (None: no budget)."""
+    if token_budget is None:
+        return True
+    reserved = sum(budget_tokens(other) for other in admitted)
+    return reserved == 0 or reserved + budget_tokens(request) <= token_budget
+
+
+@dataclass(frozen=True, slots=True)
+class Prefill:
+    """Waiting rows that join the batch this step (in admission order)."""
+
+    rows: list[ActiveRequest]
+
+
+@dataclass(frozen=True, slots=True)
+class Decode:
+    """One decoding step of the running batch in `shape`; `want_drafts`: draft for the next step."""
+
+    batch: Batch
+    shape: TreeBuffers
+    want_drafts: bool
+
+
+class Scheduler:
+    """Admission, prefill first and the speculation shape of the Medusa engine's steps."""
+
+    def __init__(self, selector: ShapeSelector, *, max_batch_size: int, drafts: bool) -> None:
+        self.selector = selector
+        self.max_batch_size = max_batch_size
+        self.drafts = drafts  # whether the engine has heads to draft with
+        self.waiting: list[ActiveRequest] = []
+
+    def admits(self, request: GenerationRequest, running: Batch | None, token_budget: int | None) -> bool:
+        admitted = [row.request for row in self.waiting]
+        if running is not None:
+            admitted += [row.request for row in running.rows]
+        return fits_token_budget(request, admitted, token_budget)
+
+    def enqueue(self, row: ActiveRequest) -> None:
+        self.waiting.append(row)
+
+    def cancel(self, request_id: str) -> None:
+        self.waiting = [row for row in self.waiting if row.request_id != request_id]
+
+    def next_step(self, running: Batch | None) -> Prefill | Decode | None:
+        """Prefill the waiting rows that fit, else decode the running batch; None when there is nothing to do."""
+        room = self.max_batch_size - len(running or ())
+        if self.waiting and room > 0:
+            joining, self.waiting = self.waiting[:room], self.waiting[room:]
+            return Prefill(joining)
+        if running is None:
+            return None
+        speculative_rows = _speculative_rows(running)
+        shape = self.selector.choose(len(running), speculative_rows=speculative_rows)
+        if running.draft_topk is None:
+            shape = self.selector.plain
+        return Decode(running, shape, self._wants_drafts(len(running), speculative_rows))
+
+    def record(self, step: Decode, seconds: float, emitted: Sequence[Sequence[int]]) -> None:
+        """A finished decoding step: its time and the tokens each speculative row gained, for the selector."""
+        gained = [
+            len(tokens)
+            for tokens, row in zip(emitted, step.batch.rows, strict=True)
+            if row.sampling.speculative
+        ]
+        self.selector.record(step.shape, len(step.batch), seconds, gained)
+
+    def _wants_drafts(self, batch_size: int, speculative_rows: int) -> bool:
+        """Draft for the next step only when the selector would then speculate."""
+        if not self.drafts or speculative_rows == 0:
+            return False
+        return self.selector.choose(batch_size, speculative_rows=speculative_rows).num_nodes > 1
+
+
+def _speculative_rows(batch: Batch) -> int:
+    return sum(row.sampling.speculative for row in batch.rows)
