@@ -34,5 +34,5 @@ def cycling_engine(tmp_path_factory: pytest.TempPathFactory) -> MedusaEngine:
     )
     settings = EngineSettings(use_deepspeed=False, heads_path=tmp_path_factory.mktemp("no-shipped-files"))
     engine = MedusaEngine(loaded, random_heads(), settings)
-    engine.selector = CyclingSelector(engine.selector.shapes)
+    engine.scheduler.selector = CyclingSelector(engine.scheduler.selector.shapes)
     return engine

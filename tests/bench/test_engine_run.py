@@ -105,7 +105,7 @@ def test_shape_steps_add_up_over_batches_and_rounds() -> None:
 
 def test_an_engine_run_reports_the_steps_of_each_shape(cycling_engine: MedusaEngine) -> None:
     output = run_engine(cycling_engine, [[5, 6, 7], [8, 9]], 12)
-    names = {shape.name for shape in cycling_engine.selector.shapes}
+    names = {shape.name for shape in cycling_engine.scheduler.selector.shapes}
     assert set(output.shape_steps) == names  # cycling runs every shape
     # every step but the prefills: one per prompt length on CPU (batch.prefill_groups)
     assert sum(output.shape_steps.values()) == cycling_engine.forward_passes - 2

@@ -196,10 +196,10 @@ def test_a_shape_far_slower_than_the_best_is_not_remeasured() -> None:
 
 
 def test_a_burst_of_slow_steps_while_plain_is_measured_does_not_keep_a_losing_chain() -> None:
-    """Costs are ratios of adjacent steps. Measured here (SmolLM2 bf16, a shared Zen 4 VM): at batch 4 a 4-deep
-    chain costs 2.0 plain steps (58 against 29 ms) for 1.6 tokens. Another process slowing the first steps at
-    batch 4 by 1.6x made plain look slower than the chain; compared as absolute times, the selector kept the chain
-    until plain was re-measured often enough to move its median."""
+    """Costs are ratios of adjacent steps. At batch 4 a 4-deep chain costing 2.0 plain steps for 1.6 tokens
+    loses; another process slowing the first steps at batch 4 by 1.6x makes plain look slower than the chain, and
+    compared as absolute times, the selector would keep the chain until plain was re-measured often enough to
+    move its median."""
     selector = ShapeSelector(
         [build_tree_buffers((), name="plain"), build_tree_buffers(chain(4), name="chain_4")]
     )

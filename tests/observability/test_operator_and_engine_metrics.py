@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gorgon.core.redis.names import RedisNames
 from gorgon.engine.echo import EchoEngine
+from gorgon.engine.interface import KVCacheUsage
 from gorgon.engine.kv import RowKVCache
 from gorgon.local.processes import free_port
 from gorgon.worker import metrics as worker_metrics
@@ -96,17 +97,18 @@ def test_model_load_time_is_recorded_and_the_engine_watched() -> None:
     assert REGISTRY.get_sample_value("gorgon_worker_kv_cache_bytes") is None
 
 
-@dataclass
-class BatchWithCache:
-    cache: RowKVCache
+class EchoEngineWithCache(EchoEngine):
+    """The echo engine with a real KV cache behind it, as the Medusa engine keeps one for its running batch."""
+
+    def __init__(self, cache: RowKVCache) -> None:
+        super().__init__()
+        self.cache = cache
+
+    def kv_cache_usage(self) -> KVCacheUsage:
+        return self.cache.usage()
 
 
-@dataclass
-class EngineWithBatch:
-    batch: BatchWithCache | None
-
-
-def test_kv_cache_bytes_and_usage_come_from_the_running_batch() -> None:
+def test_kv_cache_bytes_and_usage_are_the_running_batchs() -> None:
     layers, rows, kv_heads, capacity, head_dim = 2, 3, 4, 16, 8
     cache = RowKVCache.allocate(
         num_layers=layers,
@@ -118,10 +120,15 @@ def test_kv_cache_bytes_and_usage_come_from_the_running_batch() -> None:
         device=torch.device("cpu"),
     )
     cache.lengths[:] = torch.tensor([4, 8, 12])
-    allocated, usage = worker_metrics.kv_cache_use(EngineWithBatch(BatchWithCache(cache)))
-    assert allocated == layers * 2 * rows * kv_heads * capacity * head_dim * 2  # keys + values, fp16
-    assert usage == (4 + 8 + 12) / (rows * capacity)
-    assert worker_metrics.kv_cache_use(EngineWithBatch(None)) is None
+    collector = worker_metrics.EngineMemoryCollector()
+    collector.engine = EchoEngineWithCache(cache)
+    samples = {family.name: family.samples for family in collector.collect()}
+    assert [sample.value for sample in samples["gorgon_worker_kv_cache_bytes"]] == [
+        layers * 2 * rows * kv_heads * capacity * head_dim * 2  # keys + values, fp16
+    ]
+    assert [sample.value for sample in samples["gorgon_worker_kv_cache_usage_ratio"]] == [
+        (4 + 8 + 12) / (rows * capacity)
+    ]
 
 
 def pool_body(spec: dict[str, Any]) -> kopf.Body:

@@ -3,8 +3,6 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-import pytest
-
 from gorgon_operator.policy import (
     Decision,
     Observation,
@@ -13,7 +11,6 @@ from gorgon_operator.policy import (
     WindowState,
     decide,
 )
-from gorgon_operator.spec import policy_from_spec
 
 POLICY = ScalingPolicy(target_backlog_per_replica=8, min_replicas=0, max_replicas=20)
 STEP_S = 15
@@ -176,27 +173,3 @@ def test_window_state_forgets_recommendations_older_than_the_longest_window() ->
     first = decide(POLICY, WindowState(), Observation(0, 80, 10, 10))
     later = decide(POLICY, first.state, Observation(301, 80, 10, 10))
     assert [rec.t for rec in later.state.recommendations] == [301]
-
-
-def test_policy_from_spec_reads_camel_case_fields_and_keeps_other_defaults() -> None:
-    policy = policy_from_spec(
-        {"minReplicas": 1, "maxReplicas": 6, "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}}}
-    )
-    assert (policy.min_replicas, policy.max_replicas, policy.scale_down_window_s) == (1, 6, 60.0)
-    assert policy.target_backlog_per_replica == ScalingPolicy().target_backlog_per_replica
-
-
-@pytest.mark.parametrize(
-    ("spec", "message"),
-    [
-        ({"minReplicas": 5, "maxReplicas": 2}, "maxReplicas"),
-        ({"targetBacklogPerReplica": 0}, "targetBacklogPerReplica"),
-        ({"maxReplicas": "4"}, "must be a number"),
-        ({"maxReplicas": 2.5}, "whole number"),
-        ({"behavior": {"scaleUp": {"maxStepPods": 2}}}, "behavior.scaleUp.maxStepPods"),
-        ({"maxReplica": 3}, "maxReplica"),
-    ],
-)
-def test_policy_from_spec_rejects_bad_values_by_name(spec: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        policy_from_spec(spec, ignore_unknown=False)

@@ -5,7 +5,8 @@ import pytest
 from gorgon.core.defaults import DEFAULT_MODEL_DISPLAY_NAME
 from gorgon.core.redis.names import RedisNames
 from gorgon_operator.errors import InvalidSpecError
-from gorgon_operator.spec import DEFAULT_POLL_INTERVAL_S, SecretKeyRef, parse_spec
+from gorgon_operator.policy import ScalingPolicy
+from gorgon_operator.spec import DEFAULT_POLL_INTERVAL_S, SecretKeyRef, parse_spec, policy_from_spec
 
 
 def test_a_minimal_spec_gets_the_defaults() -> None:
@@ -48,3 +49,27 @@ def test_secret_ref_is_read() -> None:
 def test_invalid_specs_name_the_field(spec: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidSpecError, match=message):
         parse_spec(spec)
+
+
+def test_policy_from_spec_reads_camel_case_fields_and_keeps_other_defaults() -> None:
+    policy = policy_from_spec(
+        {"minReplicas": 1, "maxReplicas": 6, "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}}}
+    )
+    assert (policy.min_replicas, policy.max_replicas, policy.scale_down_window_s) == (1, 6, 60.0)
+    assert policy.target_backlog_per_replica == ScalingPolicy().target_backlog_per_replica
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"minReplicas": 5, "maxReplicas": 2}, "maxReplicas"),
+        ({"targetBacklogPerReplica": 0}, "targetBacklogPerReplica"),
+        ({"maxReplicas": "4"}, "must be a number"),
+        ({"maxReplicas": 2.5}, "whole number"),
+        ({"behavior": {"scaleUp": {"maxStepPods": 2}}}, "behavior.scaleUp.maxStepPods"),
+        ({"maxReplica": 3}, "maxReplica"),
+    ],
+)
+def test_policy_from_spec_rejects_bad_values_by_name(spec: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        policy_from_spec(spec, ignore_unknown=False)

@@ -7,12 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from gorgon.engine.drafting.checkpoint import DRAFT_VOCABULARY_FILE, load_medusa_heads, save_medusa_heads
+from gorgon.engine.drafting.checkpoint import (
+    DRAFT_VOCABULARY_FILE,
+    HEADS_TREE_FILE,
+    load_medusa_heads,
+    save_medusa_heads,
+)
 from gorgon.engine.tree import build_tree_buffers
 from gorgon.training.base_model import BaseModel
 from gorgon.training.distill import generate_greedy
 from gorgon.training.pipeline import (
-    CHOICES_NAME,
     REPORT_NAME,
     draft_coverage,
     export_with_own_projections,
@@ -62,7 +66,7 @@ def test_the_pipeline_writes_heads_tree_and_report(tiny_base: BaseModel, tmp_pat
     assert report["held_out_accuracy"][0]["medusa_vicuna_7b_top1"] == 0.56
     assert report["data"]["train_responses"] == 6
     assert report["data"]["held_out_responses"] == 3
-    choices = json.loads((settings.output / CHOICES_NAME).read_text())
+    choices = json.loads((settings.output / HEADS_TREE_FILE).read_text())
     assert choices == report["tree"]["medusa_choices"]
     if choices:
         assert build_tree_buffers([tuple(path) for path in choices]).num_nodes == len(choices) + 1
@@ -93,7 +97,7 @@ def test_the_tree_is_regrown_for_shipped_heads_without_training_them(
     )  # same heads, same held-out data
     assert report["tree"]["cost_table_ms"] == [[1, 10.0], [2, 100.0], [64, 6400.0]]
     assert report["tree"]["best_nodes"] < trained_report["tree"]["best_nodes"]
-    assert json.loads((settings.output / CHOICES_NAME).read_text()) == report["tree"]["medusa_choices"]
+    assert json.loads((settings.output / HEADS_TREE_FILE).read_text()) == report["tree"]["medusa_choices"]
     assert json.loads((settings.output / REPORT_NAME).read_text()) == report
 
 

@@ -11,7 +11,7 @@ from gorgon.engine.batch import cache_capacity
 from gorgon.engine.chat import encode_chat
 from gorgon.engine.config import DEFAULT_HEADS_PATH, EngineSettings
 from gorgon.engine.decode import prefill, speculative_step
-from gorgon.engine.drafting.checkpoint import load_medusa_heads
+from gorgon.engine.drafting.checkpoint import HEADS_TREE_FILE, load_medusa_heads
 from gorgon.engine.drafting.heads import MedusaHeads
 from gorgon.engine.drafting.lookup import ContextLookup, with_lookup_drafts
 from gorgon.engine.interface import ChatMessage
@@ -23,7 +23,7 @@ from gorgon.engine.tree import TreeBuffers, build_tree_buffers, is_spine_tree
 from gorgon.training.base_model import BaseModel
 from gorgon.training.distill import generate_greedy
 from gorgon.training.evaluate import decoded_tokens_per_step, target_ranks
-from gorgon.training.pipeline import CHOICES_NAME, REPORT_NAME
+from gorgon.training.pipeline import REPORT_NAME
 from gorgon.training.prompts import Split, prompts_for
 from gorgon.training.trainer import head_targets
 
@@ -32,7 +32,7 @@ TOKENS_PER_STEP_TARGET = 2.0  # issue 3's quick check on a small held-out sample
 
 
 def _shipped_choices() -> list[tuple[int, ...]]:
-    return [tuple(path) for path in json.loads((DEFAULT_HEADS_PATH / CHOICES_NAME).read_text())]
+    return [tuple(path) for path in json.loads((DEFAULT_HEADS_PATH / HEADS_TREE_FILE).read_text())]
 
 
 def _shipped_tree() -> TreeBuffers:
@@ -73,7 +73,7 @@ def test_the_report_gives_held_out_accuracy_per_head() -> None:
     accuracy = report["held_out_accuracy"]
     assert len(accuracy) == load_medusa_heads(DEFAULT_HEADS_PATH).num_heads
     assert all(head["top1"] <= head["top5"] for head in accuracy)
-    assert report["tree"]["medusa_choices"] == json.loads((DEFAULT_HEADS_PATH / CHOICES_NAME).read_text())
+    assert report["tree"]["medusa_choices"] == json.loads((DEFAULT_HEADS_PATH / HEADS_TREE_FILE).read_text())
 
 
 SPARE_SLOTS = 64  # room for any shipped tree past the sequence, the same for every tree compared

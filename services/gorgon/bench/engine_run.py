@@ -16,9 +16,10 @@ import torch
 from tqdm import tqdm
 
 from gorgon.bench.engine_setup import settings_from_args, untrained_heads
+from gorgon.engine.drafting.checkpoint import load_heads_for
 from gorgon.engine.interface import ChatMessage, GenerationRequest, SamplingParams
 from gorgon.engine.loader import LoadedModel, load_model_and_tokenizer
-from gorgon.engine.medusa_engine import MedusaEngine, load_heads_for
+from gorgon.engine.medusa_engine import MedusaEngine
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class RunOutput:
 def run_engine(engine: MedusaEngine, prompts: Sequence[list[int]], max_new_tokens: int) -> RunOutput:
     """Generate greedily for all prompts as one batch; tokens per forward pass averaged over sequences."""
     params = SamplingParams(max_new_tokens=max_new_tokens)
-    shapes_before = Counter(engine.selector.steps_by_shape)
+    shapes_before = Counter(engine.scheduler.selector.steps_by_shape)
     started = time.perf_counter()
     for index, prompt in enumerate(prompts):
         engine.add(GenerationRequest(f"bench-{index}", tuple(prompt), params))
@@ -82,7 +83,9 @@ def run_engine(engine: MedusaEngine, prompts: Sequence[list[int]], max_new_token
             steps[event.request_id] += 1
     seconds = time.perf_counter() - started
     per_step = sum(len(tokens[key]) / steps[key] for key in tokens) / len(tokens)
-    return RunOutput(list(tokens.values()), seconds, per_step, engine.selector.steps_by_shape - shapes_before)
+    return RunOutput(
+        list(tokens.values()), seconds, per_step, engine.scheduler.selector.steps_by_shape - shapes_before
+    )
 
 
 def run_hf_generate(loaded: LoadedModel, prompts: Sequence[list[int]], max_new_tokens: int) -> RunOutput:

@@ -7,8 +7,8 @@ import argparse
 from typing import Any
 
 from gorgon.engine.config import EngineSettings
+from gorgon.engine.drafting.heads import MedusaHeads
 from gorgon.engine.loader import LoadedModel
-from gorgon.engine.medusa import MedusaHeads
 
 UNTRAINED_HEADS = 4
 

@@ -17,11 +17,14 @@ from gorgon.bench.engine_setup import settings_from_args, untrained_heads
 from gorgon.bench.prompts import BENCH_PROMPTS
 from gorgon.core.errors import ConfigurationError
 from gorgon.engine.batch import cache_capacity
-from gorgon.engine.decode import DRAFT_TOPK, RowSampling, prefill, speculative_step
+from gorgon.engine.decode import prefill, speculative_step
+from gorgon.engine.drafting.checkpoint import load_heads_for
+from gorgon.engine.drafting.heads import DRAFT_TOPK
 from gorgon.engine.interface import ChatMessage
 from gorgon.engine.kv import RowKVCache
 from gorgon.engine.loader import load_model_and_tokenizer
-from gorgon.engine.medusa_engine import MedusaEngine, load_heads_for
+from gorgon.engine.medusa_engine import MedusaEngine
+from gorgon.engine.sampling import RowSampling
 from gorgon.engine.tree import TreeBuffers, build_tree_buffers, chain
 
 WARMUP_STEPS = 2

@@ -69,10 +69,9 @@ def cpu_computes_bf16_natively() -> bool:
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """auto = float16 on CUDA; on CPU bfloat16 where the CPU computes bf16 natively and oneDNN has a bf16 path
-    (2.4x faster matmul than fp32 on a Xeon with AMX), else float32. Measured without native bf16: an AVX2-only
-    AMD EPYC (bf16 products cost in proportion to their rows, the lm_head 4.4 / 8.8 / 19.0 / 61.5 ms at 1 / 2 / 5 /
-    16 rows; plain decoding 10.7 tok/s in bf16 beside 14.3 in fp32) and an AVX-512 Skylake Xeon without AVX512_BF16
-    (`gorgon bench step-cost`: plain step 136 ms bf16 / 122 ms fp32, a 14-node tree 337 / 180 ms)."""
+    (there its matmuls are more than twice as fast as fp32), else float32: without native bf16 (AVX2-only CPUs,
+    AVX-512 CPUs without AVX512_BF16) bf16 products are emulated, cost in proportion to their rows, and plain steps
+    as tree steps run slower than in fp32 (docs/engine.md)."""
     if name == "auto":
         if device.type == "cuda":
             return torch.float16

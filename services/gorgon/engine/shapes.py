@@ -331,9 +331,8 @@ def _chains_on_spine(shape: TreeBuffers, speculative: Sequence[TreeBuffers]) -> 
     is a lookahead tree or a longer chain: it verifies their every node exactly as they do, so a step of `shape`
     that emitted t tokens for a row is one in which a chain of depth d would have emitted min(t, d + 1), and it
     measures that chain's acceptance on the text decoded now. Without it a chain's estimate stays at the text it
-    last ran on while the tree runs: a traced batch-1 run kept a chain at 1.45 tokens per step, judged on hard
-    text, while the tree ran on text where it gained 2.3-2.7 (docs/engine.md, "What bounds Medusa ÷ plain at
-    batch 1"). A gathered branching tree may accept off its top-1 chain, so it stands for no chain."""
+    last ran on while the tree runs, judged on hard text long after the text became easy. A gathered branching
+    tree may accept off its top-1 chain, so it stands for no chain."""
     if shape.num_nodes == 1 or not (shape.lookahead or shape.is_chain):
         return []
     spine_depth = shape.spine_nodes - 1

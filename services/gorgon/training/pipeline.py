@@ -19,7 +19,12 @@ import torch
 from torch import nn
 
 from gorgon.core.errors import ConfigurationError
-from gorgon.engine.drafting.checkpoint import DRAFT_VOCABULARY_FILE, load_medusa_heads, save_medusa_heads
+from gorgon.engine.drafting.checkpoint import (
+    DRAFT_VOCABULARY_FILE,
+    HEADS_TREE_FILE,
+    load_medusa_heads,
+    save_medusa_heads,
+)
 from gorgon.engine.drafting.heads import MedusaHeads
 from gorgon.training.base_model import BaseModel, load_base_model
 from gorgon.training.distill import (
@@ -39,7 +44,6 @@ from gorgon.training.trainer import Positions, Trainer, head_projection, head_ta
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "training_report.json"
-CHOICES_NAME = "medusa_choices.json"
 DRAFT_VOCABULARY_SIZE = (
     16384  # tokens written to draft_vocab.json; the engine uses a prefix (draft_vocab_size)
 )
@@ -257,7 +261,7 @@ def retune_tree(settings: RunSettings, base: BaseModel | None = None) -> dict:
         asdict(accuracy) | {"medusa_vicuna_7b_top1": _vicuna_top1(accuracy.head)} for accuracy in accuracies
     ]
     report["tree"] = _tree_report(settings, search) | {"retuned_seconds": time.monotonic() - started}
-    (settings.output / CHOICES_NAME).write_text(json.dumps(search.best_choices) + "\n")
+    (settings.output / HEADS_TREE_FILE).write_text(json.dumps(search.best_choices) + "\n")
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     log.info("tree for the heads in %s regrown: %d nodes", settings.output, search.best.nodes)
     return report
@@ -267,7 +271,7 @@ def _write_outputs(
     settings: RunSettings, base: BaseModel, heads: MedusaHeads, report: dict, choices: list
 ) -> None:
     save_medusa_heads(heads, settings.output, base_model_name_or_path=base.name)
-    (settings.output / CHOICES_NAME).write_text(json.dumps(choices) + "\n")
+    (settings.output / HEADS_TREE_FILE).write_text(json.dumps(choices) + "\n")
     (settings.output / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     log.info("heads, tree and report written to %s", settings.output)
     if settings.export_own_projections is not None:

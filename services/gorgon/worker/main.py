@@ -3,7 +3,8 @@
 One loop iteration is one step boundary:
 
     1. admit: entries claimed from dead workers, then new ones (">"), up to the free batch slots
-    2. tick (engine thread): drop cancelled rows, add admitted requests, one engine.step()
+    2. tick (engine thread): drop cancelled rows, add the requests the engine admits under the token budget
+       (the others wait for a later tick), one engine.step()
     3. one round trip: publish every event through the fencing script (a final chunk also acknowledges and
        deletes its entry, in the same script), XACK + XDEL cancelled entries, read the cancel flags of the
        running rows and new entries for the free slots
