@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Deferred: httpx and matplotlib stay out of `gorgon --help`.
-    from gorgon_loadtest.suite import execute  # noqa: PLC0415
+    from gorgon_loadtest.suite import execute
 
     plan = build_plan(args)
     logging.getLogger("httpx").setLevel(logging.WARNING)

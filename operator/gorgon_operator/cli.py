@@ -29,11 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import kopf  # noqa: PLC0415 - heavy, only for this command
+    import kopf  # heavy, only for this command
 
-    import gorgon_operator.handlers  # noqa: F401, PLC0415 - registers the handlers with kopf
-    from gorgon_operator.config import OperatorSettings  # noqa: PLC0415
-    from gorgon_operator.metrics import serve_metrics  # noqa: PLC0415
+    import gorgon_operator.handlers  # noqa: F401 - registers the handlers with kopf
+    from gorgon_operator.config import OperatorSettings
+    from gorgon_operator.metrics import serve_metrics
 
     settings = OperatorSettings()
     namespace = args.namespace or settings.namespace
@@ -59,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
 
 def build_reconciler() -> PoolReconciler:
     """A PoolReconciler talking to the cluster this process runs in (or the current kubeconfig context)."""
-    from kubernetes import client, config  # noqa: PLC0415
+    from kubernetes import client, config
 
-    from gorgon.core.config import get_redis_settings  # noqa: PLC0415
-    from gorgon_operator.k8s import KubernetesActuator  # noqa: PLC0415
-    from gorgon_operator.reconcile import PoolReconciler  # noqa: PLC0415
+    from gorgon.core.config import get_redis_settings
+    from gorgon_operator.k8s import KubernetesActuator
+    from gorgon_operator.reconcile import PoolReconciler
 
     try:
         config.load_incluster_config()

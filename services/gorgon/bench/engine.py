@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         batch_sizes = _batch_sizes(args.batch_sizes)
     else:
         batch_sizes = QUICK_BATCH_SIZES if quick else DEFAULT_BATCH_SIZES
-    from gorgon.bench.engine_run import run_benchmark  # noqa: PLC0415 - torch and the engine load only here
+    from gorgon.bench.engine_run import run_benchmark  # torch and the engine load only here
 
     prompts = BENCH_PROMPTS[:QUICK_PROMPTS] if quick else BENCH_PROMPTS
     report = run_benchmark(args, max_new_tokens=max_new_tokens, batch_sizes=batch_sizes, prompts=prompts)
@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(report: EngineReport) -> None:
-    from rich.console import Console  # noqa: PLC0415 - keep `gorgon --help` light
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console  # keep `gorgon --help` light
+    from rich.table import Table
 
     table = Table(title=f"{report.model} on {report.device} ({report.dtype})")
     for column in (

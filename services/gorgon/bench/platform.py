@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gorgon.bench.platform_run import measure_platform  # noqa: PLC0415 - starts Redis, the API and a worker
+    from gorgon.bench.platform_run import measure_platform  # starts Redis, the API and a worker
 
     results = measure_platform(args)
     sys.stdout.write(render(results, args) + "\n")

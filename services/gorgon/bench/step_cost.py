@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = _sizes(args.nodes)
     if args.steps < 1 or args.rounds < 1:
         raise ConfigurationError("--steps and --rounds must be at least 1")
-    from gorgon.bench.step_cost_run import measure_step_costs  # noqa: PLC0415 - torch loads only here
+    from gorgon.bench.step_cost_run import measure_step_costs  # torch loads only here
 
     report = measure_step_costs(args, sizes)
     if args.json:
@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(report: dict[str, Any]) -> None:
-    from rich.console import Console  # noqa: PLC0415 - keep `gorgon --help` light
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console  # keep `gorgon --help` light
+    from rich.table import Table
 
     table = Table(title=f"step cost: {report['model']} on {report['device']} ({report['dtype']}), batch 1")
     for column in ("tree nodes", "median step ms", "× plain"):

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gorgon.bench.telemetry_run import measure  # noqa: PLC0415 - the API and OpenTelemetry load only here
+    from gorgon.bench.telemetry_run import measure  # the API and OpenTelemetry load only here
 
     medians = asyncio.run(measure(args.requests, args.rounds))
     sys.stdout.write(table(medians))

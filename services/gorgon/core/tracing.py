@@ -72,7 +72,7 @@ def configure_tracing(service_name: str, environ: Mapping[str, str] | None = Non
     if chosen == "console":
         exporter = ConsoleSpanExporter()
     else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415 - only when on
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # only when on
             OTLPSpanExporter,
         )
 

@@ -131,9 +131,9 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check(args)
-    import torch  # noqa: PLC0415 - heavy import, only when the command runs
+    import torch  # heavy import, only when the command runs
 
-    from gorgon.training.pipeline import retune_tree, run_training  # noqa: PLC0415
+    from gorgon.training.pipeline import retune_tree, run_training
 
     if args.threads:
         torch.set_num_threads(args.threads)

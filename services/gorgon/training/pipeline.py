@@ -7,6 +7,7 @@ re-evaluates.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -99,7 +100,7 @@ def _text_file_data(
     for split, split_chunks in parts.items():
         source = f"text:{text_file.resolve()}:{split}:{len(split_chunks)}x{settings.chunk_tokens}"
         distill = DistillSettings(base.name, source, 0, settings.generation_batch_size)
-        maker = lambda batch: teacher_forced(base, batch)  # noqa: E731 - a one-line adapter
+        maker = functools.partial(teacher_forced, base)
         results.append(
             build_shards(
                 work_dir / "data" / f"text-{split}", distill, split_chunks, maker, f"reading {split}"
