@@ -62,6 +62,7 @@ def build_reconciler() -> PoolReconciler:
     from kubernetes import client, config
 
     from gorgon.core.config import get_redis_settings
+    from gorgon_operator.config import OperatorSettings
     from gorgon_operator.k8s import KubernetesActuator
     from gorgon_operator.reconcile import PoolReconciler
 
@@ -73,5 +74,7 @@ def build_reconciler() -> PoolReconciler:
         except (config.ConfigException, OSError) as exc:
             raise ConfigurationError(f"no Kubernetes credentials (in-cluster or kubeconfig): {exc}") from exc
     redis = get_redis_settings()
-    actuator = KubernetesActuator(client.AppsV1Api(), client.CoreV1Api())
+    actuator = KubernetesActuator(
+        client.AppsV1Api(), client.CoreV1Api(), list_cluster_gpus=OperatorSettings().list_cluster_gpus
+    )
     return PoolReconciler(actuator, default_redis_url=redis.url, default_redis_namespace=redis.namespace)

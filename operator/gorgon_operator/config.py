@@ -17,6 +17,11 @@ class OperatorSettings(BaseSettings):
     metrics_port: int = Field(
         default=8081, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: not served)."
     )
+    list_cluster_gpus: bool = Field(
+        default=False,
+        description="List the nodes and the pods of every namespace for the GPU cap of the WorkerPools (needs "
+        "a ClusterRole); off: the operator stays in its namespace and the GPU cap is off.",
+    )
     peering: str | None = Field(
         default=None,
         description="kopf peering name, to run several replicas (one active); unset runs standalone.",

@@ -2,7 +2,8 @@
 Deployment's scale through its scale subresource, with the official `kubernetes` client.
 
 RBAC it needs: deployments get, deployments/scale patch, secrets get (only with spec.redis.urlSecretRef),
-nodes list and pods list in all namespaces (only with the GPU cap on).
+nodes list and pods list in all namespaces (only with `list_cluster_gpus`, which the GPU cap needs: without it
+the actuator makes no cluster-wide call and the cap is off).
 """
 
 from __future__ import annotations
@@ -40,11 +41,14 @@ class Workload:
 
 
 class KubernetesActuator:
-    """Thin, synchronous wrapper of the API calls (run them in a thread from async code)."""
+    """Thin, synchronous wrapper of the API calls (run them in a thread from async code). Cluster-wide lists
+    (the GPU cap's) only with `list_cluster_gpus`."""
 
-    def __init__(self, apps: AppsV1Api, core: CoreV1Api) -> None:
+    def __init__(self, apps: AppsV1Api, core: CoreV1Api, *, list_cluster_gpus: bool = False) -> None:
         self._apps = apps
         self._core = core
+        self._list_cluster_gpus = list_cluster_gpus
+        self._told_cap_is_off = False
 
     def read_workload(self, namespace: str, name: str, gpu_resource: str) -> Workload:
         with api_errors(f"Deployment {namespace}/{name}"):
@@ -68,8 +72,12 @@ class KubernetesActuator:
 
     def gpu_capacity(
         self, namespace: str, workload: Workload, gpu_resource: str, gpus_per_replica: int
-    ) -> int:
-        """Workers the GPUs can hold in all: ours already placed plus what the free GPUs fit."""
+    ) -> int | None:
+        """Workers the GPUs can hold in all: ours already placed plus what the free GPUs fit; None (no cap)
+        when the operator may not list the cluster's nodes and pods."""
+        if not self._list_cluster_gpus:
+            self._tell_cap_is_off()
+            return None
         label_selector = ",".join(f"{key}={value}" for key, value in sorted(workload.node_selector.items()))
         # resource_version "0": served from the API server's watch cache, not a quorum read of etcd per poll.
         with api_errors("nodes"):
@@ -80,6 +88,14 @@ class KubernetesActuator:
             ).items
         own = OwnPods(namespace, workload.match_labels)
         return schedulable_replicas(nodes, pods, own, gpu_resource, gpus_per_replica)
+
+    def _tell_cap_is_off(self) -> None:
+        if not self._told_cap_is_off:
+            log.warning(
+                "a WorkerPool asks for capToSchedulableGPUs, but listing the cluster's nodes and pods is off "
+                "(GORGON_OPERATOR_LIST_CLUSTER_GPUS; chart: operator.capToSchedulableGPUs): the GPU cap is off"
+            )
+            self._told_cap_is_off = True
 
 
 def workload_of(deployment: V1Deployment, gpu_resource: str) -> Workload:

@@ -11,12 +11,15 @@ import httpx
 import openai
 import pytest
 import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gorgon.api.deps import hash_api_key
+from gorgon.api.app import create_app
+from gorgon.api.config import ApiSettings, hash_api_key
+from gorgon.core.config import RedisSettings
 from gorgon.core.redis.names import RedisNames
 from gorgon.engine.echo import chat_prompt, continuation
 from gorgon.engine.interface import ChatMessage
-from gorgon.local.processes import LocalServices
+from gorgon.local.processes import LocalServices, free_port
 
 pytestmark = pytest.mark.processes
 
@@ -153,6 +156,10 @@ def test_seed_curl_examples_work_verbatim(api: str, stream: bool) -> None:
         ({"prompt": "hi", "model": "no-such-model"}, 404, "model_not_found"),
         ({"prompt": "x" * 4000, "max_tokens": 500}, 400, "context_length_exceeded"),
         ({"prompt": "hi", "max_tokens": 4095}, 400, "context_length_exceeded"),
+        ({"prompt": "hi", "presence_penalty": 0.5}, 400, "presence_penalty"),
+        ({"prompt": "hi", "logit_bias": {"1": 5}}, 400, "logit_bias"),
+        ({"prompt": "hi", "suffix": "!"}, 400, "suffix"),
+        ({"prompt": "hi", "stream_options": {"include_usage": True}}, 400, "stream_options"),
     ],
 )
 def test_bad_requests_get_openai_style_errors(api: str, body: dict, status: int, param_or_code: str) -> None:
@@ -162,6 +169,30 @@ def test_bad_requests_get_openai_style_errors(api: str, body: dict, status: int,
     assert set(error) == {"message", "type", "param", "code"}
     assert param_or_code in (str(error["param"]).split(".")[0], error["code"])
     assert error["message"]
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("response_format", {"type": "json_object"}),
+        ("tool_choice", "auto"),
+        ("functions", [{"name": "f", "parameters": {}}]),
+        ("top_logprobs", 2),
+        ("frequency_penalty", -1),
+    ],
+)
+def test_chat_parameters_gorgon_does_not_implement_are_refused_by_name(
+    api: str, param: str, value: object
+) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, param: value}
+    reply = httpx.post(f"{api}/v1/chat/completions", json=body, timeout=10)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == param
+    assert reply.json()["error"]["code"] == "unsupported_parameter"
+    neutral = {"response_format": {"type": "text"}, "tool_choice": "none", "functions": []}
+    if param in neutral:
+        accepted = httpx.post(f"{api}/v1/chat/completions", json={**body, param: neutral[param]}, timeout=10)
+        assert accepted.status_code == 200, accepted.text
 
 
 def test_malformed_json_and_oversized_bodies_are_refused(api: str) -> None:
@@ -186,6 +217,18 @@ def test_health_ready_and_metrics(api: str) -> None:
     assert httpx.get(f"{api}/ready").json()["models"] == ["echo"]
     metrics = httpx.get(f"{api}/metrics").text
     assert "gorgon_api_requests_total" in metrics
+
+
+def test_metrics_on_a_port_of_their_own_leave_the_api_port(services: LocalServices) -> None:
+    metrics_port = free_port()
+    api = services.start_api(metrics_port=str(metrics_port))
+    assert httpx.post(f"{api}/v1/completions", json={"prompt": "hi", "max_tokens": 2}).status_code == 200
+    on_api_port = httpx.get(f"{api}/metrics")
+    assert on_api_port.status_code == 404
+    assert on_api_port.json()["error"]["type"] == "invalid_request_error"
+    apart = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+    assert apart.status_code == 200
+    assert 'gorgon_api_requests_total{endpoint="/v1/completions",status="200"}' in apart.text
 
 
 def test_streaming_client_disconnect_cancels_the_job(api: str, services: LocalServices) -> None:
@@ -230,3 +273,43 @@ def test_backpressure_deadline_keys_and_rate_limits(api: str, services: LocalSer
         httpx.post(f"{guarded}/v1/completions", json=body, headers=good).status_code for _ in range(3)
     ]
     assert statuses == [200, 200, 429]
+
+
+async def test_an_api_without_keys_warns_at_start(
+    redis_url: str, redis_names: RedisNames, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_settings = RedisSettings(REDIS_URL=redis_url, GORGON_REDIS_NAMESPACE=redis_names.namespace)
+    for settings, warned in ((ApiSettings(), True), (ApiSettings(key_hashes=hash_api_key("k")), False)):
+        caplog.clear()
+        app = create_app(settings, redis_settings)
+        with caplog.at_level("WARNING", logger="gorgon.api.app"):
+            async with app.router.lifespan_context(app):
+                pass
+        warnings = [r for r in caplog.records if r.levelname == "WARNING" and "no API keys" in r.message]
+        assert bool(warnings) is warned
+
+
+async def test_ready_keeps_the_redis_error_to_the_log(
+    redis_url: str, redis_names: RedisNames, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_settings = RedisSettings(REDIS_URL=redis_url, GORGON_REDIS_NAMESPACE=redis_names.namespace)
+    app = create_app(ApiSettings(key_hashes=hash_api_key("k")), redis_settings)
+    detail = "Error 111 connecting to 10.9.8.7:6379. Connection refused."
+
+    async def refused() -> None:
+        raise RedisConnectionError(detail)
+
+    async with app.router.lifespan_context(app):
+        app.state.gorgon.redis.ping = refused
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            with caplog.at_level("WARNING", logger="gorgon.api.routes.health"):
+                reply = await client.get("/ready")
+    assert reply.status_code == 503
+    assert reply.json()["error"] == {
+        "message": "Redis is unreachable",
+        "type": "server_error",
+        "param": None,
+        "code": "redis_unavailable",
+    }
+    assert detail in caplog.text

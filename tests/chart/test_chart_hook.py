@@ -1,5 +1,6 @@
-"""The `helm test` hook: its script runs here against the real API (with an echo worker on the test Redis),
-and against a stand-in server that answers with errors the real API cannot be made to give on purpose."""
+"""The `helm test` hook: its script runs here against the real API (with an echo worker on the test Redis, and
+API keys on, as the chart installs it), and against a stand-in server that answers with errors the real API
+cannot be made to give on purpose."""
 
 from __future__ import annotations
 
@@ -13,17 +14,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
-from chart_render import CHART_DIR, Manifest, container, find, run_helm
+from chart_render import CHART_DIR, Manifest, container, find, render_chart, run_helm
 
+from gorgon.api.config import hash_api_key
 from gorgon_testing import services_in_fresh_namespace
 
 pytestmark = pytest.mark.processes
+
+API_KEY = "gorgon-hook-test-key"
 
 
 class _FakeApi(BaseHTTPRequestHandler):
     completion_status = 200
     completion_text = " Hello!"
     received: ClassVar[list[dict]] = []
+    authorizations: ClassVar[list[str | None]] = []
 
     def do_GET(self) -> None:
         if self.path == "/health":
@@ -36,6 +41,7 @@ class _FakeApi(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).received.append(body)
+        type(self).authorizations.append(self.headers.get("Authorization"))
         choice = {"index": 0, "text": type(self).completion_text, "finish_reason": "length"}
         self._reply(type(self).completion_status, {"object": "text_completion", "choices": [choice]})
 
@@ -54,6 +60,7 @@ class _FakeApi(BaseHTTPRequestHandler):
 @pytest.fixture
 def fake_api() -> Iterator[str]:
     _FakeApi.completion_status, _FakeApi.completion_text, _FakeApi.received = 200, " Hello!", []
+    _FakeApi.authorizations = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeApi)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -63,12 +70,18 @@ def fake_api() -> Iterator[str]:
 
 
 def _run_hook(test_pod: Manifest, url: str) -> subprocess.CompletedProcess[str]:
+    """The hook's script with its environment; the API key Secret it reads holds API_KEY."""
     smoke = container(test_pod, "smoke")
-    env = {item["name"]: item["value"] for item in smoke["env"]}
+    env = {item["name"]: item.get("value") or _secret_value(item["valueFrom"]) for item in smoke["env"]}
     env["GORGON_URL"] = url
     assert smoke["command"][0] == "python"
     command = [sys.executable, *smoke["command"][1:], *smoke["args"]]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def _secret_value(source: dict) -> str:
+    assert source["secretKeyRef"] == {"name": "gorgon-api-key", "key": "api-key"}
+    return API_KEY
 
 
 def test_hook_is_a_helm_test_pointing_at_the_api_service(default_manifests: list[Manifest]) -> None:
@@ -83,7 +96,7 @@ def test_hook_is_a_helm_test_pointing_at_the_api_service(default_manifests: list
 def real_api(redis_url: str) -> Iterator[str]:
     with services_in_fresh_namespace(redis_url, prefix="gorgon-hook") as services:
         services.start_worker("echo", 0.001)
-        yield services.start_api()
+        yield services.start_api(key_hashes=hash_api_key(API_KEY))
 
 
 def test_hook_passes_against_the_real_api(default_manifests: list[Manifest], real_api: str) -> None:
@@ -96,6 +109,14 @@ def test_hook_sends_the_configured_request(default_manifests: list[Manifest], fa
     result = _run_hook(find(default_manifests, "Pod", "-test"), fake_api)
     assert result.returncode == 0, result.stderr
     assert _FakeApi.received == [{"model": "SmolLM2-135M-Instruct", "prompt": "Say hello.", "max_tokens": 8}]
+    assert _FakeApi.authorizations == [f"Bearer {API_KEY}"]
+
+
+def test_hook_sends_no_key_when_keys_are_off(fake_api: str) -> None:
+    test_pod = find(render_chart(set_values={"api.auth.enabled": "false"}), "Pod", "-test")
+    result = _run_hook(test_pod, fake_api)
+    assert result.returncode == 0, result.stderr
+    assert _FakeApi.authorizations == [None]
 
 
 @pytest.mark.parametrize(("status", "text"), [(500, " Hello!"), (200, "")])
@@ -129,7 +150,7 @@ def test_the_curl_commands_in_the_notes_work_against_the_real_api(real_api: str)
     assert script.count("curl ") == 5
     result = subprocess.run(
         ["bash", "-c", script],
-        env={"GORGON_URL": real_api, "PATH": "/usr/bin:/bin"},
+        env={"GORGON_URL": real_api, "GORGON_API_KEY": API_KEY, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,

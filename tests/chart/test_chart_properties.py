@@ -223,6 +223,66 @@ def test_hf_token_reaches_the_worker_from_a_secret() -> None:
     assert token["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "HF_TOKEN"}
 
 
+# --- API keys: on by default
+
+
+def _api_keys_volume(manifests: list[Manifest]) -> tuple[dict, dict | None]:
+    """The API container and the Secret volume its keys file comes from (None when there is none)."""
+    api = find(manifests, "Deployment", "-api")
+    spec = container(api, "api")
+    volumes = {volume["name"]: volume for volume in pod_spec(api)["volumes"]}
+    return spec, volumes.get("api-keys")
+
+
+def test_api_keys_are_on_by_default_with_a_generated_key_read_from_a_file(
+    default_manifests: list[Manifest],
+) -> None:
+    spec, volume = _api_keys_volume(default_manifests)
+    assert volume is not None
+    secret = find(default_manifests, "Secret", volume["secret"]["secretName"])
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    key = base64.b64decode(secret["data"]["api-key"]).decode()
+    assert key.startswith("gorgon-") and len(key) >= 40
+    assert volume["secret"]["items"] == [{"key": "api-key", "path": "keys"}]
+    mount = next(m for m in spec["volumeMounts"] if m["name"] == "api-keys")
+    keys_file = next(item["value"] for item in spec["env"] if item["name"] == "GORGON_API_KEYS_FILE")
+    assert keys_file == f"{mount['mountPath']}/keys" and mount["readOnly"] is True
+    assert not [item for item in spec["env"] if key in str(item)], "the key never becomes an env value"
+
+
+def test_a_generated_key_is_looked_up_before_a_new_one_is_made() -> None:
+    template = (CHART_DIR / "templates" / "api-key-secret.yaml").read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace $name' in template
+    assert "randAlphaNum" in template
+
+
+def test_an_existing_secret_replaces_the_generated_key() -> None:
+    manifests = render_chart(
+        set_values={"api.auth.existingSecret": "my-keys", "api.auth.secretKey": "tokens"}
+    )
+    _, volume = _api_keys_volume(manifests)
+    assert volume is not None
+    assert volume["secret"]["secretName"] == "my-keys"
+    assert volume["secret"]["items"] == [{"key": "tokens", "path": "keys"}]
+    assert not [m for m in manifests if m["kind"] == "Secret" and m["metadata"]["name"].endswith("-api-key")]
+
+
+def test_turning_keys_off_is_explicit_and_leaves_no_key_behind() -> None:
+    manifests = render_chart(set_values={"api.auth.enabled": "false"})
+    spec, volume = _api_keys_volume(manifests)
+    assert volume is None
+    assert "GORGON_API_KEYS_FILE" not in env_names(spec)
+    assert not [m for m in manifests if m["kind"] == "Secret" and m["metadata"]["name"].endswith("-api-key")]
+
+
+def test_trusted_proxies_reach_the_api_as_one_setting() -> None:
+    manifests = render_chart(set_values={"api.trustedProxies": "{10.0.0.0/8,192.168.0.7}"})
+    spec, _ = _api_keys_volume(manifests)
+    proxies = next(item["value"] for item in spec["env"] if item["name"] == "GORGON_API_TRUSTED_PROXIES")
+    assert proxies == "10.0.0.0/8,192.168.0.7"
+    assert "GORGON_API_TRUSTED_PROXIES" not in env_names(_api_keys_volume(render_chart())[0])
+
+
 # --- Redis
 
 
@@ -260,14 +320,53 @@ def test_every_gorgon_process_gets_redis_url_and_namespace(scenario: str) -> Non
                 assert {"REDIS_URL", "GORGON_REDIS_NAMESPACE"} <= set(env_names(spec))
 
 
-def test_bundled_redis_url_uses_the_generated_password(default_manifests: list[Manifest]) -> None:
-    api = container(find(default_manifests, "Deployment", "-api"), "api")
-    names = env_names(api)
+@pytest.mark.parametrize("component", ["api", "worker", "operator"])
+def test_each_component_reaches_the_bundled_redis_as_its_own_user(
+    default_manifests: list[Manifest], component: str
+) -> None:
+    spec = container(find(default_manifests, "Deployment", f"-{component}"), component)
+    names = env_names(spec)
     assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL")
-    url = next(item["value"] for item in api["env"] if item["name"] == "REDIS_URL")
-    assert url == "redis://:$(REDIS_PASSWORD)@gorgon-redis:6379/0"
+    url = next(item["value"] for item in spec["env"] if item["name"] == "REDIS_URL")
+    assert url == f"redis://{component}:$(REDIS_PASSWORD)@gorgon-redis:6379/0"
+    password = next(item for item in spec["env"] if item["name"] == "REDIS_PASSWORD")
+    assert password["valueFrom"]["secretKeyRef"] == {"name": "gorgon-redis", "key": f"{component}-password"}
     redis_service = find(default_manifests, "Service", "-redis")
     assert redis_service["metadata"]["name"] == "gorgon-redis"
+
+
+def test_the_redis_secret_holds_a_password_per_user_and_the_acl_a_rule_per_user(
+    default_manifests: list[Manifest],
+) -> None:
+    secret = find(default_manifests, "Secret", "-redis")
+    assert sorted(secret["data"]) == [
+        "api-password",
+        "operator-password",
+        "redis-password",
+        "worker-password",
+    ]
+    assert len({base64.b64decode(value) for value in secret["data"].values()}) == 4
+    rules = find(default_manifests, "ConfigMap", "-redis")["data"]["acl-rules"].splitlines()
+    assert [line.split()[0] for line in rules] == ["default", "api", "worker", "operator"]
+    for line in rules[1:]:
+        assert "-@all" in line.split() and "~*" not in line.split(), line
+        patterns = [word for word in line.split() if "~" in word or word.startswith("&")]
+        assert all(word.split("~")[-1].lstrip("&").startswith("gorgon:") for word in patterns), line
+
+
+def test_redis_acl_rules_follow_the_namespace() -> None:
+    rules = find(render_chart(set_values={"redisNamespace": "team-a"}), "ConfigMap", "-redis")["data"][
+        "acl-rules"
+    ]
+    assert "~team-a:requests:*" in rules and "gorgon:" not in rules
+
+
+def test_redis_restarts_when_its_rules_change() -> None:
+    def checksum(namespace: str) -> str:
+        redis = find(render_chart(set_values={"redisNamespace": namespace}), "StatefulSet", "-redis")
+        return redis["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    assert checksum("team-a") != checksum("team-b")
 
 
 def test_external_redis_url_comes_from_a_secret_the_chart_writes() -> None:
@@ -279,10 +378,14 @@ def test_external_redis_url_comes_from_a_secret_the_chart_writes() -> None:
 
 
 def test_redis_persistence_uses_a_volume_claim_template() -> None:
-    redis = find(_render("operator-off"), "StatefulSet", "-redis")
+    manifests = _render("operator-off")
+    redis = find(manifests, "StatefulSet", "-redis")
     claims = redis["spec"]["volumeClaimTemplates"]
     assert claims[0]["spec"]["resources"]["requests"]["storage"] == "4Gi"
-    assert "--appendonly" in container(redis, "redis")["args"]
+    config = find(manifests, "ConfigMap", "-redis")["data"]["redis.conf"].splitlines()
+    assert "appendonly yes" in config and "dir /data" in config
+    mounts = {mount["name"]: mount["mountPath"] for mount in container(redis, "redis")["volumeMounts"]}
+    assert mounts["data"] == "/data"
 
 
 # --- RBAC
@@ -307,11 +410,23 @@ def test_operator_role_grants_exactly_what_the_operator_does(default_manifests: 
         ("apps", "deployments/scale", ("patch",)),
         ("", "events", ("create",)),
     }
+
+
+def test_by_default_the_operator_is_confined_to_its_namespace(default_manifests: list[Manifest]) -> None:
+    assert not [m for m in default_manifests if m["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+    assert find(default_manifests, "WorkerPool")["spec"]["capToSchedulableGPUs"] is False
+    operator = container(find(default_manifests, "Deployment", "-operator"), "operator")
+    assert "GORGON_OPERATOR_LIST_CLUSTER_GPUS" not in env_names(operator)
+
+
+def test_the_gpu_cap_is_opt_in_with_a_cluster_role_to_list_nodes_and_pods() -> None:
+    manifests = render_chart(set_values={"operator.capToSchedulableGPUs": "true"})
     # The GPU cap: allocatable GPUs of the nodes minus those requested by pods of every namespace.
-    assert _rules(find(default_manifests, "ClusterRole")) == {
-        ("", "nodes", ("list",)),
-        ("", "pods", ("list",)),
-    }
+    assert _rules(find(manifests, "ClusterRole")) == {("", "nodes", ("list",)), ("", "pods", ("list",))}
+    assert find(manifests, "WorkerPool")["spec"]["capToSchedulableGPUs"] is True
+    operator = container(find(manifests, "Deployment", "-operator"), "operator")
+    listing = next(item for item in operator["env"] if item["name"] == "GORGON_OPERATOR_LIST_CLUSTER_GPUS")
+    assert listing["value"] == "true"
 
 
 def test_operator_reads_only_the_secrets_it_is_given() -> None:
@@ -328,19 +443,14 @@ def test_operator_serves_only_its_own_namespace(default_manifests: list[Manifest
     assert namespace["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
 
 
-def test_role_bindings_bind_the_operator_service_account(default_manifests: list[Manifest]) -> None:
-    operator = find(default_manifests, "Deployment", "-operator")
+def test_role_bindings_bind_the_operator_service_account() -> None:
+    manifests = render_chart(set_values={"operator.capToSchedulableGPUs": "true"})
+    operator = find(manifests, "Deployment", "-operator")
     account = pod_spec(operator)["serviceAccountName"]
     for kind, role_kind in (("RoleBinding", "Role"), ("ClusterRoleBinding", "ClusterRole")):
-        binding = find(default_manifests, kind)
+        binding = find(manifests, kind)
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "inference"}]
-        assert binding["roleRef"]["name"] == find(default_manifests, role_kind)["metadata"]["name"]
-
-
-def test_without_the_gpu_cap_there_is_no_cluster_role() -> None:
-    manifests = render_chart(set_values={"operator.capToSchedulableGPUs": "false"})
-    assert not [m for m in manifests if m["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
-    assert find(manifests, "WorkerPool")["spec"]["capToSchedulableGPUs"] is False
+        assert binding["roleRef"]["name"] == find(manifests, role_kind)["metadata"]["name"]
 
 
 # --- Traffic: Service, Ingress, HTTPRoute, monitors
@@ -397,6 +507,25 @@ def test_http_route_sends_traffic_to_the_api_with_a_stream_long_timeout() -> Non
     assert rule["timeouts"]["request"] == "3600s"
 
 
+@pytest.mark.parametrize("scenario", ["external-redis", "gateway-api"])
+def test_metrics_are_served_apart_from_the_port_the_edge_exposes(scenario: str) -> None:
+    manifests = _render(scenario)
+    api = container(find(manifests, "Deployment", "-api"), "api")
+    ports = {port["name"]: port["containerPort"] for port in api["ports"]}
+    env = {item["name"]: item.get("value") for item in api["env"]}
+    assert int(env["GORGON_API_METRICS_PORT"]) == ports["metrics"] != ports["http"]
+    assert int(env["GORGON_API_PORT"]) == ports["http"]
+    service = find(manifests, "Service", "-api")
+    service_ports = {port["name"]: port for port in service["spec"]["ports"]}
+    assert service_ports["metrics"]["targetPort"] == "metrics"
+    if scenario == "external-redis":
+        for rule in find(manifests, "Ingress")["spec"]["rules"]:
+            assert {path["backend"]["service"]["port"]["name"] for path in rule["http"]["paths"]} == {"http"}
+    else:
+        backends = find(manifests, "HTTPRoute")["spec"]["rules"][0]["backendRefs"]
+        assert [ref["port"] for ref in backends] == [service_ports["http"]["port"]]
+
+
 def test_monitors_scrape_the_api_service_and_the_worker_pods() -> None:
     manifests = _render("operator-off")
     api_service = find(manifests, "Service", "-api")
@@ -404,7 +533,8 @@ def test_monitors_scrape_the_api_service_and_the_worker_pods() -> None:
     assert service_monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert selector_matches(service_monitor["spec"]["selector"], api_service["metadata"]["labels"])
     service_ports = {port["name"] for port in api_service["spec"]["ports"]}
-    assert service_monitor["spec"]["endpoints"][0]["port"] in service_ports
+    assert service_monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert "metrics" in service_ports
     worker = _worker(manifests)
     pod_monitor = find(manifests, "PodMonitor")
     assert selector_matches(pod_monitor["spec"]["selector"], pod_labels(worker))

@@ -34,7 +34,9 @@ SCENARIOS = {path.name.removesuffix("-values.yaml"): path for path in CI_VALUES}
 
 
 def test_ci_holds_every_required_scenario() -> None:
-    assert {"default", "external-redis", "operator-off", "gateway-api", "gpu"} <= set(SCENARIOS)
+    assert {"default", "external-redis", "operator-off", "gateway-api", "gpu", "existing-secrets"} <= set(
+        SCENARIOS
+    )
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
@@ -118,7 +120,11 @@ def test_example_workerpool_matches_the_crd() -> None:
 @pytest.mark.parametrize(
     ("scenario", "present", "absent"),
     [
-        ("default", {"StatefulSet", "NetworkPolicy", "Role", "ClusterRole", "WorkerPool"}, {"Ingress"}),
+        (
+            "default",
+            {"StatefulSet", "NetworkPolicy", "Role", "WorkerPool", "ConfigMap"},
+            {"Ingress", "ClusterRole"},
+        ),
         ("external-redis", {"Ingress", "HorizontalPodAutoscaler", "Secret"}, {"StatefulSet"}),
         (
             "operator-off",
@@ -127,6 +133,7 @@ def test_example_workerpool_matches_the_crd() -> None:
         ),
         ("gateway-api", {"HTTPRoute"}, {"Ingress"}),
         ("gpu", {"WorkerPool"}, {"PersistentVolumeClaim"}),
+        ("existing-secrets", {"ClusterRole", "ClusterRoleBinding"}, {"Secret"}),
     ],
 )
 def test_scenario_renders_its_objects(scenario: str, present: set[str], absent: set[str]) -> None:
@@ -145,6 +152,10 @@ def test_scenario_renders_its_objects(scenario: str, present: set[str], absent: 
         ({"operator.workerPool.minReplicas": "5"}, "must not exceed operator.workerPool.maxReplicas"),
         ({"redis.external.url": "http://not-redis"}, "/redis/external/url"),
         ({"operator.workerPool.minReplicas": "0"}, "needs api.probes.readiness.httpGet.path=/health"),
+        ({"api.metricsPort": "8000"}, "api.metricsPort must differ from api.port"),
+        ({"redis.auth.secretKey": "pw"}, "additional properties 'secretKey' not allowed"),
+        ({"redisNamespace": "team*"}, "/redisNamespace"),
+        ({"api.trustedProxies[0]": "ingress-nginx"}, "/api/trustedProxies/0"),
     ],
 )
 def test_bad_values_fail_with_a_clear_message(set_values: dict[str, str], message: str) -> None:

@@ -154,6 +154,31 @@ def test_request_bodies_in_the_notes_are_valid_api_requests() -> None:
     assert chat.use_speculative is True
 
 
+def test_notes_tell_how_to_read_the_api_key_and_send_it() -> None:
+    notes = _notes()
+    assert (
+        "kubectl --namespace inference get secret gorgon-api-key \\\n"
+        "    -o jsonpath='{.data.api-key}' | base64 -d | head -n 1)"
+    ) in notes
+    calls = [line for line in notes.splitlines() if "curl" in line and "/v1/" in line]
+    assert len(calls) == 3
+    assert all('-H "Authorization: Bearer $GORGON_API_KEY"' in line for line in calls)
+    assert "helm template" in notes and "api.auth.existingSecret" in notes
+    assert "WARNING" not in notes
+
+
+def test_notes_warn_when_api_keys_are_off() -> None:
+    notes = _notes("api.auth.enabled=false")
+    assert "WARNING: API keys are off" in notes
+    assert "GORGON_API_KEY" not in notes
+
+
+def test_notes_name_an_existing_key_secret() -> None:
+    notes = _notes("api.auth.existingSecret=team-keys", "api.auth.secretKey=token.txt")
+    assert "get secret team-keys" in notes and "{.data.token\\.txt}" in notes
+    assert "helm template" not in notes
+
+
 def test_notes_point_at_the_ingress_host_when_there_is_one() -> None:
     notes = _notes(
         "ingress.enabled=true",

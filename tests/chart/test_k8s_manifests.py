@@ -44,14 +44,27 @@ def test_kustomization_builds_every_object_into_the_gorgon_namespace() -> None:
             assert obj["metadata"]["namespace"] == "gorgon", obj["metadata"]["name"]
 
 
-def test_plain_manifests_use_a_redis_secret_the_user_creates() -> None:
+def test_plain_manifests_use_redis_and_api_key_secrets_the_user_creates() -> None:
     objects = _kustomize_build()
     assert not [obj for obj in objects if obj["kind"] == "Secret"], (
-        "no generated password in a committed file"
+        "no generated password or key in a committed file"
     )
     redis = next(obj for obj in objects if obj["kind"] == "StatefulSet")
     env = redis["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env[0]["valueFrom"]["secretKeyRef"] == {"name": "gorgon-redis", "key": "redis-password"}
+    volumes = {volume["name"]: volume for volume in redis["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["passwords"]["secret"]["secretName"] == "gorgon-redis"
+    api = next(
+        obj for obj in objects if obj["kind"] == "Deployment" and obj["metadata"]["name"] == "gorgon-api"
+    )
+    volumes = {volume["name"]: volume for volume in api["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["api-keys"]["secret"]["secretName"] == "gorgon-api-key"
+
+
+def test_the_secrets_the_plain_manifests_need_are_the_ones_their_values_file_tells_how_to_create() -> None:
+    commands = (K8S_DIR / "render-values.yaml").read_text()
+    for key in ("redis-password", "api-password", "worker-password", "operator-password", "api-key"):
+        assert f"--from-literal={key}=" in commands
 
 
 def test_every_built_object_is_valid_kubernetes() -> None:

@@ -1,8 +1,11 @@
-"""Incremental detokenisation (multi-byte UTF-8) and stop-sequence hold-back."""
+"""Incremental detokenisation (multi-byte UTF-8) and stop-sequence hold-back, in time linear in the text."""
 
 from __future__ import annotations
 
-from gorgon.engine.detok import IncrementalDetokenizer, StopSequenceFilter
+import time
+
+from gorgon.engine.detok import MAX_UNDECIDED_TOKENS, IncrementalDetokenizer, StopSequenceFilter
+from gorgon.engine.validation import MAX_STOP_SEQUENCE_CHARS
 
 
 def test_deltas_never_split_a_character(tokenizer) -> None:
@@ -32,3 +35,47 @@ def test_stop_sequence_cuts_the_text() -> None:
 def test_earliest_stop_sequence_wins() -> None:
     stop_filter = StopSequenceFilter(["b", "a"])
     assert stop_filter.push("xxab") == ("xx", True)
+
+
+def test_stop_sequence_split_across_pushes_and_overlapping_itself() -> None:
+    stop_filter = StopSequenceFilter(["aab"])
+    assert stop_filter.push("xa") == ("x", False)
+    assert stop_filter.push("a") == ("", False)
+    assert stop_filter.push("a") == ("a", False), "the third a shifts the candidate by one"
+    assert stop_filter.push("bz") == ("", True)
+
+
+def test_of_two_stops_completing_at_the_same_character_the_longer_cuts() -> None:
+    stop_filter = StopSequenceFilter(["bc", "abc"])
+    assert stop_filter.push("xxabcd") == ("xx", True)
+
+
+def test_the_first_stop_to_complete_ends_the_text() -> None:
+    stop_filter = StopSequenceFilter(["abcd", "bc"])
+    assert stop_filter.push("zabcd") == ("za", True)
+
+
+def test_checking_long_stop_sequences_costs_time_linear_in_the_text() -> None:
+    """Four stops of the longest admitted length, built to keep long partial matches alive, over 20 000
+    characters pushed one at a time: each character is read once per stop."""
+    stops = ["a" * (MAX_STOP_SEQUENCE_CHARS - 1) + tail for tail in "bcde"]
+    stop_filter = StopSequenceFilter(stops)
+    started = time.perf_counter()
+    released = "".join(stop_filter.push("a")[0] for _ in range(20_000))
+    elapsed = time.perf_counter() - started
+    assert len(released) + len(stop_filter.pending) == 20_000
+    assert len(stop_filter.pending) == MAX_STOP_SEQUENCE_CHARS - 1
+    assert elapsed < 2.0, f"{elapsed:.2f} s for 20 000 characters"
+
+
+def test_undecodable_tokens_are_released_after_a_few_steps(tokenizer) -> None:
+    """Bytes that never complete a character (lone continuation bytes) come out as U+FFFD instead of being held
+    back for ever, which would make every later decode longer."""
+    continuation_byte = tokenizer.convert_tokens_to_ids(
+        tokenizer.convert_ids_to_tokens(tokenizer.encode("é"))[1]
+    )
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    deltas = [detokenizer.add([continuation_byte]) for _ in range(40)]
+    released = "".join(deltas)
+    assert set(released) == {"\ufffd"} and len(released) >= 40 - MAX_UNDECIDED_TOKENS
+    assert len(detokenizer.token_ids) - detokenizer.prefix_offset <= 2 * (MAX_UNDECIDED_TOKENS + 1)

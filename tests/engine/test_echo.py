@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from gorgon.core.errors import ContextOverflowError
+from gorgon.core.errors import ContextOverflowError, GorgonError
 from gorgon.engine.echo import EchoEngine, continuation
 from gorgon.engine.interface import Engine, FinishReason, GenerationRequest, SamplingParams
+from gorgon.engine.validation import MAX_STOP_SEQUENCE_CHARS
 
 
 def run_to_end(engine: EchoEngine, request: GenerationRequest) -> list:
@@ -63,3 +64,26 @@ def test_context_overflow_and_cancel() -> None:
     engine.add(request("x", engine, max_new_tokens=7))
     engine.cancel("r1")
     assert engine.num_active == 0 and engine.step() == []
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"temperature": float("nan")},
+        {"top_p": 0.0},
+        {"stop": ("x" * (MAX_STOP_SEQUENCE_CHARS + 1),)},
+        {"max_new_tokens": 0},
+    ],
+)
+def test_the_echo_engine_refuses_what_the_model_engine_refuses(params: dict) -> None:
+    engine = EchoEngine()
+    with pytest.raises(GorgonError):
+        engine.add(request("abc", engine, **params))
+    assert engine.num_active == 0
+
+
+def test_a_stop_sequence_spanning_speculative_steps_cuts_the_text() -> None:
+    engine = EchoEngine()
+    events = run_to_end(engine, request("abc", engine, max_new_tokens=30, stop=("ghijk",)))
+    assert "".join(event.text for event in events) == "def"
+    assert events[-1].finish_reason == FinishReason.STOP

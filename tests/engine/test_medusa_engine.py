@@ -10,6 +10,7 @@ import torch
 from engine_tiny import random_heads
 
 from gorgon.core.errors import ContextOverflowError, GorgonError
+from gorgon.engine import sampling
 from gorgon.engine.interface import (
     ChatMessage,
     Engine,
@@ -18,6 +19,7 @@ from gorgon.engine.interface import (
     SamplingParams,
     TokenEvent,
 )
+from gorgon.engine.validation import MAX_STOP_SEQUENCE_CHARS, MAX_STOP_SEQUENCES
 
 PROMPTS = {
     "short": (5, 17, 99),
@@ -162,6 +164,12 @@ def test_prompt_plus_max_tokens_beyond_context_is_rejected(make_engine) -> None:
         ((), SamplingParams(), "prompt is empty"),
         ((1, 2), SamplingParams(max_new_tokens=0), "max_tokens"),
         ((1, 2), SamplingParams(top_p=0.0), "top_p"),
+        ((1, 2), SamplingParams(top_p=float("nan")), "top_p"),
+        ((1, 2), SamplingParams(temperature=float("nan")), "temperature"),
+        ((1, 2), SamplingParams(temperature=float("inf")), "temperature"),
+        ((1, 2), SamplingParams(temperature=-1e-9), "temperature"),
+        ((1, 2), SamplingParams(stop=("a",) * (MAX_STOP_SEQUENCES + 1)), "stop sequences"),
+        ((1, 2), SamplingParams(stop=("a" * (MAX_STOP_SEQUENCE_CHARS + 1),)), "stop sequence may"),
         ((1, 10_000), SamplingParams(), "token ids"),
     ],
 )
@@ -262,3 +270,93 @@ def test_a_plain_steps_drafting_for_the_next_step_is_not_counted_as_plain_cost(
     )
     assert plain_times and chain_times
     assert max(plain_times) < slow_drafting <= min(chain_times)
+
+
+SMALLEST_FLOAT = 5e-324
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"temperature": SMALLEST_FLOAT},
+        {"temperature": 1e-40, "top_p": SMALLEST_FLOAT},
+        {"temperature": 2.0, "top_p": SMALLEST_FLOAT},
+    ],
+    ids=["smallest-temperature", "tiny-temperature-smallest-top-p", "hottest-smallest-top-p"],
+)
+def test_extreme_sampling_values_decode_as_greedy(make_engine, params: dict) -> None:
+    """Below the greedy threshold, or with only the top token inside top_p, a row decodes the greedy tokens
+    (plain decoding: typical acceptance of drafts does not apply top_p)."""
+    greedy = _alone(make_engine, _request("medium", 12))
+    extreme = _alone(make_engine, _request("medium", 12, **params))
+    assert _tokens(extreme) == _tokens(greedy)
+
+
+@pytest.mark.parametrize("seed", [-(2**63), 2**63 - 1])
+def test_seeds_at_both_ends_of_int64_sample_reproducibly(make_engine, seed: int) -> None:
+    runs = [_tokens(_alone(make_engine, _request("short", 10, temperature=1.5, seed=seed))) for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 10
+
+
+def _run_batch(engine, requests: list[GenerationRequest]) -> dict[str, list[TokenEvent]]:
+    for request in requests:
+        engine.add(request)
+    collected: dict[str, list[TokenEvent]] = {}
+    _drain(engine, collected)
+    return collected
+
+
+def test_a_row_whose_sampling_fails_ends_alone_and_the_batch_goes_on(make_engine, monkeypatch) -> None:
+    real_sample = sampling.sample_token
+
+    def failing_for_one_row(logits: torch.Tensor, row: sampling.RowSampling) -> int:
+        if row.top_p == 0.5:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return real_sample(logits, row)
+
+    monkeypatch.setattr(sampling, "sample_token", failing_for_one_row)
+    alone = _alone(make_engine, _request("long", 15))
+    engine = make_engine(random_heads(), cycle_shapes=True)
+    collected = _run_batch(
+        engine, [_request("long", 15), _request("short", 15, temperature=1.0, top_p=0.5, seed=1)]
+    )
+    (failed,) = collected["short"]
+    assert failed.error is not None and "sampling failed" in failed.error
+    assert failed.finish_reason is None and failed.token_ids == ()
+    assert _tokens(collected["long"]) == _tokens(alone)
+    assert engine.num_active == 0 and engine.batch is None
+
+
+def test_a_row_whose_detokenising_fails_ends_alone(make_engine, monkeypatch) -> None:
+    engine = make_engine()
+    engine.add(_request("other", 10))
+    engine.add(_request("medium", 10))
+    _ = engine.step()  # prefill: both rows are in the batch
+    (row,) = [row for row in engine.batch.rows if row.request_id == "other"]
+
+    def broken(_: object) -> str:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    monkeypatch.setattr(row.detokenizer, "add", broken)
+    collected: dict[str, list[TokenEvent]] = {}
+    _drain(engine, collected)
+    assert collected["other"][-1].error is not None and "detokenising failed" in collected["other"][-1].error
+    assert len(collected["other"]) == 1
+    assert collected["medium"][-1].finish_reason is FinishReason.LENGTH
+    assert _tokens(collected["medium"]) == _tokens(_alone(make_engine, _request("medium", 10)))[1:]
+
+
+def test_a_failed_prefill_fails_its_group_alone(make_engine, monkeypatch) -> None:
+    """On CPU each prompt length is prefilled on its own: a failing one takes no other row with it."""
+    engine = make_engine()
+    real_prefill = engine._prefill_group
+
+    def failing_for_long_prompts(rows):
+        if rows[0].request_id == "long":
+            raise RuntimeError("out of memory")
+        return real_prefill(rows)
+
+    monkeypatch.setattr(engine, "_prefill_group", failing_for_long_prompts)
+    collected = _run_batch(engine, [_request("long", 8), _request("short", 8)])
+    assert [event.error for event in collected["long"]] == ["prefill failed: out of memory"]
+    assert _tokens(collected["short"]) == _tokens(_alone(make_engine, _request("short", 8)))

@@ -105,3 +105,31 @@ def test_up_adds_workers_under_backlog_through_the_local_autoscaler() -> None:
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
+
+
+def test_up_with_no_worker_wakes_one_for_the_first_request() -> None:
+    port = free_port()
+    command = up_command(port, "--workers", "0", "--max-workers", "1")
+    process = subprocess.Popen(command, env=env_without_redis(), stdout=subprocess.PIPE, text=True)
+    try:
+        ready_line = process.stdout.readline() if process.stdout else ""
+        match = re.match(r"gorgon ready: (http://\S+) \(Redis (redis://\S+)\)", ready_line)
+        assert match, ready_line
+        url, redis_url = match.groups()
+        assert _registered_workers(redis_url, expected=1, within_s=0) == 0, "a worker ran before any request"
+        started = time.monotonic()
+        reply = httpx.post(f"{url}/v1/completions", json={"prompt": "abc", "max_tokens": 3}, timeout=60)
+        assert reply.status_code == 200 and reply.json()["choices"][0]["text"] == "def"
+        assert time.monotonic() - started < 30
+        assert _registered_workers(redis_url, expected=1, within_s=5) == 1
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+
+
+def test_up_with_no_worker_needs_the_served_model_of_an_engine_it_cannot_name() -> None:
+    env = {key: value for key, value in env_without_redis().items() if key != "GORGON_API_SERVED_MODELS"}
+    command = [sys.executable, "-m", "gorgon.cli", "up", "--engine", "medusa", "--workers", "0"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "GORGON_API_SERVED_MODELS" in result.stderr.strip().splitlines()[-1]

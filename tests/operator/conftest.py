@@ -22,7 +22,7 @@ async def sample_status(
         await redis_async.xadd(redis_names.request_stream("m"), {"payload": str(index)})
     apps, core = api_mocks(deployment(1, 1, node_selector=GPU_NODES), nodes=[node("a", 2)])
     reconciler = PoolReconciler(
-        KubernetesActuator(apps, core),
+        KubernetesActuator(apps, core, list_cluster_gpus=True),
         default_redis_url=redis_url,
         default_redis_namespace=redis_names.namespace,
     )

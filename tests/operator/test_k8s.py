@@ -70,7 +70,7 @@ def test_a_same_labelled_pod_in_another_namespace_is_not_ours() -> None:
 
 def test_actuator_lists_nodes_by_the_worker_node_selector() -> None:
     apps, core = api_mocks(deployment(1, 1, node_selector=GPU_NODES), [node("a", 4)])
-    actuator = KubernetesActuator(apps, core)
+    actuator = KubernetesActuator(apps, core, list_cluster_gpus=True)
     workload = actuator.read_workload("ml", "workers", GPU)
     assert actuator.gpu_capacity("ml", workload, GPU, 1) == 4
     assert core.list_node.call_args.kwargs["label_selector"] == "pool=gpu"
@@ -78,6 +78,21 @@ def test_actuator_lists_nodes_by_the_worker_node_selector() -> None:
     assert (
         core.list_pod_for_all_namespaces.call_args.kwargs["resource_version"] == "0"
     )  # from the watch cache
+
+
+def test_by_default_the_actuator_lists_nothing_cluster_wide_and_says_once_that_the_cap_is_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    apps, core = api_mocks(deployment(1, 1, node_selector=GPU_NODES), [node("a", 4)])
+    actuator = KubernetesActuator(apps, core)
+    workload = actuator.read_workload("ml", "workers", GPU)
+    with caplog.at_level("WARNING", logger="gorgon_operator.k8s"):
+        assert actuator.gpu_capacity("ml", workload, GPU, 1) is None
+        assert actuator.gpu_capacity("ml", workload, GPU, 1) is None
+    core.list_node.assert_not_called()
+    core.list_pod_for_all_namespaces.assert_not_called()
+    warnings = [record.message for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and "the GPU cap is off" in warnings[0]
 
 
 def test_actuator_scales_through_the_scale_subresource() -> None:

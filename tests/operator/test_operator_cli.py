@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 
 import httpx
+import kubernetes
 import pytest
 
 from gorgon.cli import main
+from gorgon_operator import k8s
+from gorgon_operator.cli import build_reconciler
 
 
 def test_without_cluster_credentials_the_operator_fails_with_one_line(
@@ -24,6 +27,26 @@ def test_without_cluster_credentials_the_operator_fails_with_one_line(
     err = capsys.readouterr().err
     assert err.startswith("gorgon: error: no Kubernetes credentials")
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("setting", "lists"), [(None, False), ("true", True)])
+def test_cluster_wide_listing_is_off_unless_the_setting_turns_it_on(
+    monkeypatch: pytest.MonkeyPatch, setting: str | None, lists: bool
+) -> None:
+    made: list[bool] = []
+
+    class RecordingActuator(k8s.KubernetesActuator):
+        def __init__(self, apps: object, core: object, *, list_cluster_gpus: bool = False) -> None:
+            made.append(list_cluster_gpus)
+
+    monkeypatch.setattr(k8s, "KubernetesActuator", RecordingActuator)
+    monkeypatch.setattr(kubernetes.config, "load_incluster_config", lambda: None)
+    if setting is None:
+        monkeypatch.delenv("GORGON_OPERATOR_LIST_CLUSTER_GPUS", raising=False)
+    else:
+        monkeypatch.setenv("GORGON_OPERATOR_LIST_CLUSTER_GPUS", setting)
+    build_reconciler()
+    assert made == [lists]
 
 
 def test_help_names_the_liveness_port_option(capsys: pytest.CaptureFixture[str]) -> None:

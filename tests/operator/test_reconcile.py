@@ -46,9 +46,11 @@ def pool_spec(redis_names: RedisNames) -> dict[str, Any]:
 async def make_reconciler(redis_url: str, clock: Clock) -> AsyncIterator[Callable[..., PoolReconciler]]:
     made: list[PoolReconciler] = []
 
-    def make(apps: Any, core: Any, url: str | None = redis_url) -> PoolReconciler:
+    def make(
+        apps: Any, core: Any, url: str | None = redis_url, *, list_cluster_gpus: bool = True
+    ) -> PoolReconciler:
         reconciler = PoolReconciler(
-            KubernetesActuator(apps, core),
+            KubernetesActuator(apps, core, list_cluster_gpus=list_cluster_gpus),
             default_redis_url=url,
             default_redis_namespace="unused",
             clock=clock,
@@ -168,6 +170,22 @@ async def test_the_gpu_cap_can_be_turned_off_for_cluster_autoscalers(
     apps, core = api_mocks(deployment(4, 4, gpus=1), nodes=[node("a", 1)])
     outcome = await make_reconciler(apps, core).poll("ml", {**pool_spec, "capToSchedulableGPUs": False}, {})
     core.list_node.assert_not_called()
+    assert outcome.status["gpuCapacity"] is None
+    assert outcome.status["desiredReplicas"] == 4
+
+
+async def test_without_cluster_wide_listing_the_gpu_cap_is_off_and_nothing_outside_the_namespace_is_read(
+    make_reconciler: Callable[..., PoolReconciler],
+    pool_spec: dict[str, Any],
+    redis_async: aioredis.Redis,
+    redis_names: RedisNames,
+) -> None:
+    await queue(redis_async, redis_names, 32)
+    apps, core = api_mocks(deployment(4, 4, gpus=1), nodes=[node("a", 1)])
+    reconciler = make_reconciler(apps, core, list_cluster_gpus=False)
+    outcome = await reconciler.poll("ml", {**pool_spec, "capToSchedulableGPUs": True}, {})
+    core.list_node.assert_not_called()
+    core.list_pod_for_all_namespaces.assert_not_called()
     assert outcome.status["gpuCapacity"] is None
     assert outcome.status["desiredReplicas"] == 4
 

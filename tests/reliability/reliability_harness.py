@@ -189,3 +189,46 @@ SOAK_ENV = "GORGON_SOAK"
 def sized(ci: int, soak: int) -> int:
     """The CI size of a test's load, or its soak size under `make soak`."""
     return soak if os.environ.get(SOAK_ENV) else ci
+
+
+@dataclass
+class TimedStream:
+    """One streaming request as a client sees it, with the arrival time of every content event."""
+
+    arrivals: list[float] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    error: str | None = None
+    status: int | None = None
+
+    def gaps_between(self, start: float, end: float) -> list[float]:
+        """The gaps between successive events that end inside [start, end] (monotonic seconds)."""
+        return [
+            later - earlier
+            for earlier, later in zip(self.arrivals, self.arrivals[1:], strict=False)
+            if start <= later <= end
+        ]
+
+
+async def timed_stream(
+    client: httpx.AsyncClient, url: str, body: dict[str, object], outcome: TimedStream
+) -> TimedStream:
+    """POST `body` with `stream: true` to `url`, recording into `outcome` as events arrive (a caller may watch it
+    fill) each event's arrival time (time.monotonic())."""
+    async with client.stream("POST", url, json={**body, "stream": True}) as reply:
+        outcome.status = reply.status_code
+        if reply.status_code != 200:
+            outcome.error = json.loads(await reply.aread())["error"]["message"]
+            return outcome
+        async for line in reply.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line.removeprefix("data: "))
+            if "error" in event:
+                outcome.error = event["error"].get("message") or "error without a message"
+                continue
+            choice = event["choices"][0]
+            outcome.text += choice.get("text") or choice.get("delta", {}).get("content") or ""
+            outcome.finish_reason = choice.get("finish_reason") or outcome.finish_reason
+            outcome.arrivals.append(time.monotonic())
+    return outcome

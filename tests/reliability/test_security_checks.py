@@ -1,7 +1,9 @@
 """Security properties that live in code: API keys configured and compared only as SHA-256 digests (in constant
-time), per-key rate limits shared by every API replica, no prompt, key or Redis password in the logs at the
-default level, and Redis AUTH and TLS taken from the URL. The chart side (non-root, read-only root filesystem,
-NetworkPolicy, RBAC verbs) is tested in tests/chart."""
+time), read from a mounted file as a Secret delivers them, per-key rate limits shared by every API replica,
+per-address limits that believe X-Forwarded-For only from a trusted proxy, a /ready that keeps Redis's errors to
+the log, no prompt, key or Redis password in the logs at the default level, and Redis AUTH and TLS taken from
+the URL. The chart side (keys on by default, non-root, read-only root filesystem, NetworkPolicy, RBAC verbs) is
+tested in tests/chart; the Redis ACL users in test_redis_acl.py."""
 
 from __future__ import annotations
 
@@ -9,18 +11,18 @@ import hashlib
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 from pydantic import ValidationError
-from reliability_harness import platform_on, wait_for_workers
+from reliability_harness import RestartableRedis, platform_on, wait_for, wait_for_workers
 from starlette.requests import Request
 
 from gorgon.api import deps
-from gorgon.api.config import ApiSettings
+from gorgon.api.config import ApiSettings, hash_api_key
 from gorgon.api.errors import OpenAIError
 from gorgon.engine.echo import continuation
 from gorgon.local.processes import (
@@ -47,7 +49,7 @@ def request_with_key(key: str | None) -> Request:
 
 
 def test_keys_are_configured_as_digests_and_a_clear_key_is_refused_without_being_echoed() -> None:
-    settings = ApiSettings(key_hashes=deps.hash_api_key(KEY).upper())
+    settings = ApiSettings(key_hashes=hash_api_key(KEY).upper())
     assert settings.key_hashes == [hashlib.sha256(KEY.encode()).hexdigest()]
     with pytest.raises(ValidationError) as refused:
         ApiSettings(key_hashes=KEY)
@@ -55,7 +57,7 @@ def test_keys_are_configured_as_digests_and_a_clear_key_is_refused_without_being
 
 
 def test_keys_are_compared_in_constant_time_against_every_digest(monkeypatch: pytest.MonkeyPatch) -> None:
-    digests = [deps.hash_api_key(f"other-{i}") for i in range(3)] + [deps.hash_api_key(KEY)]
+    digests = [hash_api_key(f"other-{i}") for i in range(3)] + [hash_api_key(KEY)]
     settings = ApiSettings(key_hashes=",".join(digests))
     compared: list[tuple[str, str]] = []
 
@@ -71,12 +73,12 @@ def test_keys_are_compared_in_constant_time_against_every_digest(monkeypatch: py
     assert all(KEY not in presented for presented, _ in compared), "only digests are compared, never keys"
     compared.clear()
     assert deps._caller_identity(request_with_key(KEY), settings).startswith("key:")
-    assert compared and all(presented == deps.hash_api_key(KEY) for presented, _ in compared)
+    assert compared and all(presented == hash_api_key(KEY) for presented, _ in compared)
 
 
 def test_a_keys_rate_limit_holds_across_two_api_processes(echo_services: LocalServices) -> None:
     limit = 6
-    settings = {"key_hashes": deps.hash_api_key(KEY), "rate_limit_per_minute": str(limit)}
+    settings = {"key_hashes": hash_api_key(KEY), "rate_limit_per_minute": str(limit)}
     apis = [echo_services.start_api(**settings), echo_services.start_api(**settings)]
     headers = {"Authorization": f"Bearer {KEY}"}
     body = {"prompt": "abc", "max_tokens": 2}
@@ -90,6 +92,67 @@ def test_a_keys_rate_limit_holds_across_two_api_processes(echo_services: LocalSe
     assert statuses.count(200) <= limit * windows, statuses
     if windows == 1:
         assert statuses.count(200) == limit and statuses[limit:] == [429] * 4, statuses
+
+
+def test_keys_from_a_mounted_file_guard_the_api(echo_services: LocalServices, tmp_path: Path) -> None:
+    keys_file = tmp_path / "api-key"
+    keys_file.write_text(KEY)
+    api = echo_services.start_api(keys_file=str(keys_file))
+    body = {"prompt": "abc", "max_tokens": 2}
+    assert httpx.post(f"{api}/v1/completions", json=body, timeout=30).status_code == 401
+    assert httpx.get(f"{api}/v1/models", timeout=30).status_code == 401
+    good = httpx.post(
+        f"{api}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=30
+    )
+    assert good.status_code == 200, good.text
+
+
+def _statuses_in_one_window(send: Callable[[], list[int]]) -> list[int]:
+    """The statuses of `send`'s requests, from a run that stayed within one rate-limit window."""
+    for _ in range(3):
+        window = int(time.time() // deps.RATE_WINDOW_S)
+        statuses = send()
+        if int(time.time() // deps.RATE_WINDOW_S) == window:
+            return statuses
+    raise AssertionError("every run crossed a rate-limit window")
+
+
+def test_forwarded_for_sets_the_rate_limit_address_only_from_a_trusted_proxy(
+    echo_services: LocalServices,
+) -> None:
+    body = {"prompt": "abc", "max_tokens": 2}
+
+    def send(api: str, clients: list[str]) -> list[int]:
+        return [
+            httpx.post(
+                f"{api}/v1/completions", json=body, headers={"X-Forwarded-For": client}, timeout=30
+            ).status_code
+            for client in clients
+        ]
+
+    untrusting = echo_services.start_api(rate_limit_per_minute="1")
+    trusting = echo_services.start_api(rate_limit_per_minute="1", trusted_proxies="127.0.0.1")
+    clients = [f"198.51.100.{uuid.uuid4().int % 250 + 1}" for _ in range(2)]
+    while clients[1] == clients[0]:
+        clients[1] = f"198.51.100.{uuid.uuid4().int % 250 + 1}"
+    # From an untrusted peer the header is the client's own claim: both requests count against 127.0.0.1.
+    assert _statuses_in_one_window(lambda: send(untrusting, clients)) in ([200, 429], [429, 429])
+    # Behind a trusted proxy each forwarded address has its own allowance, and spends it.
+    assert _statuses_in_one_window(lambda: send(trusting, [*clients, clients[0]])) == [200, 200, 429]
+
+
+def test_ready_tells_callers_that_redis_is_down_but_not_why(own_redis: RestartableRedis) -> None:
+    with platform_on(own_redis.url) as services:
+        services.start_worker("echo", 0.0)
+        api = services.start_api()
+        own_redis.stop()
+        try:
+            assert wait_for(lambda: httpx.get(f"{api}/ready", timeout=5).status_code == 503, 15)
+            reply = httpx.get(f"{api}/ready", timeout=5)
+        finally:
+            own_redis.start()
+    assert reply.json()["error"]["message"] == "Redis is unreachable"
+    assert str(own_redis.port) not in reply.text
 
 
 def started_redis_server(url: str, arguments: list[str]) -> subprocess.Popen[bytes]:
@@ -233,7 +296,7 @@ def test_redis_auth_from_the_url_and_no_secret_or_prompt_in_the_logs(
     without_password.close()
 
     namespace = f"gorgon-rel-{uuid.uuid4().hex[:12]}"
-    env = service_env(url, namespace, {"GORGON_API_KEY_HASHES": deps.hash_api_key(KEY)})
+    env = service_env(url, namespace, {"GORGON_API_KEY_HASHES": hash_api_key(KEY)})
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     processes = [

@@ -1,11 +1,13 @@
 """The worker's consume loop in-process (echo engine) against a real Redis: publishing, fencing, takeover,
-dead-lettering, deadlines, cancellation and shutdown."""
+dead-lettering, deadlines, cancellation and shutdown; requests failing alone, preparation beside the decode loop,
+and takeover while every row is busy."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
 import pytest
@@ -17,7 +19,8 @@ from gorgon.core.redis.publisher import Publication, Publisher
 from gorgon.core.redis.queue import backlog, enqueue, ensure_group, read_entries
 from gorgon.core.redis.requests import read_progress, read_result, request_cancel
 from gorgon.core.redis.subscriber import TokenSubscriber
-from gorgon.engine.echo import EchoEngine, continuation
+from gorgon.engine.echo import EchoEngine, chat_prompt, continuation
+from gorgon.engine.interface import ChatMessage, GenerationRequest, TokenEvent
 from gorgon.worker.config import WorkerSettings
 from gorgon.worker.main import Worker
 
@@ -47,8 +50,10 @@ async def start_worker(
     settings: WorkerSettings = FAST,
     step_delay_s: float = 0.0,
     name: str = "w1",
+    engine: EchoEngine | None = None,
 ) -> tuple[Worker, asyncio.Task[None]]:
-    worker = Worker(EchoEngine(step_delay_s=step_delay_s), redis, names, settings, name)
+    engine = engine or EchoEngine(step_delay_s=step_delay_s)
+    worker = Worker(engine, redis, names, settings, name)
     task = asyncio.create_task(worker.run())
     while not worker.ready:
         await asyncio.sleep(0.01)
@@ -307,3 +312,181 @@ async def test_a_request_over_the_token_budget_waits_for_room(
     await stop_worker(worker, task)
     assert second[0].published_at >= first[-1].published_at
     assert "".join(chunk.text for chunk in second) == continuation("abc", 30)
+
+
+# --- one request fails alone ----------------------------------------------------------------------------------
+
+SLOW_ENCODE_S = 1.0
+
+
+class FaultyEcho(EchoEngine):
+    """The echo engine, failing where a prompt says so: `fail:encode` (tokenising raises), `fail:add` (admission
+    raises), `fail:row` (an error event at its first step), `fail:step` (every step raises while it is in the
+    batch); `slow:encode` takes SLOW_ENCODE_S to tokenise."""
+
+    def encode(self, prompt: str | Sequence[ChatMessage]) -> list[int]:
+        text = prompt if isinstance(prompt, str) else chat_prompt(prompt)
+        if "fail:encode" in text:
+            raise ValueError("the tokenizer broke")
+        if "slow:encode" in text:
+            time.sleep(SLOW_ENCODE_S)
+        return super().encode(prompt)
+
+    def add(self, request: GenerationRequest) -> None:
+        if b"fail:add" in bytes(request.prompt_ids):
+            raise RuntimeError("no room in the cache")
+        super().add(request)
+
+    def step(self) -> list[TokenEvent]:
+        prompts = {request_id: bytes(row.request.prompt_ids) for request_id, row in self._rows.items()}
+        if any(b"fail:step" in prompt for prompt in prompts.values()):
+            raise RuntimeError("device lost")
+        failing = [request_id for request_id, prompt in prompts.items() if b"fail:row" in prompt]
+        for request_id in failing:
+            self.cancel(request_id)
+        failed = [
+            TokenEvent(request_id, (), "", None, 0, 0, error="sampling failed: nan") for request_id in failing
+        ]
+        return failed + super().step()
+
+
+async def _acknowledged_everything(redis: aioredis.Redis, names: RedisNames) -> bool:
+    pending = await redis.xpending(names.request_stream("echo"), CONSUMER_GROUP)
+    return pending["pending"] == 0 and await backlog(redis, names, "echo") == 0
+
+
+async def _submit(
+    redis: aioredis.Redis, names: RedisNames, subscriber: TokenSubscriber, request_id: str, **fields
+) -> asyncio.Queue[Chunk]:
+    queue = subscriber.register(request_id)
+    await enqueue(redis, names, payload(subscriber.channel, request_id, **fields), 0)
+    return queue
+
+
+async def test_each_kind_of_failure_fails_its_request_alone_without_redelivery(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    """A stream runs while requests fail in each phase: each failing client gets its error, the stream completes
+    exactly, every entry is acknowledged (nothing is redelivered) and the worker goes on."""
+    engine = FaultyEcho(step_delay_s=0.01)
+    worker, task = await start_worker(redis_async, redis_names, engine=engine)
+    running = await _submit(
+        redis_async, redis_names, subscriber, "running", max_tokens=80, stream=True, use_speculative=False
+    )
+    await running.get()
+    expected = {
+        "encode": ("fail:encode", 500, "request_failed"),
+        "invalid": ("abc", 400, "invalid_request_error"),
+        "add": ("fail:add", 500, "request_failed"),
+        "row": ("fail:row", 500, "generation_failed"),
+    }
+    queues = {
+        name: await _submit(
+            redis_async,
+            redis_names,
+            subscriber,
+            name,
+            prompt=prompt,
+            **({"top_p": 0.0} if name == "invalid" else {}),
+        )
+        for name, (prompt, _, _) in expected.items()
+    }
+    for name, (_, status, code) in expected.items():
+        (chunk,) = await collect(queues[name])
+        assert chunk.error is not None, name
+        assert (chunk.error.status, chunk.error.code) == (status, code), chunk.error
+        assert chunk.attempt == 1
+    rest = await collect(running)
+    assert rest[-1].finish_reason == "length" and rest[-1].error is None
+    assert not task.done(), "the worker goes on"
+    async with asyncio.timeout(2):
+        while not await _acknowledged_everything(redis_async, redis_names):
+            await asyncio.sleep(0.01)
+    later = await collect(await _submit(redis_async, redis_names, subscriber, "later", max_tokens=5))
+    assert later[-1].text == continuation("abc", 5)
+    await stop_worker(worker, task)
+
+
+async def test_a_failed_step_fails_its_requests_with_503_and_the_worker_goes_on(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    worker, task = await start_worker(redis_async, redis_names, engine=FaultyEcho(step_delay_s=0.01))
+    first = await _submit(redis_async, redis_names, subscriber, "first", max_tokens=300, stream=True)
+    await first.get()
+    doomed = await _submit(redis_async, redis_names, subscriber, "doomed", prompt="fail:step")
+    for queue in (first, doomed):
+        chunks = await collect(queue)
+        assert chunks[-1].error is not None
+        assert (chunks[-1].error.status, chunks[-1].error.code) == (503, "engine_step_failed")
+    later = await collect(await _submit(redis_async, redis_names, subscriber, "later", max_tokens=5))
+    assert later[-1].text == continuation("abc", 5)
+    assert not worker.broken and not task.done()
+    assert await _acknowledged_everything(redis_async, redis_names)
+    await stop_worker(worker, task)
+
+
+async def test_a_worker_whose_engine_keeps_failing_steps_stops_to_be_replaced(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    settings = FAST.model_copy(update={"max_failed_steps_in_row": 2})
+    worker, task = await start_worker(redis_async, redis_names, settings, engine=FaultyEcho())
+    for name in ("one", "two"):
+        (chunk,) = await collect(
+            await _submit(redis_async, redis_names, subscriber, name, prompt="fail:step")
+        )
+        assert chunk.error is not None and chunk.error.status == 503
+    await asyncio.wait_for(task, 10)
+    assert worker.broken
+
+
+async def test_tokenising_a_huge_prompt_does_not_stall_the_running_streams(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    """A prompt that takes a second to tokenise is prepared beside the decode loop: the running stream's chunks
+    keep their pace meanwhile."""
+    worker, task = await start_worker(redis_async, redis_names, engine=FaultyEcho(step_delay_s=0.01))
+    running = await _submit(
+        redis_async, redis_names, subscriber, "running", max_tokens=200, stream=True, use_speculative=False
+    )
+    await running.get()
+    slow = await _submit(redis_async, redis_names, subscriber, "slow", prompt="slow:encode", max_tokens=3)
+    chunks = await collect(running)
+    (slow_chunk,) = await collect(slow)
+    await stop_worker(worker, task)
+    assert slow_chunk.text == continuation("slow:encode", 3)
+    times = [chunk.published_at for chunk in chunks]
+    assert times[-1] - times[0] > SLOW_ENCODE_S, "the slow prompt was tokenised while the stream ran"
+    assert max(later - earlier for earlier, later in itertools.pairwise(times)) < 0.25
+
+
+async def test_a_dead_workers_entry_is_taken_over_while_every_row_is_busy_and_goes_before_new_ones(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    settings = FAST.model_copy(update={"max_batch_size": 2})
+    worker, task = await start_worker(redis_async, redis_names, settings, step_delay_s=0.01)
+    busy = [
+        await _submit(
+            redis_async, redis_names, subscriber, name, max_tokens=250, stream=True, use_speculative=False
+        )
+        for name in ("busy-1", "busy-2")
+    ]
+    for queue in busy:
+        await queue.get()
+    orphan = subscriber.register("orphan")
+    request = payload(subscriber.channel, "orphan", max_tokens=5, stream=True, use_speculative=False)
+    orphan_entry = await _abandoned_entry(redis_async, redis_names, request)
+    newcomer = await _submit(redis_async, redis_names, subscriber, "newcomer", max_tokens=5, stream=True)
+    deadline = time.monotonic() + FAST.lease_s + 4 * FAST.heartbeat_interval_s
+    while time.monotonic() < deadline:
+        pending = await redis_async.xpending_range(
+            redis_names.request_stream("echo"), CONSUMER_GROUP, min=orphan_entry, max=orphan_entry, count=1
+        )
+        if pending and pending[0]["consumer"] == b"w1":
+            break
+        await asyncio.sleep(0.05)
+    assert pending[0]["consumer"] == b"w1", "taken over on schedule"
+    assert worker.engine.num_active == 2, "while both rows were busy"
+    orphan_chunks, newcomer_chunks = await collect(orphan), await collect(newcomer)
+    await stop_worker(worker, task)
+    assert orphan_chunks[0].published_at < newcomer_chunks[0].published_at
+    assert "".join(chunk.text for chunk in orphan_chunks) == continuation("abc", 5)

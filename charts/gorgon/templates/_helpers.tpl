@@ -62,32 +62,47 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (include "gorgon.componentName" (dict "root" . "component" "redis-url")) .Values.redis.external.existingSecret }}
 {{- end }}
 
-{{/* REDIS_URL for the gorgon containers: built from the bundled Redis' password, or the external URL's Secret. */}}
+{{/* REDIS_URL of one component's containers: gorgon.redis.env (dict "root" $ "user" "api"). The bundled Redis is
+reached as the component's own ACL user; an external Redis through the URL in its Secret. */}}
 {{- define "gorgon.redis.env" -}}
-{{- if .Values.redis.enabled }}
+{{- $root := .root }}
+{{- if $root.Values.redis.enabled }}
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ include "gorgon.redis.passwordSecretName" . }}
-      key: {{ .Values.redis.auth.secretKey }}
+      name: {{ include "gorgon.redis.passwordSecretName" $root }}
+      key: {{ index $root.Values.redis.auth.secretKeys .user }}
 - name: REDIS_URL
-  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "gorgon.redis.host" .) | quote }}
+  value: {{ printf "redis://%s:$(REDIS_PASSWORD)@%s:6379/0" .user (include "gorgon.redis.host" $root) | quote }}
 {{- else }}
-{{- if not (or .Values.redis.external.url .Values.redis.external.existingSecret) }}
+{{- if not (or $root.Values.redis.external.url $root.Values.redis.external.existingSecret) }}
 {{- fail "redis.enabled is false: set redis.external.url or redis.external.existingSecret" }}
 {{- end }}
 - name: REDIS_URL
   valueFrom:
     secretKeyRef:
-      name: {{ include "gorgon.redis.urlSecretName" . }}
-      key: {{ .Values.redis.external.secretKey }}
+      name: {{ include "gorgon.redis.urlSecretName" $root }}
+      key: {{ $root.Values.redis.external.secretKey }}
 {{- end }}
 - name: GORGON_REDIS_NAMESPACE
-  value: {{ .Values.redisNamespace | quote }}
+  value: {{ $root.Values.redisNamespace | quote }}
 {{- end }}
 
-{{/* Environment shared by the api, worker and operator containers. */}}
+{{/* What each ACL user of the bundled Redis may do: the commands its component's code issues (scripts included:
+Redis checks the commands a script calls, and a script's declared keys need read and write) on its namespace's
+keys and channels only. One line per user: the name, then its rules; the password hash is added when the pod
+starts (redis-statefulset.yaml). tests/reliability/test_redis_acl.py runs each component's code under its user. */}}
+{{- define "gorgon.redis.aclRules" -}}
+{{- $ns := .Values.redisNamespace -}}
+default ~* &* +@all
+api -@all +ping +info +evalsha +script|load +xlen +xadd +xrange +set +get +lrange +incrby +expire +smembers +srem +exists +mget +scan +subscribe {{ printf "~%s:requests:* ~%s:cancel:* ~%s:ratelimit:* ~%s:worker-index ~%s:workers:* %%R~%s:result:* %%R~%s:progress:* %%R~%s:held:* &%s:replies:*" $ns $ns $ns $ns $ns $ns $ns $ns $ns }}
+worker -@all +ping +evalsha +script|load +xgroup|create +xreadgroup +xack +xdel +xclaim +xautoclaim +xadd +get +set +rpush +expire +pexpire +exists +lrange +mget +sadd +srem +del +publish {{ printf "~%s:requests:* ~%s:dead:* ~%s:attempt:* ~%s:progress:* ~%s:result:* ~%s:cancel:* ~%s:held:* ~%s:workers:* ~%s:worker-index &%s:replies:*" $ns $ns $ns $ns $ns $ns $ns $ns $ns $ns }}
+operator -@all +ping +xlen {{ printf "%%R~%s:requests:*" $ns }}
+{{ end }}
+
+{{/* Environment shared by the api, worker and operator containers: gorgon.commonEnv (dict "root" $ "user" "api"). */}}
 {{- define "gorgon.commonEnv" -}}
+{{- $root := .root -}}
 {{ include "gorgon.redis.env" . | trim }}
 - name: POD_NAME
   valueFrom:
@@ -97,17 +112,17 @@ app.kubernetes.io/component: {{ .component }}
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
-{{- if .Values.tracing.enabled }}
+{{- if $root.Values.tracing.enabled }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
-  value: {{ .Values.tracing.otlpEndpoint | quote }}
+  value: {{ $root.Values.tracing.otlpEndpoint | quote }}
 - name: OTEL_EXPORTER_OTLP_PROTOCOL
   value: http/protobuf
 - name: OTEL_TRACES_SAMPLER
   value: parentbased_traceidratio
 - name: OTEL_TRACES_SAMPLER_ARG
-  value: {{ .Values.tracing.sampleRatio | quote }}
+  value: {{ $root.Values.tracing.sampleRatio | quote }}
 {{- end }}
-{{- with .Values.extraEnv }}
+{{- with $root.Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
@@ -116,6 +131,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "gorgon.serviceNameEnv" -}}
 - name: OTEL_SERVICE_NAME
   value: {{ printf "gorgon-%s" . | quote }}
+{{- end }}
+
+{{/* API keys. */}}
+{{- define "gorgon.api.keySecretName" -}}
+{{- default (include "gorgon.componentName" (dict "root" . "component" "api-key")) .Values.api.auth.existingSecret }}
 {{- end }}
 
 {{/* Worker. */}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
 import logging
@@ -17,11 +18,13 @@ from gorgon.api.deps import ApiState
 from gorgon.api.direct_routes import DirectRoutes
 from gorgon.api.errors import OpenAIError, install_error_handlers
 from gorgon.api.generation import Gateway
+from gorgon.api.metrics import serve_metrics_apart
 from gorgon.api.registry import ModelRegistry
 from gorgon.api.routes import chat, completions, health, models
 from gorgon.api.telemetry import RequestTelemetry
 from gorgon.core.config import RedisSettings, get_redis_settings
 from gorgon.core.redis.connection import open_redis
+from gorgon.core.redis.memory import MemoryGuard
 from gorgon.core.redis.names import RedisNames
 from gorgon.core.redis.subscriber import TokenSubscriber
 
@@ -106,13 +109,31 @@ def create_app(settings: ApiSettings | None = None, redis_settings: RedisSetting
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.key_hashes:
+            log.warning(
+                "no API keys configured (GORGON_API_KEY_HASHES, GORGON_API_KEYS_FILE): "
+                "anyone who reaches the API can use it"
+            )
         redis = open_redis(redis_settings.url, settings.redis_max_connections)
         names = RedisNames(redis_settings.namespace)
         subscriber = TokenSubscriber(redis, names)
         await subscriber.start()
-        gateway = Gateway(redis, names, subscriber, settings.max_backlog, settings.retry_after_s)
-        registry = ModelRegistry(redis, names, settings.model_cache_s, settings.default_model)
+        gateway = Gateway(
+            redis,
+            names,
+            subscriber,
+            settings.max_backlog,
+            settings.retry_after_s,
+            keepalive_s=settings.sse_keepalive_s,
+            memory_guard=MemoryGuard(redis, settings.redis_memory_limit),
+        )
+        registry = ModelRegistry(
+            redis, names, settings.model_cache_s, settings.default_model, settings.served_models
+        )
         app.state.gorgon = ApiState(settings, redis, names, gateway, registry)
+        metrics_server = (
+            serve_metrics_apart(settings.host, settings.metrics_port) if settings.metrics_port else None
+        )
         gc.freeze()  # what start-up built lives as long as the process: keep it out of every collection
         try:
             yield
@@ -121,6 +142,9 @@ def create_app(settings: ApiSettings | None = None, redis_settings: RedisSetting
             await gateway.close()
             await subscriber.close()
             await redis.aclose()
+            if metrics_server is not None:
+                await asyncio.to_thread(metrics_server.shutdown)
+                metrics_server.server_close()
 
     # FastAPI's own request spans would duplicate RequestTelemetry's (the parent of the worker's spans).
     app = GorgonApp(
@@ -129,6 +153,8 @@ def create_app(settings: ApiSettings | None = None, redis_settings: RedisSetting
     install_error_handlers(app)
     for module in (completions, chat, models, health):
         app.include_router(module.router)
+    if not settings.metrics_port:
+        app.include_router(health.metrics_router)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestTelemetry)
     generation_routes = [*completions.router.routes, *chat.router.routes]

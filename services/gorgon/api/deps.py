@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+import ipaddress
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis as AsyncRedis
 
-from gorgon.api.config import ApiSettings
+from gorgon.api.config import ApiSettings, IPNetwork, hash_api_key
 from gorgon.api.errors import OpenAIError
 from gorgon.api.generation import Gateway
 from gorgon.api.registry import ModelRegistry
@@ -37,15 +38,41 @@ def get_state(request: Request) -> ApiState:
 StateDep = Annotated[ApiState, Depends(get_state)]
 
 
-def hash_api_key(key: str) -> str:
-    """The SHA-256 hex digest under which an API key is configured (GORGON_API_KEY_HASHES)."""
-    return hashlib.sha256(key.encode()).hexdigest()
+def _is_trusted(address: str, proxies: Sequence[IPNetwork]) -> bool:
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in proxies)
+
+
+def client_address(request: Request, trusted_proxies: Sequence[IPNetwork]) -> str:
+    """The client's address: the peer's, unless the peer is a trusted proxy; then the right-most address of
+    X-Forwarded-For that is not a trusted proxy (each proxy appends the address it was reached from, so what
+    lies left of the first untrusted hop is whatever the client chose to send). A hop that is no IP address
+    leaves the nearest trusted proxy as the client."""
+    nearest = request.client.host if request.client else "unknown"
+    if not _is_trusted(nearest, trusted_proxies):
+        return nearest
+    hops = [hop.strip() for header in request.headers.getlist("x-forwarded-for") for hop in header.split(",")]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted_proxies):
+            return _valid_address(hop) or nearest
+        nearest = hop
+    return nearest
+
+
+def _valid_address(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def _caller_identity(request: Request, settings: ApiSettings) -> str:
     """The key's hash prefix when keys are configured (checked here), else the client address."""
     if not settings.key_hashes:
-        return f"addr:{request.client.host if request.client else 'unknown'}"
+        return f"addr:{client_address(request, settings.trusted_proxies)}"
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():

@@ -19,6 +19,9 @@ from gorgon.core.protocol import WireError
 
 log = logging.getLogger(__name__)
 
+UNSUPPORTED_PARAMETER = "unsupported_parameter"
+"""The code (and pydantic error type) of a parameter gorgon does not implement, set to a value that asks for it."""
+
 
 class OpenAIError(Exception):
     """An error answered to the client with `status` (and optional extra headers, e.g. Retry-After)."""
@@ -70,7 +73,8 @@ def validation_error(exc: RequestValidationError | ValidationError) -> OpenAIErr
     message = str(first.get("msg", "invalid request"))
     if param:
         message = f"{param}: {message}"
-    return OpenAIError(400, message, param=param, code="invalid_value")
+    code = UNSUPPORTED_PARAMETER if first.get("type") == UNSUPPORTED_PARAMETER else "invalid_value"
+    return OpenAIError(400, message, param=param, code=code)
 
 
 _STATUS_TYPES = {401: "authentication_error", 404: "invalid_request_error", 405: "invalid_request_error"}

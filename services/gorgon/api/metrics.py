@@ -7,17 +7,22 @@ registry is the whole truth of the process and no multiprocess collector is need
 Requests, latency and rejections are recorded for every HTTP request by `gorgon.api.telemetry.RequestTelemetry`
 (an ASGI middleware); time to first token and inter-token latency by `observed_stream`, around the chunks of a
 streaming request.
+
+With GORGON_API_METRICS_PORT set, `serve_metrics_apart` serves them on that port instead of the API port.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import AsyncGenerator, MutableMapping
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from gorgon.api.generation import Waiting
 from gorgon.core.protocol import Chunk
 
 STARTED_AT = "gorgon.started_at"
@@ -59,6 +64,16 @@ INTER_TOKEN_LATENCY = Histogram(
 )
 PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
+log = logging.getLogger(__name__)
+
+
+def serve_metrics_apart(host: str, port: int) -> WSGIServer:
+    """Serve the metrics on a port of their own (prometheus_client's server, in a daemon thread, so a scrape
+    never waits for the event loop); stop it with `shutdown()` and `server_close()`."""
+    server, _ = start_http_server(port, addr=host)
+    log.info("API metrics on http://%s:%d/metrics", host, port)
+    return server
+
 
 @functools.cache
 def requests_counter(endpoint: str, status: int) -> Counter:
@@ -83,23 +98,24 @@ def is_rejection(status: int) -> bool:
 
 
 async def observed_stream(
-    chunks: AsyncGenerator[Chunk, None], scope: MutableMapping[str, Any]
-) -> AsyncGenerator[Chunk, None]:
-    """Pass a streaming request's chunks through, recording time to first token and inter-token latency."""
+    events: AsyncGenerator[Chunk | Waiting, None], scope: MutableMapping[str, Any]
+) -> AsyncGenerator[Chunk | Waiting, None]:
+    """Pass a streaming request's chunks (and `Waiting` markers) through, recording time to first token and
+    inter-token latency."""
     endpoint = endpoint_of(scope)
     previous = scope.get(STARTED_AT) or time.perf_counter()
     first = True
     STREAMS_IN_FLIGHT.inc()
     try:
-        async for chunk in chunks:
-            if chunk.token_ids:
+        async for chunk in events:
+            if isinstance(chunk, Chunk) and chunk.token_ids:
                 now = time.perf_counter()
                 _observe_gap(endpoint, now - previous, len(chunk.token_ids), first=first)
                 previous, first = now, False
             yield chunk
     finally:
         STREAMS_IN_FLIGHT.dec()
-        await chunks.aclose()
+        await events.aclose()
 
 
 def _observe_gap(endpoint: str, gap_s: float, tokens: int, *, first: bool) -> None:

@@ -1,4 +1,7 @@
-"""The models the workers serve, read from their registrations in Redis (cached briefly).
+"""The models the API serves: those of the live workers, read from their registrations in Redis (cached
+briefly), and those configured (`ApiSettings.served_models`), which are served with no worker up: their
+requests wait in the queue until one starts (the autoscaler starts one for a backlog), so a pool scaled to zero
+wakes on its first request.
 
 Requests never wait for the refresh of a cache that still names their model: they use it while a background
 task reads the registrations again. A request for a model the cache does not name reads them at once before it
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from redis.asyncio import Redis as AsyncRedis
@@ -25,20 +29,33 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ServedModel:
+    """A model requests may name: its context length (the smallest of its live workers', else the configured
+    one) and how many live workers serve it now (0: its requests wait for one)."""
+
     name: str
     context_length: int
     workers: int
 
 
 class ModelRegistry:
+    """`configured`: the models served whether or not a worker is up, with their context lengths."""
+
     def __init__(
-        self, redis: AsyncRedis, names: RedisNames, cache_s: float, default_model: str | None
+        self,
+        redis: AsyncRedis,
+        names: RedisNames,
+        cache_s: float,
+        default_model: str | None,
+        configured: Mapping[str, int] | None = None,
     ) -> None:
         self._redis = redis
         self._names = names
         self._cache_s = cache_s
         self._default_model = default_model
-        self._models: dict[str, ServedModel] = {}
+        self._configured = {
+            name: ServedModel(name, context, 0) for name, context in (configured or {}).items()
+        }
+        self._models: dict[str, ServedModel] = dict(self._configured)
         self._fetched_at = float("-inf")
         self._refresh_task: asyncio.Task[None] | None = None
 
@@ -58,7 +75,7 @@ class ModelRegistry:
         return time.monotonic() - self._fetched_at > self._cache_s
 
     async def _refresh(self) -> None:
-        self._models = self._aggregate(await live_workers(self._redis, self._names))
+        self._models = {**self._configured, **self._aggregate(await live_workers(self._redis, self._names))}
         self._fetched_at = time.monotonic()
 
     def _models_refreshed_in_background(self) -> dict[str, ServedModel]:
@@ -89,7 +106,8 @@ class ModelRegistry:
         return models
 
     async def resolve(self, requested: str | None, retry_after_s: int) -> ServedModel:
-        """The served model a request goes to; 404 for a model nobody serves, 503 when no worker is up."""
+        """The served model a request goes to; 404 for a model not served, 503 when no model is configured and
+        no worker is up."""
         served = self._pick(requested, self._models_refreshed_in_background())
         if served is not None:
             return served

@@ -1,15 +1,53 @@
 """OpenAI request bodies (what a client may send). Unknown fields are ignored, as OpenAI clients send many;
-known fields are type-checked, and features gorgon does not implement are refused, never silently ignored."""
+known fields are type-checked, and features gorgon does not implement are refused, never silently ignored: a
+request that sets one to anything but its neutral value gets a 400 naming it (`NOT_IMPLEMENTED`)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from gorgon.api.errors import validation_error
+from gorgon.api.errors import UNSUPPORTED_PARAMETER, validation_error
 
 MAX_STOP_SEQUENCES = 4
+
+NOT_IMPLEMENTED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "n": ((1,), "1"),
+    "logprobs": ((None, False), "false or null"),
+    "top_logprobs": ((None, 0), "0 or null"),
+    "response_format": ((None, {"type": "text"}), '{"type": "text"} or null'),
+    "logit_bias": ((None, {}), "{} or null"),
+    "presence_penalty": ((None, 0), "0 or null"),
+    "frequency_penalty": ((None, 0), "0 or null"),
+    "echo": ((False,), "false"),
+    "best_of": ((None, 1), "1 or null"),
+    "suffix": ((None, ""), '"" or null'),
+    "tools": ((None, []), "[] or null"),
+    "tool_choice": ((None, "none"), '"none" or null'),
+    "functions": ((None, []), "[] or null"),
+    "function_call": ((None, "none"), '"none" or null'),
+}
+"""Parameters gorgon does not implement: the values that ask for nothing (accepted), described for the error."""
+
+
+def neutral_only(value: Any, info: ValidationInfo) -> Any:
+    """`value` if it is a neutral value of the field `info` names, else the 400 `unsupported_parameter`."""
+    accepted, described = NOT_IMPLEMENTED[str(info.field_name)]
+    if value not in accepted:
+        raise PydanticCustomError(
+            UNSUPPORTED_PARAMETER, "not supported (accepted: {accepted})", {"accepted": described}
+        )
+    return value
 
 
 class StreamOptions(BaseModel):
@@ -33,12 +71,31 @@ class SamplingFields(BaseModel):
     user: str | None = None
     use_speculative: bool = True
     logprobs: Any = None
+    top_logprobs: int | None = None
+    response_format: dict[str, Any] | None = None
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
-    @field_validator("n")
+    @field_validator(
+        "n",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "logit_bias",
+        "presence_penalty",
+        "frequency_penalty",
+    )
     @classmethod
-    def _single_choice(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError("only n=1 is supported")
+    def _not_implemented(cls, value: Any, info: ValidationInfo) -> Any:
+        return neutral_only(value, info)
+
+    @field_validator("stream_options")
+    @classmethod
+    def _options_of_a_stream(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        """As OpenAI does: stream_options without `stream: true` is an error, not ignored."""
+        if value is not None and not info.data.get("stream"):
+            raise PydanticCustomError("stream_options_without_stream", "only allowed with stream: true")
         return value
 
     @field_validator("stop")
@@ -49,13 +106,6 @@ class SamplingFields(BaseModel):
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
         if any(not stop for stop in stops):
             raise ValueError("stop sequences must not be empty")
-        return value
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: Any) -> Any:
-        if value not in (None, False):
-            raise ValueError("logprobs are not supported")
         return value
 
     def stop_sequences(self) -> tuple[str, ...]:
@@ -71,6 +121,7 @@ class CompletionRequest(SamplingFields):
     prompt: str | list[str]
     echo: bool = False
     best_of: int | None = None
+    suffix: str | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -82,13 +133,10 @@ class CompletionRequest(SamplingFields):
             raise ValueError("the prompt must not be empty")
         return value
 
-    @model_validator(mode="after")
-    def _unsupported(self) -> CompletionRequest:
-        if self.echo:
-            raise ValueError("echo is not supported")
-        if self.best_of not in (None, 1):
-            raise ValueError("best_of is not supported")
-        return self
+    @field_validator("echo", "best_of", "suffix")
+    @classmethod
+    def _not_implemented_here(cls, value: Any, info: ValidationInfo) -> Any:
+        return neutral_only(value, info)
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
@@ -113,11 +161,17 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[Any] | None = None
+    function_call: str | dict[str, Any] | None = None
+
+    @field_validator("tools", "tool_choice", "functions", "function_call")
+    @classmethod
+    def _not_implemented_here(cls, value: Any, info: ValidationInfo) -> Any:
+        return neutral_only(value, info)
 
     @model_validator(mode="after")
     def _checks(self) -> ChatCompletionRequest:
-        if self.tools:
-            raise ValueError("tools are not supported")
         if not any(message.text() for message in self.messages):
             raise ValueError("the messages must not all be empty")
         return self

@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
         loop="uvloop",
         http=HeadCoalescingProtocol,
-        timeout_graceful_shutdown=5,
+        # The client address is the API's own decision (GORGON_API_TRUSTED_PROXIES, api/deps.py): uvicorn would
+        # otherwise believe X-Forwarded-For from any peer on 127.0.0.1.
+        proxy_headers=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # open streams finish before the API exits
     )
     return 0

@@ -16,6 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 from gorgon.api import metrics
 from gorgon.api.deps import ApiState
 from gorgon.api.errors import OpenAIError
+from gorgon.api.generation import Waiting
 from gorgon.api.openai_format import Kind, ReplyShape
 from gorgon.api.registry import ServedModel
 from gorgon.api.schemas import SamplingFields
@@ -24,6 +25,7 @@ from gorgon.core import tracing
 from gorgon.core.protocol import Chunk, RequestPayload, WireSampling
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+KEEPALIVE_COMMENT = b": keep-alive\n\n"
 CLIENT_CLOSED_STATUS = 499
 DISCONNECT_WATCH_AFTER_S = 0.05
 """Work that takes longer than this gets a watcher for the client's disconnect (quick answers skip its cost)."""
@@ -125,41 +127,49 @@ async def _streaming_reply(
     shape: ReplyShape,
     body: SamplingFields,
 ) -> Response:
-    chunks = metrics.observed_stream(state.gateway.generate(payload), request.scope)
+    """Server-sent events, their head sent as soon as the request is queued (a refusal is still an HTTP error
+    of its own); whatever fails later is an error event in the stream."""
+    events = metrics.observed_stream(state.gateway.events(payload), request.scope)
     try:
-        first = await until_disconnected(request, anext(chunks))
+        queued = await until_disconnected(request, anext(events))
     except BaseException:
-        await chunks.aclose()
+        await events.aclose()
         raise
-    events = _sse_events(first, chunks, shape, body.wants_usage_chunk(), state.settings.expose_timing)
-    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    sse = _sse_events(queued, events, shape, body.wants_usage_chunk(), state.settings.expose_timing)
+    return StreamingResponse(sse, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 async def _sse_events(
-    first: Chunk,
-    chunks: AsyncGenerator[Chunk, None],
+    first: Chunk | Waiting,
+    events: AsyncGenerator[Chunk | Waiting, None],
     shape: ReplyShape,
     include_usage: bool,
     expose_timing: bool,
 ) -> AsyncGenerator[bytes, None]:
-    chunk, opening = first, True
+    """The stream's events: a delta per chunk with text, a keep-alive comment per `Waiting` marker but the
+    first (which says the request is queued: the response's head says as much)."""
+    item, opening, after_first = first, True, False
     try:
         while True:
-            if chunk.text or chunk.final:
-                data = shape.delta(chunk.text, chunk.finish_reason if chunk.final else None, first=opening)
-                if expose_timing:
-                    data["gorgon_published_at"] = chunk.published_at
-                yield _sse(data)
-                opening = False
-            if chunk.final:
-                break
-            chunk = await anext(chunks)
+            if isinstance(item, Chunk):
+                if item.text or item.final:
+                    data = shape.delta(item.text, item.finish_reason if item.final else None, first=opening)
+                    if expose_timing:
+                        data["gorgon_published_at"] = item.published_at
+                    yield _sse(data)
+                    opening = False
+                if item.final:
+                    break
+            elif after_first:
+                yield KEEPALIVE_COMMENT
+            after_first = True
+            item = await anext(events)
         if include_usage:
-            yield _sse(shape.usage_chunk(chunk.prompt_tokens, chunk.completion_tokens))
+            yield _sse(shape.usage_chunk(item.prompt_tokens, item.completion_tokens))
     except OpenAIError as exc:
         yield _sse(exc.body())
     finally:
-        await chunks.aclose()
+        await events.aclose()
     yield b"data: [DONE]\n\n"
 
 

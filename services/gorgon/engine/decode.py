@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,7 +32,8 @@ from gorgon.engine.tree import TreeBuffers
 
 @dataclass(slots=True)
 class StepOutcome:
-    """Per row: the accepted drafted tokens plus the new next token, and the heads' drafts for the next step."""
+    """Per row: the accepted drafted tokens plus the new next token, and the heads' drafts for the next step.
+    `failed_rows`: rows whose token choice failed (row -> why); their tokens are placeholders to drop."""
 
     emitted: list[list[int]]  # per row, 1..depth+1 tokens
     accepted_drafts: list[int]  # per row
@@ -40,6 +41,7 @@ class StepOutcome:
     draft_topk: torch.Tensor | None  # [B, K, DRAFT_TOPK] long
     plain_draft_seconds: float = 0.0  # a plain step's drafting for a speculative next step (not a plain cost)
     first_draft_by_model: torch.Tensor | None = None  # [B] bool: draft_topk[b, 0] from the model
+    failed_rows: dict[int, str] = field(default_factory=dict)
 
 
 def generate_candidates(
@@ -101,13 +103,14 @@ def accept(
     best: torch.Tensor,
     accepted: torch.Tensor,
     rows: Sequence[RowSampling],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[int, str]]:
     """Step 4: per row the kept nodes [B, D + 1] (the best path, root first, -1 padded), its last accepted node
-    [B] and the token chosen after it [B]."""
+    [B] and the token chosen after it [B]; and the rows whose choice failed."""
     kept_nodes = tree.retrieve_indices[best]  # [B, D + 1]
     last_nodes = kept_nodes.gather(1, accepted[:, None])[:, 0]  # [B]
     batch_index = torch.arange(logits.shape[0], device=logits.device)
-    return kept_nodes, last_nodes, choose_next_tokens(logits[batch_index, last_nodes], rows)
+    new_next, failed = choose_next_tokens(logits[batch_index, last_nodes], rows)
+    return kept_nodes, last_nodes, new_next, failed
 
 
 def speculative_step(
@@ -131,7 +134,7 @@ def speculative_step(
     candidates = generate_candidates(next_tokens, draft_topk, tree)  # [B, T]
     hidden, logits = tree_forward(parts, cache, candidates, tree)  # [B, T, H], [B, T, V]
     best, accepted = evaluate(logits, candidates, tree, rows, rule)
-    kept_nodes, last_nodes, new_next = accept(logits, tree, best, accepted, rows)
+    kept_nodes, last_nodes, new_next, failed = accept(logits, tree, best, accepted, rows)
     cache.compact(kept_nodes, accepted + 1)  # step 5: update KV
     batch_index = torch.arange(candidates.shape[0], device=candidates.device)
     new_drafts = draft(parts, hidden[batch_index, last_nodes], new_next) if want_drafts else None
@@ -141,7 +144,7 @@ def speculative_step(
     emitted = [
         [*drafted_tokens[row][: accepted_list[row]], next_list[row]] for row in range(candidates.shape[0])
     ]
-    return StepOutcome(emitted, accepted_list, new_next, new_drafts)
+    return StepOutcome(emitted, accepted_list, new_next, new_drafts, failed_rows=failed)
 
 
 def lookahead_step(
@@ -175,7 +178,7 @@ def lookahead_step(
     node_ok = node_acceptance(logits[:, :spine], candidates[:, :spine], chain_parents, rows, rule)
     accepted = node_ok[:, 1:].long().cumprod(-1).sum(-1)  # [B]; chain node d is node d
     batch_index = torch.arange(candidates.shape[0], device=candidates.device)
-    new_next = choose_next_tokens(logits[batch_index, accepted], rows)
+    new_next, failed = choose_next_tokens(logits[batch_index, accepted], rows)
     cache.compact(tree.depths[:spine].expand(candidates.shape[0], -1), accepted + 1)
     new_drafts = first_by_model = None
     if want_drafts:
@@ -187,7 +190,14 @@ def lookahead_step(
     emitted = [
         [*chain_tokens[row][: accepted_list[row]], next_list[row]] for row in range(candidates.shape[0])
     ]
-    return StepOutcome(emitted, accepted_list, new_next, new_drafts, first_draft_by_model=first_by_model)
+    return StepOutcome(
+        emitted,
+        accepted_list,
+        new_next,
+        new_drafts,
+        first_draft_by_model=first_by_model,
+        failed_rows=failed,
+    )
 
 
 def _lookahead_drafts(
@@ -235,7 +245,7 @@ def plain_step(
         hidden = forward_tokens(
             parts, cache, next_tokens[:, None], root_only, root_only, exact_queries=1
         )  # [B, 1, H]
-    new_next = choose_next_tokens(row_logits(parts.lm_head, hidden[:, 0]), rows)
+    new_next, failed = choose_next_tokens(row_logits(parts.lm_head, hidden[:, 0]), rows)
     cache.advance(1)
     started = time.perf_counter()
     new_drafts = draft(parts, hidden[:, 0], new_next) if want_drafts else None
@@ -245,6 +255,7 @@ def plain_step(
         new_next,
         new_drafts,
         plain_draft_seconds=time.perf_counter() - started if want_drafts else 0.0,
+        failed_rows=failed,
     )
 
 
@@ -263,11 +274,12 @@ def prefill(
     last = torch.tensor([len(prompt) - 1 for prompt in prompts], device=device)
     batch_index = torch.arange(len(prompts), device=device)
     last_hidden = hidden[batch_index, last]  # [B, H]
-    next_tokens = choose_next_tokens(row_logits(parts.lm_head, last_hidden), rows)
+    next_tokens, failed = choose_next_tokens(row_logits(parts.lm_head, last_hidden), rows)
     cache.compact(depths.expand(len(prompts), -1), last + 1)
     return StepOutcome(
         [[token] for token in next_tokens.tolist()],
         [0] * len(prompts),
         next_tokens,
         draft(parts, last_hidden, next_tokens),
+        failed_rows=failed,
     )

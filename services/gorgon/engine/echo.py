@@ -15,7 +15,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gorgon.core.errors import ContextOverflowError, GorgonError
+from gorgon.core.errors import GorgonError
+from gorgon.engine.detok import StopSequenceFilter
 from gorgon.engine.interface import (
     ChatMessage,
     FinishReason,
@@ -25,6 +26,7 @@ from gorgon.engine.interface import (
     TokenEvent,
 )
 from gorgon.engine.scheduler import fits_token_budget
+from gorgon.engine.validation import check_request
 
 ECHO_MODEL_NAME = "echo"
 ECHO_CONTEXT_LENGTH = 4096
@@ -54,23 +56,12 @@ def chat_prompt(messages: Sequence[ChatMessage]) -> str:
     return "".join(f"{message.role}: {message.content}\n" for message in messages) + "assistant:"
 
 
-def held_back_length(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of some stop sequence."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:size]):
-                longest = size
-                break
-    return longest
-
-
 @dataclass
 class _Row:
     request: GenerationRequest
-    text: str
-    generated: str = ""
-    emitted: int = 0
+    stop_filter: StopSequenceFilter
+    last_character: str
+    generated: int = 0
 
     @property
     def prompt_tokens(self) -> int:
@@ -103,17 +94,13 @@ class EchoEngine:
         return fits_token_budget(request, [row.request for row in self._rows.values()], token_budget)
 
     def add(self, request: GenerationRequest) -> None:
-        total = len(request.prompt_ids) + request.params.max_new_tokens
-        if total > self.info.context_length:
-            raise ContextOverflowError(
-                f"this model's maximum context length is {self.info.context_length} tokens; the prompt has "
-                f"{len(request.prompt_ids)} and max_tokens asks for {request.params.max_new_tokens} more",
-                param="max_tokens",
-            )
+        check_request(request, self.info.context_length)
         if len(self._rows) >= self.info.max_batch_size:
             raise GorgonError(f"the batch is full ({self.info.max_batch_size} requests)", code="batch_full")
-        text = bytes(request.prompt_ids).decode(errors="replace")
-        self._rows[request.request_id] = _Row(request=request, text=text)
+        if not all(0 <= token < 256 for token in request.prompt_ids):
+            raise GorgonError("echo token ids are bytes: each must lie in [0, 256)", param="prompt")
+        text = bytes(request.prompt_ids[-4:]).decode(errors="replace")  # a character has at most 4 bytes
+        self._rows[request.request_id] = _Row(request, StopSequenceFilter(request.params.stop), text[-1:])
 
     def cancel(self, request_id: str) -> None:
         self._rows.pop(request_id, None)
@@ -137,30 +124,23 @@ class EchoEngine:
     def _advance(self, row: _Row) -> TokenEvent:
         params = row.request.params
         count = SPECULATIVE_TOKENS_PER_STEP if params.use_speculative else 1
-        count = min(count, params.max_new_tokens - len(row.generated))
-        new = continuation(row.text + row.generated, count)
-        row.generated += new
-        finish = FinishReason.LENGTH if len(row.generated) >= params.max_new_tokens else None
-        visible_end = len(row.generated)
-        stop_at = _first_stop(row.generated, params.stop)
-        if stop_at is not None:
-            visible_end, finish = stop_at, FinishReason.STOP
-        elif finish is None:
-            visible_end -= held_back_length(row.generated, params.stop)
-        delta = row.generated[row.emitted : visible_end]
-        row.emitted = max(row.emitted, visible_end)
+        count = min(count, params.max_new_tokens - row.generated)
+        new = continuation(row.last_character, count)
+        row.generated += count
+        row.last_character = new[-1]
+        text, hit_stop = row.stop_filter.push(new)
+        finish = FinishReason.LENGTH if row.generated >= params.max_new_tokens else None
+        if hit_stop:
+            finish = FinishReason.STOP
+        elif finish is not None:
+            text += row.stop_filter.flush()
         return TokenEvent(
             request_id=row.request.request_id,
             token_ids=tuple(new.encode()),
-            text=delta,
+            text=text,
             finish_reason=finish,
             prompt_tokens=row.prompt_tokens,
-            completion_tokens=len(row.generated),
+            completion_tokens=row.generated,
             drafted_tokens=count - 1 if params.use_speculative else 0,
             accepted_tokens=count - 1 if params.use_speculative else 0,
         )
-
-
-def _first_stop(text: str, stops: Sequence[str]) -> int | None:
-    positions = [text.find(stop) for stop in stops if stop and stop in text]
-    return min(positions) if positions else None

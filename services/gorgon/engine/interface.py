@@ -2,10 +2,15 @@
 
 The worker owns a single engine object and drives it step by step:
 
+    engine.encode(prompt)                 # token ids; on another thread than the rest, concurrently with steps
     engine.admits(request, token_budget)  # whether the request may join now (else it waits for a later step)
     engine.add(request)                   # at a step boundary; raises GorgonError subclasses for bad requests
     events = engine.step()                # one forward over the running batch; one event per request with output
     engine.cancel(request_id)             # the row leaves the batch before the next step
+
+One request's failure is that request's alone: `encode` and `add` raise for it (GorgonError when the request is
+at fault), and a row that fails inside a step ends with an event carrying `error` while the other rows go on.
+An exception out of `step` means the step failed as a whole; the caller then cancels every request it added.
 
 Everything here is plain data so it can cross threads and be serialised by the worker.
 """
@@ -33,7 +38,8 @@ class ChatMessage:
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """Per-request decoding parameters. temperature == 0 means greedy."""
+    """Per-request decoding parameters. A temperature below 1e-5 (0 included) means greedy
+    (engine/sampling.py, GREEDY_BELOW_TEMPERATURE); a seed is any int64."""
 
     max_new_tokens: int = 128
     temperature: float = 0.0
@@ -58,6 +64,8 @@ class TokenEvent:
     (incremental detokenisation, never a split UTF-8 character, text that may begin a stop sequence held back
     until it is decided). `finish_reason` is set on the request's last event.
     `drafted_tokens` / `accepted_tokens` count speculative proposals and the accepted ones this step.
+    `error` is set instead of a finish reason when the engine gave up on this request alone (its sampling or
+    detokenising failed); that is its last event, and it carries no tokens.
     """
 
     request_id: str
@@ -68,6 +76,7 @@ class TokenEvent:
     completion_tokens: int
     drafted_tokens: int = 0
     accepted_tokens: int = 0
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +108,8 @@ class Engine(Protocol):
         ...
 
     def encode(self, prompt: str | Sequence[ChatMessage]) -> list[int]:
-        """Token ids for a completion prompt (str) or a chat (messages, through the chat template)."""
+        """Token ids for a completion prompt (str) or a chat (messages, through the chat template). Safe to call
+        from another thread while a step runs. Raises GorgonError for a prompt the model cannot take."""
         ...
 
     def admits(self, request: GenerationRequest, token_budget: int | None) -> bool:
@@ -110,7 +120,8 @@ class Engine(Protocol):
     def add(self, request: GenerationRequest) -> None:
         """Admit a request into the running batch (takes effect at the next step).
 
-        Raises ContextOverflowError when prompt + max_new_tokens exceed the context window.
+        Raises ContextOverflowError when prompt + max_new_tokens exceed the context window, GorgonError for
+        other parameters no step could serve (engine/validation.py).
         """
         ...
 
@@ -119,7 +130,7 @@ class Engine(Protocol):
         ...
 
     def step(self) -> list[TokenEvent]:
-        """Advance every running request by one engine step; finished requests leave the batch."""
+        """Advance every running request by one engine step; finished and failed requests leave the batch."""
         ...
 
     @property

@@ -3,17 +3,21 @@
 The scheduler (engine/scheduler.py) decides what a step does: prefill newly admitted requests (their first token
 comes out) or advance every running row by one speculative step (engine/decode.py) in the shape it picked. The
 engine runs that step and turns its tokens into events: detokenised text, stop sequences, finish reasons.
+
+A row that fails on its own (a prefill forward of its prompt group, its sampling, its detokenising) ends with an
+error event and leaves the batch; the other rows' step goes on.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
 
 import torch
 
-from gorgon.core.errors import ContextOverflowError, GorgonError
+from gorgon.core.errors import GorgonError
 from gorgon.engine.batch import ActiveRequest, Batch, CacheLayout, prefill_groups
 from gorgon.engine.chat import encode_chat
 from gorgon.engine.config import EngineSettings
@@ -31,9 +35,10 @@ from gorgon.engine.interface import (
 )
 from gorgon.engine.loader import LoadedModel
 from gorgon.engine.parts import build_parts
-from gorgon.engine.sampling import RowSampling, TypicalAcceptance
+from gorgon.engine.sampling import RowSampling, TypicalAcceptance, is_greedy, row_generator
 from gorgon.engine.scheduler import Decode, Prefill, Scheduler
 from gorgon.engine.shapes import ShapeSelector, build_shapes
+from gorgon.engine.validation import check_request
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,8 @@ class MedusaEngine:
     def __init__(self, loaded: LoadedModel, heads: MedusaHeads | None, settings: EngineSettings) -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
+        # `encode` runs on the worker's preparation thread while steps detokenise: each thread has its own copy
+        self.prompt_tokenizer = copy.deepcopy(loaded.tokenizer)
         self.settings = settings
         config = loaded.model.config
         self.parts = build_parts(loaded, heads, settings)
@@ -83,8 +90,8 @@ class MedusaEngine:
 
     def encode(self, prompt: str | Sequence[ChatMessage]) -> list[int]:
         if isinstance(prompt, str):
-            return list(self.tokenizer.encode(prompt))
-        return encode_chat(self.tokenizer, self.info.name, prompt)
+            return list(self.prompt_tokenizer.encode(prompt))
+        return encode_chat(self.prompt_tokenizer, self.info.name, prompt)
 
     def admits(self, request: GenerationRequest, token_budget: int | None) -> bool:
         return self.scheduler.admits(request, self.batch, token_budget)
@@ -92,15 +99,12 @@ class MedusaEngine:
     def add(self, request: GenerationRequest) -> None:
         self._validate(request)
         params = request.params
-        generator = None
-        if params.temperature > 0:
-            generator = torch.Generator(device=self.layout.device)
-            generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+        greedy = is_greedy(params.temperature)
         sampling = RowSampling(
             temperature=params.temperature,
             top_p=params.top_p,
             speculative=params.use_speculative and self.info.speculative,
-            generator=generator,
+            generator=None if greedy else row_generator(params.seed, self.layout.device),
         )
         self.scheduler.enqueue(
             ActiveRequest(
@@ -137,13 +141,20 @@ class MedusaEngine:
 
     @torch.inference_mode()
     def _prefill(self, rows: list[ActiveRequest]) -> list[TokenEvent]:
-        """The joining rows' prompts written into new batches' caches, which join the running batch."""
-        prefilled = [
-            (group, self._prefill_group(group)) for group in prefill_groups(rows, self.loaded.device)
-        ]
+        """The joining rows' prompts written into new batches' caches, which join the running batch. A group
+        whose prefill fails ends its rows with error events; the running batch and the other groups go on."""
+        prefilled: list[tuple[list[ActiveRequest], tuple[Batch, StepOutcome]]] = []
+        failed: list[TokenEvent] = []
+        for group in prefill_groups(rows, self.loaded.device):
+            try:
+                prefilled.append((group, self._prefill_group(group)))
+            except Exception as exc:
+                log.exception("prefill of %d requests failed; failing them alone", len(group))
+                failed += [_failure_event(row, f"prefill failed: {exc}") for row in group]
         running = [self.batch] if self.batch is not None else []
-        self.batch = Batch.concatenate(running + [batch for _, (batch, _) in prefilled])
-        return [
+        if prefilled:
+            self.batch = Batch.concatenate(running + [batch for _, (batch, _) in prefilled])
+        return failed + [
             event for group, (_, outcome) in prefilled for event in self._emit(outcome, drafted=0, rows=group)
         ]
 
@@ -198,15 +209,32 @@ class MedusaEngine:
     # --- output --------------------------------------------------------------------------------------------
 
     def _emit(self, outcome: StepOutcome, *, drafted: int, rows: list[ActiveRequest]) -> list[TokenEvent]:
-        """One event per row (rows[i] produced outcome.emitted[i]); finished rows leave the batch."""
+        """One event per row (rows[i] produced outcome.emitted[i]); finished and failed rows leave the batch."""
         events = []
-        for row, tokens, accepted in zip(rows, outcome.emitted, outcome.accepted_drafts, strict=True):
-            row_drafted = drafted if row.sampling.speculative else 0
-            events.append(self._advance_row(row, tokens, row_drafted, accepted))
-        finished = {event.request_id for event in events if event.finish_reason is not None}
-        if finished and self.batch is not None:
-            self.batch = self.batch.filter(rid for rid in self.batch.request_ids if rid not in finished)
+        for index, (row, tokens, accepted) in enumerate(
+            zip(rows, outcome.emitted, outcome.accepted_drafts, strict=True)
+        ):
+            failure = outcome.failed_rows.get(index)
+            if failure is None:
+                row_drafted = drafted if row.sampling.speculative else 0
+                events.append(self._advance_row_alone(row, tokens, row_drafted, accepted))
+            else:
+                log.error("request %s failed: %s", row.request_id, failure)
+                events.append(_failure_event(row, failure))
+        leaving = {event.request_id for event in events if event.finish_reason or event.error}
+        if leaving and self.batch is not None:
+            self.batch = self.batch.filter(rid for rid in self.batch.request_ids if rid not in leaving)
         return events
+
+    def _advance_row_alone(
+        self, row: ActiveRequest, tokens: list[int], drafted: int, accepted: int
+    ) -> TokenEvent:
+        """The row's event; an error event when turning its tokens into text fails."""
+        try:
+            return self._advance_row(row, tokens, drafted, accepted)
+        except Exception as exc:
+            log.exception("request %s failed in detokenising", row.request_id)
+            return _failure_event(row, f"detokenising failed: {exc}")
 
     def _advance_row(self, row: ActiveRequest, tokens: list[int], drafted: int, accepted: int) -> TokenEvent:
         kept: list[int] = []
@@ -240,24 +268,22 @@ class MedusaEngine:
         )
 
     def _validate(self, request: GenerationRequest) -> None:
-        params = request.params
-        if not request.prompt_ids:
-            raise GorgonError("the prompt is empty", param="prompt")
-        if params.max_new_tokens < 1:
-            raise GorgonError("max_tokens must be at least 1", param="max_tokens")
-        if params.temperature < 0 or not 0 < params.top_p <= 1:
-            raise GorgonError("temperature must be >= 0 and top_p in (0, 1]", param="temperature")
-        total = len(request.prompt_ids) + params.max_new_tokens
-        if total > self.info.context_length:
-            raise ContextOverflowError(
-                f"this model's maximum context length is {self.info.context_length} tokens, but the prompt has "
-                f"{len(request.prompt_ids)} tokens and max_tokens asks for {params.max_new_tokens} more "
-                f"({total}); shorten the prompt or lower max_tokens",
-                param="max_tokens",
-            )
+        check_request(request, self.info.context_length)
         vocab = self.parts.vocab_size
         if max(request.prompt_ids) >= vocab or min(request.prompt_ids) < 0:
             raise GorgonError(f"prompt token ids must lie in [0, {vocab})", param="prompt")
+
+
+def _failure_event(row: ActiveRequest, reason: str) -> TokenEvent:
+    return TokenEvent(
+        request_id=row.request_id,
+        token_ids=(),
+        text="",
+        finish_reason=None,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=len(row.generated),
+        error=reason,
+    )
 
 
 def _eos_token_ids(loaded: LoadedModel) -> frozenset[int]:

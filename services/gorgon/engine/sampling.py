@@ -1,5 +1,11 @@
 """How a row picks tokens and accepts drafts: greedy (the argmax; a draft is accepted when it is the argmax) or
-sampled (temperature and top_p from a per-request generator; a draft is accepted by typical acceptance)."""
+sampled (temperature and top_p from a per-request generator; a draft is accepted by typical acceptance).
+
+Every value the API admits works: temperatures below GREEDY_BELOW_TEMPERATURE decode greedily (as vLLM does),
+any top_p in (0, 1] keeps at least the most likely token, and every int64 seed maps to a generator seed. A row
+whose sampling still fails (non-finite logits) is reported by `choose_next_tokens`, so the engine fails that
+request alone.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,36 @@ import torch
 
 from gorgon.engine.config import DEFAULT_TYPICAL_ALPHA, DEFAULT_TYPICAL_EPSILON
 
+GREEDY_BELOW_TEMPERATURE = 1e-5
+"""Temperatures below this decode greedily: logits divided by a smaller one overflow float32 (1e-40 gives inf, and
+softmax NaN), and the distribution is all but one-hot long before that."""
+GENERATOR_SEED_RANGE = 2**64
+"""torch.Generator.manual_seed takes seeds in [0, 2^64)."""
+
+
+def is_greedy(temperature: float) -> bool:
+    return temperature < GREEDY_BELOW_TEMPERATURE
+
+
+def generator_seed(seed: int) -> int:
+    """A request's seed (the API admits int64) as a generator seed: negative seeds map to their two's complement,
+    so every seed is accepted, deterministic, and distinct from every other."""
+    return seed % GENERATOR_SEED_RANGE
+
+
+def row_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """The generator of one sampled row: seeded by the request's seed, or from the OS (never the global RNG)."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(generator_seed(seed))
+    return generator
+
 
 @dataclass(frozen=True, slots=True)
 class RowSampling:
-    """How one row picks tokens. temperature == 0 is greedy."""
+    """How one row picks tokens. A temperature below GREEDY_BELOW_TEMPERATURE (0 included) is greedy."""
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -22,7 +54,7 @@ class RowSampling:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return is_greedy(self.temperature)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,20 +88,28 @@ def filtered_probabilities(logits: torch.Tensor, sampling: RowSampling) -> torch
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs) / sorted_probs.sum()
 
 
-def choose_next_tokens(logits: torch.Tensor, rows: Sequence[RowSampling]) -> torch.Tensor:
-    """logits [B, V] at each row's last accepted node -> next token per row [B]."""
+def choose_next_tokens(
+    logits: torch.Tensor, rows: Sequence[RowSampling]
+) -> tuple[torch.Tensor, dict[int, str]]:
+    """logits [B, V] at each row's last accepted node -> next token per row [B], and the rows whose sampling
+    failed (row -> why): their token is the argmax, a placeholder the engine never emits."""
     tokens = greedy_tokens(logits)
+    failures: dict[int, str] = {}
     for row, sampling in enumerate(rows):
-        if not sampling.greedy:
+        if sampling.greedy:
+            continue
+        try:
             tokens[row] = sample_token(logits[row], sampling)
-    return tokens
+        except Exception as exc:  # one row's failure must not end the other rows' step
+            failures[row] = f"sampling failed: {exc}"
+    return tokens, failures
 
 
 def typical_accept(
     logits: torch.Tensor, tokens: torch.Tensor, temperature: float, rule: TypicalAcceptance
 ) -> torch.Tensor:
     """logits [N, V] at parent nodes, tokens [N] drafted children -> accepted [N] bool."""
-    probs = torch.softmax(logits.float() / max(temperature, 1e-5), dim=-1)
+    probs = torch.softmax(logits.float() / max(temperature, GREEDY_BELOW_TEMPERATURE), dim=-1)
     entropy = -(probs * torch.log(probs.clamp_min(1e-10))).sum(-1)
     threshold = torch.minimum(torch.full_like(entropy, rule.epsilon), rule.alpha * torch.exp(-entropy))
     return probs.gather(-1, tokens[:, None])[:, 0] > threshold

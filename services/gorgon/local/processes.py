@@ -13,6 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
+import redis
+
+from gorgon.core.redis.names import RedisNames
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,16 @@ def wait_until_ready(url: str, timeout_s: float, alive: subprocess.Popen[bytes] 
     raise TimeoutError(f"{url}/ready did not answer 200 within {timeout_s:.0f} s")
 
 
+def registered_workers(redis_url: str, namespace: str) -> int:
+    """Workers whose registration under `namespace` is live (the registry's index, read without pruning it)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.smembers(RedisNames(namespace).worker_index()))
+        return sum(value is not None for value in client.mget(keys)) if keys else 0
+    finally:
+        client.close()
+
+
 def stop_all(processes: Sequence[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM every process, wait up to `grace_s` in total, SIGKILL the rest."""
     for process in processes:
@@ -90,6 +103,7 @@ class LocalServices:
     namespace: str
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def env(self) -> dict[str, str]:
@@ -102,18 +116,35 @@ class LocalServices:
         extra = {f"GORGON_WORKER_{name.upper()}": value for name, value in settings.items()}
         process = spawn(worker_command(engine, echo_step_delay), {**self.env, **extra})
         self.processes.append(process)
+        self.workers.append(process)
         return process
 
     def start_api(self, ready_timeout_s: float = 60.0, **settings: str) -> str:
-        """An API process with GORGON_API_<NAME> settings; returns its base URL once /ready answers 200."""
+        """An API process with GORGON_API_<NAME> settings; returns its base URL once /ready answers 200 and
+        the workers started so far that still run are registered (the API takes requests with no worker up,
+        but they would wait for one)."""
+        deadline = time.monotonic() + ready_timeout_s
         port = free_port()
         extra = {f"GORGON_API_{name.upper()}": value for name, value in settings.items()}
         process = spawn(api_command(port), {**self.env, **extra})
         self.processes.append(process)
         url = f"http://127.0.0.1:{port}"
         wait_until_ready(url, ready_timeout_s, alive=process)
+        self.wait_for_workers(max(0.0, deadline - time.monotonic()))
         return url
+
+    def wait_for_workers(self, timeout_s: float) -> None:
+        """Until the started workers that still run are registered; TimeoutError past `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while registered_workers(self.redis_url, self.namespace) < self._running_workers():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the workers did not register within {timeout_s:.0f} s")
+            time.sleep(0.1)
+
+    def _running_workers(self) -> int:
+        return sum(process.poll() is None for process in self.workers)
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         stop_all(self.processes, grace_s)
         self.processes.clear()
+        self.workers.clear()

@@ -42,6 +42,8 @@ def default_text(field: FieldInfo) -> str:
         return "unset"
     if isinstance(value, list):
         return "empty" if not value else ", ".join(map(str, value))
+    if isinstance(value, dict):
+        return "empty" if not value else ", ".join(f"{key}:{item}" for key, item in value.items())
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)

@@ -2,8 +2,13 @@
 
 Redis (REDIS_URL, or an embedded private server), the API on --port, --workers always-running worker processes
 and the operator's local autoscaler, which adds workers by queue backlog up to --max-workers; it prints
-one `gorgon ready: <url>` line on stdout once the API answers /ready, restarts a worker that dies, and on
-Ctrl-C / SIGTERM stops everything (workers get their shutdown grace) and removes the embedded Redis.
+one `gorgon ready: <url>` line on stdout once the API answers /ready and the first worker is registered,
+restarts a worker that dies, and on Ctrl-C / SIGTERM stops everything (workers get their shutdown grace) and
+removes the embedded Redis.
+
+With --workers 0 no worker runs until the first request: the API serves the configured model
+(GORGON_API_SERVED_MODELS; the echo engine's is known) with none up, and the autoscaler starts one for the
+backlog (and stops it again after the scaling policy's idle period).
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from gorgon.core.errors import ConfigurationError, GorgonError
-from gorgon.local.processes import api_command, service_env, spawn, stop_all, worker_command
+from gorgon.local.processes import (
+    api_command,
+    registered_workers,
+    service_env,
+    spawn,
+    stop_all,
+    worker_command,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["medusa", "echo"],
         help="worker engine (default: GORGON_WORKER_ENGINE, i.e. medusa)",
     )
-    parser.add_argument("--workers", type=int, default=1, help="always-running worker processes (default 1)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="always-running worker processes (default 1; 0: none until the first request, which the local "
+        "autoscaler starts one for)",
+    )
     parser.add_argument(
         "--max-workers",
         type=int,
@@ -77,24 +95,31 @@ class LocalPlatform:
         self.worker_processes = [spawn(self.worker_cmd, self.env) for _ in range(self.workers)]
         log.info("started the API (pid %d) and %d worker(s)", self.api.pid, self.workers)
 
-    def wait_ready(self, timeout_s: float, stopping: list[bool]) -> None:
-        import httpx  # noqa: PLC0415
-
+    def wait_ready(self, timeout_s: float, stopping: list[bool], redis_url: str, namespace: str) -> None:
+        """Until the API answers /ready and, with always-running workers, the first of them is registered."""
         from gorgon.local.progress import waiting  # noqa: PLC0415
 
         deadline = time.monotonic() + timeout_s
-        with waiting("waiting for the API and a worker (the model loads first)") as tick:
+        what = "the API and a worker (the model loads first)" if self.workers else "the API"
+        with waiting(f"waiting for {what}") as tick:
             while not stopping:
                 self._check_api_alive()
-                try:
-                    if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
+                if self._api_ready() and (not self.workers or registered_workers(redis_url, namespace) > 0):
+                    return
                 if time.monotonic() > deadline:
-                    raise GorgonError(f"no worker became ready within {timeout_s:.0f} s; see the log above")
+                    raise GorgonError(
+                        f"{what} did not become ready within {timeout_s:.0f} s; see the log above"
+                    )
                 tick()
                 time.sleep(POLL_S)
+
+    def _api_ready(self) -> bool:
+        import httpx  # noqa: PLC0415
+
+        try:
+            return httpx.get(f"{self.url}/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def supervise(self, stopping: list[bool]) -> None:
         """Until asked to stop: keep the worker count, fail if the API dies."""
@@ -135,23 +160,29 @@ def served_model(url: str) -> str:
     return str(models[0])
 
 
-def start_autoscaler(
-    platform: LocalPlatform, redis_url: str, namespace: str, args: argparse.Namespace
-) -> BackgroundAutoscaler | None:
-    """Extra workers on demand next to the always-running ones, by the operator's scaling policy."""
+def extra_workers(args: argparse.Namespace) -> int:
+    """How many workers the local autoscaler may add to the always-running ones (0: no autoscaler, either
+    because --max-workers says so or because the operator's package is not installed)."""
     try:
-        from gorgon_operator.local import run_local_autoscaler  # noqa: PLC0415
         from gorgon_operator.policy import ScalingPolicy  # noqa: PLC0415
     except ImportError as exc:
-        log.warning("no local autoscaler (%s): running %d fixed worker(s)", exc, args.workers)
+        log.warning("no local autoscaler (%s)", exc)
+        return 0
+    max_workers = args.max_workers or ScalingPolicy().max_replicas + max(args.workers, 1) - 1
+    return max(0, max_workers - args.workers)
+
+
+def start_autoscaler(
+    platform: LocalPlatform, redis_url: str, namespace: str, extra: int
+) -> BackgroundAutoscaler | None:
+    """Up to `extra` workers on demand next to the always-running ones, by the operator's scaling policy."""
+    if extra < 1:
+        log.info("autoscaling off: %d fixed worker(s)", platform.workers)
         return None
     from gorgon.core.redis.names import RedisNames  # noqa: PLC0415
+    from gorgon_operator.local import run_local_autoscaler  # noqa: PLC0415
+    from gorgon_operator.policy import ScalingPolicy  # noqa: PLC0415
 
-    max_workers = args.max_workers or ScalingPolicy().max_replicas + args.workers - 1
-    extra = max_workers - args.workers
-    if extra < 1:
-        log.info("autoscaling off: %d fixed worker(s)", args.workers)
-        return None
     model = served_model(platform.url)
     policy = ScalingPolicy(min_replicas=0, max_replicas=extra)
     stop_event = threading.Event()
@@ -175,17 +206,45 @@ def start_autoscaler(
     return BackgroundAutoscaler(thread, stop_event)
 
 
+def served_models_for_zero_workers(engine: str | None) -> dict[str, str]:
+    """The API's environment for --workers 0: the model it serves before any worker started, as configured
+    (GORGON_API_SERVED_MODELS), else the echo engine's; the real model's name and context length are only
+    known once it is loaded, so for it the setting is required."""
+    from gorgon.api.config import ApiSettings  # noqa: PLC0415
+    from gorgon.worker.config import WorkerSettings  # noqa: PLC0415
+
+    if ApiSettings().served_models:
+        return {}
+    if (engine or WorkerSettings().engine) == "echo":
+        from gorgon.engine.echo import ECHO_CONTEXT_LENGTH, ECHO_MODEL_NAME  # noqa: PLC0415
+
+        return {"GORGON_API_SERVED_MODELS": f"{ECHO_MODEL_NAME}:{ECHO_CONTEXT_LENGTH}"}
+    raise ConfigurationError(
+        "--workers 0 needs the model the API serves before a worker loads it: set GORGON_API_SERVED_MODELS "
+        "to name:context_length (what /v1/models shows once a worker ran)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from gorgon.core.config import get_redis_settings  # noqa: PLC0415
     from gorgon.local.redis_server import start_private_redis  # noqa: PLC0415
 
-    if args.workers < 1:
-        raise ConfigurationError("--workers must be at least 1")
+    if args.workers < 0:
+        raise ConfigurationError("--workers must not be negative")
+    extra = extra_workers(args)
+    api_env: dict[str, str] = {}
+    if args.workers == 0:
+        if extra < 1:
+            raise ConfigurationError(
+                "--workers 0 needs the local autoscaler to start workers: set --max-workers to 1 or more "
+                "(and install the gorgon-operator package)"
+            )
+        api_env = served_models_for_zero_workers(args.engine)
     _check_port_free(args.port)
     redis_settings = get_redis_settings()
     embedded = None if redis_settings.url else start_private_redis()
     redis_url = redis_settings.url or embedded.url  # type: ignore[union-attr]
-    env = service_env(redis_url, redis_settings.namespace)
+    env = service_env(redis_url, redis_settings.namespace, api_env)
     platform = LocalPlatform(args.port, args.workers, worker_command(args.engine, args.echo_step_delay), env)
     stopping: list[bool] = []
     autoscaler: BackgroundAutoscaler | None = None
@@ -197,9 +256,9 @@ def run(args: argparse.Namespace) -> int:
     previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         platform.start()
-        platform.wait_ready(args.ready_timeout, stopping)
+        platform.wait_ready(args.ready_timeout, stopping, redis_url, redis_settings.namespace)
         if not stopping:
-            autoscaler = start_autoscaler(platform, redis_url, redis_settings.namespace, args)
+            autoscaler = start_autoscaler(platform, redis_url, redis_settings.namespace, extra)
             sys.stdout.write(f"gorgon ready: {platform.url} (Redis {redis_url})\n")
             sys.stdout.flush()
             platform.supervise(stopping)

@@ -68,6 +68,12 @@ class WorkerSettings(BaseSettings):
         ge=1,
         description="Deliveries of one request before it is dead-lettered and its client told.",
     )
+    max_failed_steps_in_row: int = Field(
+        default=3,
+        ge=1,
+        description="Engine steps failing as a whole in a row (each fails its requests with a 503) before the "
+        "worker stops and exits non-zero, so that it is replaced instead of failing every request.",
+    )
     shutdown_grace_s: float = Field(
         default=20.0,
         ge=0.0,

@@ -2,9 +2,10 @@
 
 One loop iteration is one step boundary:
 
-    1. admit: entries claimed from dead workers, then new ones (">"), up to the free batch slots
-    2. tick (engine thread): drop cancelled rows, add the requests the engine admits under the token budget
-       (the others wait for a later tick), one engine.step()
+    1. admit: entries claimed from dead workers, then new ones (">"), up to the free batch slots; admitted
+       entries are tokenised on the preparation thread (worker/preparation.py) while the batch keeps stepping
+    2. tick (engine thread): drop cancelled rows, add the prepared requests the engine admits under the token
+       budget (the others wait for a later tick), one engine.step()
     3. one round trip: publish every event through the fencing script (a final chunk also acknowledges and
        deletes its entry, in the same script), XACK + XDEL cancelled entries, read the cancel flags of the
        running rows and new entries for the free slots
@@ -12,9 +13,15 @@ One loop iteration is one step boundary:
 The round trip is skipped when there is nothing to publish or acknowledge and the last contact with Redis is
 recent (see WorkerSettings.sync_interval_s): a fast engine pays one round trip per burst of steps, not per step.
 
-A background task heartbeats in-flight entries and the registration, and takes over stale entries.
+A background task heartbeats in-flight entries and the registration, and takes over stale entries on its
+schedule even while every row is busy: they wait in `_claimed` and take the next free rows before new entries.
 The engine is only ever touched from one thread (`_engine_thread`, or the loop for `runs_inline` engines), one
-tick at a time.
+tick at a time (`encode` aside, which runs on the preparation thread).
+
+A request fails alone (worker/failures.py): whatever its preparation, admission, sampling or detokenising raises
+ends it with an error the client receives, its entry acknowledged, while the batch goes on. A step that fails as a
+whole fails the requests the engine held (503, the client may retry) and the worker goes on; after
+`max_failed_steps_in_row` such steps it stops, so that it is replaced.
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ from gorgon.engine.interface import (
 )
 from gorgon.worker import metrics
 from gorgon.worker.config import WorkerSettings
+from gorgon.worker.failures import generation_error, request_error, step_error
+from gorgon.worker.preparation import Preparation
 from gorgon.worker.telemetry import RequestObserver
 
 log = logging.getLogger(__name__)
@@ -73,6 +82,7 @@ class InFlight:
     next_seq: int = 0
     text: str = ""
     prior_token_ids: tuple[int, ...] = ()
+    request: GenerationRequest | None = None  # once prepared
 
     @property
     def request_id(self) -> str:
@@ -101,6 +111,9 @@ class TickResult:
     rejected: list[tuple[InFlight, WireError]] = field(default_factory=list)
     events: list[TokenEvent] = field(default_factory=list)
     deferred: list[InFlight] = field(default_factory=list)
+    stepped: bool = False  # the engine ran a step, and it did not fail as a whole
+    step_failure: Exception | None = None
+    failed_step_ids: list[str] = field(default_factory=list)  # what the engine held when its step failed
 
 
 class Worker:
@@ -123,7 +136,14 @@ class Worker:
         self._stream = names.request_stream(self.model)
         self._active: dict[str, InFlight] = {}
         self._claimed: list[StreamEntry] = []
+        self._preparation: Preparation[InFlight, GenerationRequest] = Preparation(
+            self._prepare, self._prepared
+        )
         self._pending_admissions: list[InFlight] = []
+        self._rejected: list[tuple[InFlight, WireError]] = []
+        self._in_engine: set[str] = set()  # touched on the engine thread only
+        self._failed_steps_in_row = 0
+        self.broken = False  # the engine failed max_failed_steps_in_row steps in a row
         self._pending_drops: list[str] = []
         self._acks: list[str] = []
         self._unsent: list[tuple[InFlight, Publication]] = []
@@ -155,6 +175,7 @@ class Worker:
         finally:
             self.ready = False
             heartbeat.cancel()
+            self._preparation.close()
             await unregister_worker(self._redis, self._names, self.model, self.worker_id)
             await self._publisher.close()
             self._engine_thread.shutdown(wait=False)
@@ -164,7 +185,7 @@ class Worker:
     async def _read(
         self, *, own: bool, block_ms: int | None = None, room_taken: int = 0
     ) -> list[StreamEntry]:
-        room = self._max_batch - len(self._active) - room_taken
+        room = self._max_batch - len(self._active) - len(self._claimed) - room_taken
         if room <= 0:
             return []
         if not own:
@@ -174,9 +195,11 @@ class Worker:
         )
 
     async def _admit_new(self) -> None:
-        """Admit entries taken over from dead workers; an idle worker also blocks for new entries here (a busy
-        one reads new entries in its per-step round trip)."""
-        claimed, self._claimed = self._claimed, []
+        """Admit entries taken over from dead workers, as many as there are free rows (the rest keep their
+        place for the next free ones); an idle worker also blocks for new entries here (a busy one reads new
+        entries in its per-step round trip)."""
+        free_rows = max(0, self._max_batch - len(self._active))
+        claimed, self._claimed = self._claimed[:free_rows], self._claimed[free_rows:]
         await self._admit_entries(claimed, redelivered=True)
         if self._active:
             return
@@ -189,6 +212,8 @@ class Worker:
         await self._admit_entries(entries, redelivered=False)
 
     async def _admit_entries(self, entries: list[StreamEntry], *, redelivered: bool) -> None:
+        """Take entries into the batch; they join the engine once prepared (`_prepared`)."""
+        admitted = []
         for entry_id, payload in entries:
             if payload is None:
                 await dead_letter(self._redis, self._names, self.model, entry_id, b"", "invalid payload")
@@ -199,8 +224,27 @@ class Worker:
             if redelivered and not await self._resume(item):
                 continue
             self._active[payload.request_id] = item
-            self._pending_admissions.append(item)
+            admitted.append(item)
             self._observer.admitted(entry_id, payload, redelivered=redelivered)
+        self._preparation.start(admitted)
+
+    def _prepare(self, item: InFlight) -> GenerationRequest:
+        """On the preparation thread: the engine's request, its prompt tokenised (a chat through its template)."""
+        if len(item.prior_token_ids) >= item.payload.sampling.max_tokens:
+            raise GorgonError("the request had already produced max_tokens tokens", code="already_complete")
+        return item.generation_request(self.engine.encode(item.engine_prompt()))
+
+    def _prepared(self, outcomes: list[tuple[InFlight, GenerationRequest | WireError]]) -> None:
+        """Prepared requests wait for the next tick; those that failed, for their error's publication. A
+        request that left meanwhile (cancelled, expired, superseded) is dropped."""
+        for item, outcome in outcomes:
+            if item.request_id not in self._active:
+                continue
+            if isinstance(outcome, WireError):
+                self._rejected.append((item, outcome))
+            else:
+                item.request = outcome
+                self._pending_admissions.append(item)
 
     async def _resume(self, item: InFlight) -> bool:
         """Start a new attempt of a redelivered request; False when there is nothing left to do for it."""
@@ -237,6 +281,8 @@ class Worker:
     # --- one step ----------------------------------------------------------------------------------------------
 
     async def _step_once(self) -> None:
+        if not (self._pending_admissions or self._rejected or self.engine.num_active):
+            await self._preparation.wait(self._settings.read_block_ms / 1000)
         admissions, self._pending_admissions = self._pending_admissions, []
         fenced, self._pending_drops = self._pending_drops, []
         cancelled, expired = self._cancelled & self._active.keys(), self._expired_requests()
@@ -251,6 +297,7 @@ class Worker:
             result = await self._run_tick(admissions, drops)
             metrics.observe_step(time.perf_counter() - started, len(self._active))
         self._pending_admissions = result.deferred + self._pending_admissions
+        self._count_step(result)
         publications = self._settle(result, cancelled, expired)
         if publications or self._acks or self._unsent or (self._active and self._sync_due()):
             await self._sync(publications)
@@ -276,13 +323,49 @@ class Worker:
             for request_id in expired - cancelled
             if (item := self._active.get(request_id)) is not None
         ]
-        publications += [(item, self._error_publication(item, error)) for item, error in result.rejected]
+        rejected, self._rejected = self._rejected + result.rejected, []
+        failures = rejected + self._step_failures(result)
+        failures += [
+            (item, generation_error(event.error))
+            for event in result.events
+            if event.error is not None and (item := self._active.get(event.request_id)) is not None
+        ]
+        for item, error in failures:
+            metrics.FAILED_REQUESTS.labels(error.code).inc()
+            log.warning("request %s failed alone: %s %s", item.request_id, error.status, error.message)
+        publications += [(item, self._error_publication(item, error)) for item, error in failures]
         for event in result.events:
             item = self._active.get(event.request_id)
-            publication = self._publication(item, event) if item is not None else None
+            publication = self._publication(item, event) if item is not None and event.error is None else None
             if item is not None and publication is not None:
                 publications.append((item, publication))
         return publications
+
+    def _step_failures(self, result: TickResult) -> list[tuple[InFlight, WireError]]:
+        if result.step_failure is None:
+            return []
+        error = step_error(result.step_failure)
+        return [
+            (item, error)
+            for request_id in result.failed_step_ids
+            if (item := self._active.get(request_id)) is not None
+        ]
+
+    def _count_step(self, result: TickResult) -> None:
+        """Stop the worker (to be replaced) once its engine has failed too many steps in a row."""
+        if result.stepped:
+            self._failed_steps_in_row = 0
+        if result.step_failure is None:
+            return
+        metrics.FAILED_STEPS.inc()
+        self._failed_steps_in_row += 1
+        if self._failed_steps_in_row >= self._settings.max_failed_steps_in_row and not self.broken:
+            log.error(
+                "the engine failed %d steps in a row; stopping this worker so that it is replaced",
+                self._failed_steps_in_row,
+            )
+            self.broken = True
+            self.request_stop()
 
     async def _sync(self, publications: list[tuple[InFlight, Publication]]) -> None:
         """One round trip: publish (final chunks acknowledge their entries), ack cancelled entries, read cancel
@@ -290,7 +373,7 @@ class Worker:
         chunk is skipped)."""
         publications = self._unsent + publications
         self._unsent = publications
-        room = 0 if self._stopping.is_set() else self._max_batch - len(self._active)
+        room = 0 if self._stopping.is_set() else self._max_batch - len(self._active) - len(self._claimed)
         work = StepWork(
             publications=[publication for _, publication in publications],
             ack_ids=self._acks,
@@ -342,31 +425,53 @@ class Worker:
         )
 
     def _tick(self, admissions: list[InFlight], drops: list[str]) -> TickResult:
-        """Runs on the engine thread: the only place the engine is called (besides construction)."""
+        """Runs on the engine thread: the only place the engine is called (besides construction and encode)."""
         result = TickResult()
         for request_id in drops:
             self.engine.cancel(request_id)
+            self._in_engine.discard(request_id)
         for item in admissions:
             try:
                 admitted = self._add_to_engine(item)
-            except GorgonError as exc:
-                result.rejected.append((item, WireError(str(exc), "invalid_request_error", exc.code, 400)))
+            except Exception as exc:  # the request fails alone, whatever adding it raised
+                if not isinstance(exc, GorgonError):
+                    log.exception("adding request %s to the engine failed", item.request_id)
+                result.rejected.append((item, request_error(exc)))
                 continue
             if not admitted:
                 result.deferred.append(item)
         if self.engine.num_active:
-            result.events = self.engine.step()
+            self._step_engine(result)
         return result
 
     def _add_to_engine(self, item: InFlight) -> bool:
         """Admit `item` unless the engine has no room for it under the token budget (it waits for a later step)."""
-        if len(item.prior_token_ids) >= item.payload.sampling.max_tokens:
-            raise GorgonError("the request had already produced max_tokens tokens", code="already_complete")
-        request = item.generation_request(self.engine.encode(item.engine_prompt()))
+        request = item.request
+        if request is None:
+            raise RuntimeError(f"request {item.request_id} reached the engine unprepared")
         if not self.engine.admits(request, self._settings.max_batch_tokens):
             return False
         self.engine.add(request)
+        self._in_engine.add(item.request_id)
         return True
+
+    def _step_engine(self, result: TickResult) -> None:
+        """One engine step into `result`. A step that fails as a whole fails every request the engine holds:
+        they are cancelled, so the engine starts the next step empty."""
+        try:
+            result.events = self.engine.step()
+        except Exception as exc:  # the worker outlives its engine's step
+            log.exception("an engine step failed; failing the %d requests it held", len(self._in_engine))
+            result.step_failure = exc
+            result.failed_step_ids = sorted(self._in_engine)
+            for request_id in result.failed_step_ids:
+                self.engine.cancel(request_id)
+            self._in_engine.clear()
+            return
+        result.stepped = True
+        self._in_engine.difference_update(
+            event.request_id for event in result.events if event.finish_reason or event.error
+        )
 
     def _expired_requests(self) -> set[str]:
         now = time.time()
@@ -463,19 +568,29 @@ class Worker:
             await asyncio.sleep(self._settings.heartbeat_interval_s)
 
     async def _heartbeat_once(self, lease_ms: int) -> None:
-        held = [item.entry_id for item in self._active.values()]
+        held = [item.entry_id for item in self._active.values()] + [entry_id for entry_id, _ in self._claimed]
         await heartbeat_entries(self._redis, self._names, self.model, self.worker_id, held)
         if self._stopping.is_set():
             return
         await self._register()
-        room = self._max_batch - len(self._active) - len(self._claimed)
-        if room > 0:
-            stale = await autoclaim_stale(
-                self._redis, self._names, self.model, self.worker_id, lease_ms, room
-            )
-            if stale:
-                log.info("took over %d stale entries", len(stale))
-                self._claimed += stale
+        await self._take_over_stale(lease_ms)
+
+    async def _take_over_stale(self, lease_ms: int) -> None:
+        """Claim the entries of dead workers, on this schedule whether or not a row is free: they wait in
+        `_claimed` (heartbeated as ours) and take the next free rows before any new entry. A worker with free
+        rows claims as many as it has; a busy one up to a batch's worth, and only entries stale for two more
+        heartbeats, so that a worker with free rows gets them first."""
+        free_rows = self._max_batch - len(self._active) - len(self._claimed)
+        count = free_rows if free_rows > 0 else self._max_batch - len(self._claimed)
+        if count <= 0:
+            return
+        busy_margin_ms = 0 if free_rows > 0 else int(2 * self._settings.heartbeat_interval_s * 1000)
+        stale = await autoclaim_stale(
+            self._redis, self._names, self.model, self.worker_id, lease_ms + busy_margin_ms, count
+        )
+        if stale:
+            log.info("took over %d stale entries (%d rows free)", len(stale), max(free_rows, 0))
+            self._claimed += stale
 
     async def _drain(self) -> None:
         """After a stop request: keep stepping until the batch is empty or the grace period ends."""

@@ -28,6 +28,14 @@ FINISHED = Counter("gorgon_worker_requests_finished_total", "Requests finished, 
 CANCELLED = Counter("gorgon_worker_requests_cancelled_total", "Requests dropped because the client went away")
 REDELIVERIES = Counter("gorgon_worker_redeliveries_total", "Requests resumed after another worker failed")
 DEAD_LETTERED = Counter("gorgon_worker_dead_lettered_total", "Requests given up after too many deliveries")
+FAILED_REQUESTS = Counter(
+    "gorgon_worker_requests_failed_total",
+    "Requests failed alone (their error sent to the client, the batch going on), by error code",
+    ["code"],
+)
+FAILED_STEPS = Counter(
+    "gorgon_worker_failed_steps_total", "Engine steps that failed as a whole (their requests failed with 503)"
+)
 BATCH_SIZE = Gauge("gorgon_worker_batch_size", "Requests in the running batch")
 STEP_BATCH_SIZE = Histogram(
     "gorgon_worker_step_batch_size", "Requests in the batch of each engine step", buckets=BATCH_BUCKETS

@@ -78,6 +78,8 @@ async def serve(settings: WorkerSettings) -> None:
         gc.freeze()  # the engine and what start-up built live as long as the process: keep them out of collections
         await worker.run()
         log.info("worker %s stopped", worker_id)
+        if worker.broken:
+            raise SystemExit("the engine kept failing its steps; exiting so that the worker is replaced")
     finally:
         probes.close()
         await redis.aclose()

@@ -38,3 +38,14 @@ async def test_only_the_current_attempt_may_publish(
     assert await read_progress(redis_async, redis_names, "r1", 0) == [first, fresh]
     assert await read_result(redis_async, redis_names, "r1") == fresh
     assert (await claim_attempt(redis_async, redis_names, "r1", 30)).finished
+
+
+async def test_a_claim_resumes_after_the_chunks_numbered_from_zero_whatever_else_the_list_holds(
+    redis_async: aioredis.Redis, redis_names: RedisNames
+) -> None:
+    """A round trip re-sent after its script ran left a repeat, and a stale snapshot cut chunks 3 and 4 while
+    the worker went on publishing: the new attempt resumes after seq 2, not after the list's length."""
+    published = [Chunk("r1", 1, seq, text=str(seq)) for seq in (0, 1, 1, 2, 5, 6)]
+    await redis_async.rpush(redis_names.progress_key("r1"), *(chunk.encode() for chunk in published))
+    claim = await claim_attempt(redis_async, redis_names, "r1", 30)
+    assert [chunk.seq for chunk in claim.published] == [0, 1, 2]

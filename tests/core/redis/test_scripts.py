@@ -20,13 +20,14 @@ def test_every_lua_file_ships_with_the_package() -> None:
         "prune_index.lua",
         "publish.lua",
         "publish_chunks.lua",
+        "register.lua",
         "step.lua",
     ]
 
 
 def test_a_script_joins_its_files_and_names_the_consumer_group() -> None:
     script = lua_script("publish_chunks.lua", "step.lua")
-    assert script.source.index("local function publish_chunks") < script.source.index("publish_chunks(1, 6")
+    assert script.source.index("local function publish_chunks") < script.source.index("publish_chunks(1, 7")
     assert f"'{CONSUMER_GROUP}'" in script.source
     assert "$" not in script.source
     assert script.sha == hashlib.sha1(script.source.encode()).hexdigest()

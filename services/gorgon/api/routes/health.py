@@ -1,4 +1,7 @@
-"""GET /health (liveness), GET /ready (Redis reachable and a live worker), GET /metrics (Prometheus)."""
+"""GET /health (liveness), GET /ready (Redis reachable), GET /metrics (Prometheus).
+
+/metrics has a router of its own: with GORGON_API_METRICS_PORT set, the API port leaves it out and a listener of
+its own serves it (api/metrics.py), so an ingress in front of the API port never exposes it."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from gorgon.api.errors import OpenAIError
 from gorgon.api.schemas import ERROR_SCHEMA
 
 router = APIRouter()
+metrics_router = APIRouter()
 log = logging.getLogger(__name__)
 
 
@@ -27,24 +31,21 @@ async def health() -> dict:
     responses={503: {"description": "not ready", "content": {"application/json": {"schema": ERROR_SCHEMA}}}},
 )
 async def ready(state: StateDep) -> dict:
-    """Ready when Redis answers and a worker serves the default model (or any model, with no default set)."""
+    """Ready when Redis answers: requests are queued whether or not a worker is up (a pool scaled to zero wakes
+    on its backlog). `models`: the served models, configured or of a live worker."""
     try:
         await state.redis.ping()
         models = await state.registry.models()
     except RedisError as exc:
+        # The cause (addresses, server messages) goes to the log; callers only learn that Redis is down.
         log.warning("not ready: Redis unreachable: %s", exc)
         raise OpenAIError(
-            503, f"Redis is unreachable: {exc}", type_="server_error", code="redis_unavailable"
+            503, "Redis is unreachable", type_="server_error", code="redis_unavailable"
         ) from exc
-    wanted = state.settings.default_model
-    if not models or (wanted is not None and wanted not in models):
-        raise OpenAIError(
-            503, f"no live worker serves {wanted or 'any model'}", type_="server_error", code="no_workers"
-        )
     return {"status": "ready", "models": sorted(models)}
 
 
-@router.get(
+@metrics_router.get(
     "/metrics",
     response_class=PlainTextResponse,
     responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}},

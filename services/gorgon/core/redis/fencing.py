@@ -9,6 +9,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from gorgon.core.protocol import Chunk
 from gorgon.core.redis.names import RedisNames
+from gorgon.core.redis.requests import contiguous_run
 from gorgon.core.redis.scripts import lua_script
 
 _CLAIM = lua_script("claim.lua")
@@ -16,7 +17,9 @@ _CLAIM = lua_script("claim.lua")
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """The state of a redelivered request as the claiming worker finds it."""
+    """The state of a redelivered request as the claiming worker finds it. `published` is the run of chunks
+    with seq 0, 1, 2, ... the progress list holds (after a loss of Redis data it may hold more, past a gap: a
+    new attempt resumes after the run, and the API checks what it re-publishes against what it relayed)."""
 
     attempt: int
     finished: bool
@@ -33,4 +36,5 @@ async def claim_attempt(redis: AsyncRedis, names: RedisNames, request_id: str, t
         names.cancel_key(request_id),
     ]
     attempt, finished, cancelled, raws = await _CLAIM.run(redis, keys, [max(1, ttl_s)])
-    return Claim(int(attempt), bool(finished), bool(cancelled), [Chunk.decode(raw) for raw in raws])
+    published = contiguous_run((Chunk.decode(raw) for raw in raws), 0)
+    return Claim(int(attempt), bool(finished), bool(cancelled), published)

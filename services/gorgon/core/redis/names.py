@@ -10,6 +10,8 @@ Layout (namespace `gorgon` by default):
     {ns}:progress:{request_id}     list of the chunks published so far (a redelivered request resumes from it)
     {ns}:attempt:{request_id}      fencing token: the attempt allowed to publish (absent = first attempt)
     {ns}:cancel:{request_id}       cancel flag set by the API when the client goes away
+    {ns}:held:{request_id}         set while a worker holds the request, refreshed by its steps (tells a request
+                                   a worker is generating apart from one Redis lost with its stream entry)
     {ns}:workers:{model}:{worker}  worker registration (model info) kept alive by a heartbeat TTL
     {ns}:worker-index              set of the registration keys (finding the live workers never scans the keyspace)
     {ns}:ratelimit:{key}:{window}  per-API-key request counter of one rate-limit window
@@ -48,6 +50,9 @@ class RedisNames:
 
     def cancel_key(self, request_id: str) -> str:
         return f"{self.namespace}:cancel:{request_id}"
+
+    def held_key(self, request_id: str) -> str:
+        return f"{self.namespace}:held:{request_id}"
 
     def worker_key(self, model: str, worker_id: str) -> str:
         return f"{self.namespace}:workers:{model}:{worker_id}"

@@ -1,8 +1,9 @@
 """The worker's writes: the chunks of each step published through the fencing script, with the step's
-acknowledgements, cancel-flag reads and new-entry read in the same script call."""
+acknowledgements, cancel-flag reads, hold-marker refreshes and new-entry read in the same script call."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,12 @@ from gorgon.core.redis.scripts import lua_script
 
 _PUBLISH = lua_script("publish_chunks.lua", "publish.lua")
 _STEP = lua_script("publish_chunks.lua", "step.lua")
+
+HOLD_REFRESH_S = 1.0
+"""How often a worker's steps refresh the hold markers of the requests it runs (`RedisNames.held_key`)."""
+HOLD_TTL_S = 3.0
+"""How long a hold marker outlives its last refresh: a few refreshes, so it lapses soon after the worker stops
+stepping or drops the request (the API waits `requests.LOST_AFTER_S` more before it calls a request lost)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,7 @@ class Publisher:
     def __init__(self, redis: AsyncRedis, names: RedisNames) -> None:
         self._redis = CommandConnection(redis.connection_pool)
         self._names = names
+        self._held_refreshed_at = float("-inf")
 
     async def close(self) -> None:
         await self._redis.close()
@@ -97,23 +105,35 @@ class Publisher:
     async def sync_step(self, model: str, consumer: str, work: StepWork) -> StepReply:
         """Everything a worker sends to Redis after one engine step, in one script call, in this order:
         publish the chunks (final ones acknowledge their entries), acknowledge and delete the entries in
-        `work.ack_ids` (cancelled requests), read the cancel flags of the running requests, and read up to
-        `work.read_count` new entries (without blocking)."""
+        `work.ack_ids` (cancelled requests), read the cancel flags of the running requests, refresh their hold
+        markers (every `HOLD_REFRESH_S`), and read up to `work.read_count` new entries (without blocking)."""
         keys, publication_args = self._call(work.publications)
         keys += [self._names.cancel_key(request_id) for request_id in work.running_ids]
+        hold_ms = self._hold_ms_due(bool(work.running_ids))
+        if hold_ms:
+            keys += [self._names.held_key(request_id) for request_id in work.running_ids]
         args = [
             len(work.publications),
             self._names.request_stream(model),
             consumer,
             max(0, work.read_count),
             len(work.ack_ids),
+            hold_ms,
             *work.ack_ids,
             *publication_args,
         ]
         published, flags, reply = await _STEP.run(self._redis, keys, args)
+        if hold_ms:
+            self._held_refreshed_at = time.monotonic()
         cancelled = {rid for rid, flag in zip(work.running_ids, flags, strict=True) if flag}
         entries = [parse_raw_entry(entry_id, fields) for entry_id, fields in reply[0][1]] if reply else []
         return StepReply([bool(flag) for flag in published], cancelled, entries)
+
+    def _hold_ms_due(self, running: bool) -> int:
+        """The hold markers' TTL in ms when this step refreshes them, else 0."""
+        if not running or time.monotonic() - self._held_refreshed_at < HOLD_REFRESH_S:
+            return 0
+        return int(HOLD_TTL_S * 1000)
 
     def _call(self, publications: Sequence[Publication]) -> tuple[list[str], list[Any]]:
         """The publish script's keys and arguments for `publications` (layout: see lua/publish_chunks.lua)."""

@@ -12,6 +12,7 @@ from gorgon.core.redis.names import RedisNames, as_text
 from gorgon.core.redis.scripts import lua_script
 
 _PRUNE_INDEX = lua_script("prune_index.lua")
+_REGISTER = lua_script("register.lua")
 
 
 async def register_worker(
@@ -19,10 +20,7 @@ async def register_worker(
 ) -> None:
     """Announce (or keep announcing) a live worker and its model info; it vanishes `ttl_s` after the last call."""
     key = names.worker_key(model, worker_id)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.set(key, orjson.dumps(info), px=int(ttl_s * 1000))
-        pipe.sadd(names.worker_index(), key)
-        await pipe.execute()
+    await _REGISTER.run(redis, [key, names.worker_index()], [orjson.dumps(info), int(ttl_s * 1000)])
 
 
 async def unregister_worker(redis: AsyncRedis, names: RedisNames, model: str, worker_id: str) -> None:

@@ -5,6 +5,8 @@
 -- so an entry is never acknowledged unless its final result was published and stored. Then one PUBLISH per reply
 -- channel carries that channel's published chunks as one JSON array, in order (one message for an API process,
 -- however many of its requests the step served). Returns one flag per chunk: 1 published, 0 fenced out.
+-- Each published chunk first refreshes its attempt key's expiry, a write that cannot grow memory: Redis at its
+-- memory limit refuses a script only when its first write could (see the package's docstring).
 local function publish_chunks(first_key, first_arg, count)
   local published, batches, channels = {}, {}, {}
   for i = 0, count - 1 do
@@ -12,6 +14,7 @@ local function publish_chunks(first_key, first_arg, count)
     if (redis.call('GET', KEYS[k]) or '1') ~= ARGV[a] then
       published[i + 1] = 0
     else
+      redis.call('EXPIRE', KEYS[k], ARGV[a + 6])
       if ARGV[a + 3] == '1' then
         if redis.call('RPUSH', KEYS[k + 1], ARGV[a + 2]) == 1 then redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 6]) end
       end

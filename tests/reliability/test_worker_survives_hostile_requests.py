@@ -1,0 +1,194 @@
+"""Schema-valid but hostile requests against the real model engine (SmolLM2 in one worker process, shared by every
+case): sampling parameters at the ends of their ranges, stop sequences at their limits, the largest prompt and the
+most messages the API admits. Each case checks what its client receives, that a stream in flight beside it
+completes, and that the worker process is still the one that started (nothing crashed and was replaced).
+
+The stall figures (the longest gap between a running stream's events while a huge request is prepared, against
+its median gap) are logged: `pytest tests/reliability/test_worker_survives_hostile_requests.py
+--log-cli-level=INFO`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from reliability_harness import TimedStream, timed_stream
+
+from gorgon.api.config import ApiSettings
+from gorgon.engine.validation import MAX_STOP_SEQUENCE_CHARS, MAX_STOP_SEQUENCES
+from gorgon_testing import services_in_fresh_namespace
+
+pytestmark = [pytest.mark.slow, pytest.mark.processes]
+
+log = logging.getLogger(__name__)
+
+MODEL_LOAD_TIMEOUT_S = 600.0
+SMALLEST_FLOAT = 5e-324
+BODY_LIMIT: int = ApiSettings.model_fields["max_body_bytes"].default
+RUNNING_PROMPT = "Count from 1 to 300, one number per line:\n1\n2\n3\n"
+Hostile = Callable[[httpx.AsyncClient], Awaitable[Any]]
+
+
+@dataclass
+class Platform:
+    api: str
+    worker: subprocess.Popen[bytes]
+
+    def assert_worker_unharmed(self) -> None:
+        assert self.worker.poll() is None, "the worker process ended"
+
+
+@pytest.fixture(scope="module")
+def platform(redis_url: str) -> Iterator[Platform]:
+    with services_in_fresh_namespace(redis_url, grace_s=20) as services:
+        worker = services.start_worker("medusa", max_batch_size="4", worker_id="hostile-target")
+        yield Platform(services.start_api(ready_timeout_s=MODEL_LOAD_TIMEOUT_S), worker)
+
+
+@dataclass
+class BesideAStream:
+    """What the hostile requests got, and the stream that ran beside them (started before, ended after)."""
+
+    result: Any
+    running: TimedStream
+    sent_at: float
+    answered_at: float
+
+    def stall(self) -> tuple[float, float]:
+        """(the longest gap between the running stream's events while the hostile requests were out, its
+        median gap over the whole stream)."""
+        gaps = self.running.gaps_between(self.sent_at, self.answered_at)
+        return max(gaps, default=0.0), statistics.median(self.running.gaps_between(0.0, float("inf")))
+
+
+def beside_a_running_stream(platform: Platform, hostile: Hostile, max_tokens: int = 48) -> BesideAStream:
+    """Run `hostile` once a greedy stream is producing tokens; both finish before this returns. Then the worker
+    process must still be the one that started."""
+    outcome = asyncio.run(_beside(platform.api, hostile, max_tokens))
+    platform.assert_worker_unharmed()
+    running = outcome.running
+    assert running.error is None and running.finish_reason in {"length", "stop"}, running
+    return outcome
+
+
+async def _beside(api: str, hostile: Hostile, max_tokens: int) -> BesideAStream:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300)) as client:
+        body = {"prompt": RUNNING_PROMPT, "max_tokens": max_tokens, "temperature": 0}
+        running = TimedStream()
+        task = asyncio.create_task(timed_stream(client, f"{api}/v1/completions", body, running))
+        async with asyncio.timeout(120):
+            while len(running.arrivals) < 3 and not task.done():
+                await asyncio.sleep(0.01)
+        sent_at = time.monotonic()
+        result = await hostile(client)
+        answered_at = time.monotonic()
+        await task
+    return BesideAStream(result, running, sent_at, answered_at)
+
+
+def completions(api: str, bodies: list[dict[str, Any]]) -> Hostile:
+    async def send(client: httpx.AsyncClient) -> list[httpx.Response]:
+        return list(
+            await asyncio.gather(*(client.post(f"{api}/v1/completions", json=body) for body in bodies))
+        )
+
+    return send
+
+
+def assert_error(reply: httpx.Response, status: int, code: str | None = None) -> None:
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+
+
+GREEDY_EQUIVALENT = [
+    {"temperature": 1e-40},
+    {"temperature": SMALLEST_FLOAT, "top_p": SMALLEST_FLOAT},
+    {"temperature": 2.0, "top_p": SMALLEST_FLOAT, "use_speculative": False},
+]
+SAMPLED = [
+    {"temperature": 2.0, "seed": -(2**63)},
+    {"temperature": 1.0, "top_p": 0.5, "seed": 2**63 - 1},
+    {"temperature": 2.0, "top_p": 1.0, "seed": -1},
+]
+
+
+def test_sampling_parameters_at_the_ends_of_their_ranges_are_served(platform: Platform) -> None:
+    """Temperatures below 1e-5 decode greedily (the same text as temperature 0), so does the smallest top_p;
+    seeds at both ends of int64 sample."""
+    prompt = {"prompt": "The three primary colours are", "max_tokens": 8}
+    (greedy,) = asyncio.run(_send_all(platform.api, [{**prompt, "temperature": 0}]))
+    bodies = [{**prompt, **fields} for fields in GREEDY_EQUIVALENT + SAMPLED]
+    outcome = beside_a_running_stream(platform, completions(platform.api, bodies))
+    for body, reply in zip(bodies, outcome.result, strict=True):
+        assert reply.status_code == 200, (body, reply.text)
+        choice = reply.json()["choices"][0]
+        assert choice["finish_reason"] in {"length", "stop"}
+        if body in [{**prompt, **fields} for fields in GREEDY_EQUIVALENT]:
+            assert choice["text"] == greedy.json()["choices"][0]["text"], body
+
+
+async def _send_all(api: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300)) as client:
+        return await completions(api, bodies)(client)
+
+
+def test_stop_sequences_at_their_limits(platform: Platform) -> None:
+    longest = ["\u00e9" + "x" * (MAX_STOP_SEQUENCE_CHARS - 2) + str(index) for index in range(4)]
+    bodies = [
+        {"prompt": "Say hello.", "max_tokens": 16, "temperature": 0, "stop": longest[:MAX_STOP_SEQUENCES]},
+        {"prompt": "Say hello.", "max_tokens": 16, "stop": ["y" * (MAX_STOP_SEQUENCE_CHARS + 1)]},
+    ]
+    admitted, too_long = beside_a_running_stream(platform, completions(platform.api, bodies)).result
+    assert admitted.status_code == 200, admitted.text
+    assert admitted.json()["choices"][0]["finish_reason"] in {"length", "stop"}
+    assert_error(too_long, 400)
+
+
+def test_the_largest_prompt_is_refused_without_stalling_the_running_stream(platform: Platform) -> None:
+    prompt = "All work and no play makes Jack a dull boy. " * ((BODY_LIMIT - 200) // 44)
+    body = {"prompt": prompt, "max_tokens": 4}
+    outcome = beside_a_running_stream(platform, completions(platform.api, [body]), max_tokens=200)
+    (reply,) = outcome.result
+    assert_error(reply, 400, "context_length_exceeded")
+    _assert_no_stall(f"a prompt of {len(prompt)} characters", outcome)
+
+
+def test_the_most_messages_are_refused_without_stalling_the_running_stream(platform: Platform) -> None:
+    message = {"role": "user", "content": "hi"}
+    count = (BODY_LIMIT - 200) // (len('{"role":"user","content":"hi"},') + 1)
+    body = {"messages": [message] * count, "max_tokens": 4}
+
+    async def send(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.post(f"{platform.api}/v1/chat/completions", json=body)
+
+    outcome = beside_a_running_stream(platform, send, max_tokens=200)
+    assert_error(outcome.result, 400, "context_length_exceeded")
+    _assert_no_stall(f"{count} chat messages", outcome)
+
+
+def _assert_no_stall(what: str, outcome: BesideAStream) -> None:
+    """While the huge request was out, the running stream's events kept their pace: no gap longer than a few of
+    its usual gaps (the machine's two cores are shared with the API parsing the body and the preparation thread)."""
+    longest, usual = outcome.stall()
+    answered_in = outcome.answered_at - outcome.sent_at
+    log.info(
+        "%s: answered in %.2f s; the running stream's longest gap meanwhile %.3f s, its median gap %.3f s",
+        what,
+        answered_in,
+        longest,
+        usual,
+    )
+    assert outcome.running.arrivals[-1] > outcome.answered_at, "the stream ran past the huge request"
+    assert longest < max(4 * usual, 0.5), f"{what}: a {longest:.2f} s gap (usual {usual:.3f} s)"
