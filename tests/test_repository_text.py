@@ -48,7 +48,9 @@ def python_prose(source: str) -> list[tuple[int, str]]:
     """(line, text) of every comment and docstring-like string (triple-quoted) in a Python file."""
     prose = []
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        is_docstring = token.type == tokenize.STRING and token.string.lstrip("rbuRBU").startswith(('"""', "'''"))
+        is_docstring = token.type == tokenize.STRING and token.string.lstrip("rbuRBU").startswith(
+            ('"""', "'''")
+        )
         if token.type == tokenize.COMMENT or is_docstring:
             prose.append((token.start[0], token.string))
     return prose
@@ -92,7 +94,9 @@ def test_circumstance_words_pattern(text: str, expected: bool) -> None:
 
 
 def test_python_prose_finds_comments_and_docstrings_not_literals() -> None:
-    source = 'def f():\n    """Run of 2026-12-01."""\n    # see 2026-12-02\n    return "2026-01-01T00:00:00Z"\n'
+    source = (
+        'def f():\n    """Run of 2026-12-01."""\n    # see 2026-12-02\n    return "2026-01-01T00:00:00Z"\n'
+    )
     dated = [line for line, prose in python_prose(source) if DATE.search(prose)]
     assert dated == [2, 3]
 

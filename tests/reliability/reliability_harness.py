@@ -197,6 +197,7 @@ class TimedStream:
 
     arrivals: list[float] = field(default_factory=list)
     text: str = ""
+    request_id: str | None = None
     finish_reason: str | None = None
     error: str | None = None
     status: int | None = None
@@ -228,6 +229,7 @@ async def timed_stream(
                 outcome.error = event["error"].get("message") or "error without a message"
                 continue
             choice = event["choices"][0]
+            outcome.request_id = event.get("id", outcome.request_id)
             outcome.text += choice.get("text") or choice.get("delta", {}).get("content") or ""
             outcome.finish_reason = choice.get("finish_reason") or outcome.finish_reason
             outcome.arrivals.append(time.monotonic())

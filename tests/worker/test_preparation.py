@@ -4,12 +4,16 @@ replaced by its error, and the loop free meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 
+import pytest
+
 from gorgon.core.errors import GorgonError
 from gorgon.core.protocol import WireError
-from gorgon.worker.preparation import Preparation
+from gorgon.worker.preparation import PREPARATION_NICENESS, Preparation
 
 
 async def test_items_are_prepared_off_the_loop_and_delivered_in_batches() -> None:
@@ -52,3 +56,17 @@ async def test_wait_returns_when_a_batch_is_ready_or_the_timeout_passes() -> Non
     await asyncio.sleep(0)
     assert not preparation.busy
     preparation.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is a Linux feature")
+async def test_the_preparation_thread_runs_at_a_lower_priority() -> None:
+    niceness: list[object] = []
+    preparation: Preparation[str, int] = Preparation(
+        lambda _: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()),
+        lambda outcomes: niceness.extend(value for _, value in outcomes),
+    )
+    preparation.start(["x"])
+    await preparation.wait(5)
+    await asyncio.sleep(0)
+    preparation.close()
+    assert niceness == [os.getpriority(os.PRIO_PROCESS, 0) + PREPARATION_NICENESS]

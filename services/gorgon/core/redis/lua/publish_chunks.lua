@@ -5,16 +5,19 @@
 -- so an entry is never acknowledged unless its final result was published and stored. Then one PUBLISH per reply
 -- channel carries that channel's published chunks as one JSON array, in order (one message for an API process,
 -- however many of its requests the step served). Returns one flag per chunk: 1 published, 0 fenced out.
--- Each published chunk first refreshes its attempt key's expiry, a write that cannot grow memory: Redis at its
--- memory limit refuses a script only when its first write could (see the package's docstring).
+-- The first published chunk first refreshes its attempt key's expiry, a write that cannot grow memory: Redis at
+-- its memory limit refuses a script only when its first write could (see the package's docstring).
 local function publish_chunks(first_key, first_arg, count)
-  local published, batches, channels = {}, {}, {}
+  local published, batches, channels, wrote = {}, {}, {}, false
   for i = 0, count - 1 do
     local k, a = first_key + 3 * i, first_arg + 9 * i
     if (redis.call('GET', KEYS[k]) or '1') ~= ARGV[a] then
       published[i + 1] = 0
     else
-      redis.call('EXPIRE', KEYS[k], ARGV[a + 6])
+      if not wrote then
+        redis.call('EXPIRE', KEYS[k], ARGV[a + 6])
+        wrote = true
+      end
       if ARGV[a + 3] == '1' then
         if redis.call('RPUSH', KEYS[k + 1], ARGV[a + 2]) == 1 then redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 6]) end
       end
