@@ -11,8 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import kubernetes_validate
+import pydantic
 import pytest
 import yaml
+from cloudcoil.models.keda import v1alpha1 as keda_v1alpha1
+from cloudcoil.models.prometheus_operator import v1 as monitoring_v1
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "charts" / "gorgon"
@@ -21,6 +25,18 @@ RELEASE = "gorgon"
 NAMESPACE = "inference"
 
 Manifest = dict[str, Any]
+
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas installed.
+KUBE_VERSIONS = ("1.29", kubernetes_validate.latest_version())
+# prometheus-operator and KEDA kinds: checked with models generated from their CRDs.
+CRD_MODELS: dict[str, type[pydantic.BaseModel]] = {
+    "ServiceMonitor": monitoring_v1.ServiceMonitor,
+    "PodMonitor": monitoring_v1.PodMonitor,
+    "ScaledObject": keda_v1alpha1.ScaledObject,
+    "TriggerAuthentication": keda_v1alpha1.TriggerAuthentication,
+}
+# No offline schema for the Gateway API: test_chart_properties checks the HTTPRoute field by field.
+UNCHECKED_KINDS = {"HTTPRoute"}
 
 
 def find_helm() -> Path:
@@ -130,3 +146,24 @@ def validate_against_crd(manifest: Manifest, crd: Manifest) -> None:
     version = manifest["apiVersion"].split("/")[1]
     schema = next(v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"] if v["name"] == version)
     jsonschema.Draft4Validator(as_json_schema(schema)).validate(manifest)
+
+
+def validate_with_model(manifest: Manifest) -> None:
+    """Types, patterns and required fields from the model; unknown fields show up as a lossy round trip."""
+    model = CRD_MODELS[manifest["kind"]].model_validate(manifest)
+    assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == manifest
+
+
+def validate_manifest(manifest: Manifest, crd: Manifest) -> None:
+    """One rendered object against its schema: the WorkerPool CRD's, a CRD model's, or Kubernetes' (strict)."""
+    if manifest["kind"] == crd["spec"]["names"]["kind"]:
+        assert manifest["apiVersion"].split("/")[0] == crd["spec"]["group"]
+        validate_against_crd(manifest, crd)
+        return
+    if manifest["kind"] in CRD_MODELS:
+        validate_with_model(manifest)
+        return
+    if manifest["kind"] in UNCHECKED_KINDS:
+        return
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(manifest, version, strict=True)

@@ -69,19 +69,27 @@ def fake_api() -> Iterator[str]:
     server.server_close()
 
 
-def _run_hook(test_pod: Manifest, url: str) -> subprocess.CompletedProcess[str]:
-    """The hook's script with its environment; the API key Secret it reads holds API_KEY."""
+CHART_SECRET = {("gorgon-api-key", "api-key"): API_KEY}
+"""The Secret the chart generates, holding API_KEY."""
+
+
+def _run_hook(
+    test_pod: Manifest, url: str, secrets: dict[tuple[str, str], str] = CHART_SECRET
+) -> subprocess.CompletedProcess[str]:
+    """The hook's script with its environment; `secrets` holds the values of the Secret keys it reads."""
     smoke = container(test_pod, "smoke")
-    env = {item["name"]: item.get("value") or _secret_value(item["valueFrom"]) for item in smoke["env"]}
+    env = {
+        item["name"]: item.get("value") or _secret_value(item["valueFrom"], secrets) for item in smoke["env"]
+    }
     env["GORGON_URL"] = url
     assert smoke["command"][0] == "python"
     command = [sys.executable, *smoke["command"][1:], *smoke["args"]]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
-def _secret_value(source: dict) -> str:
-    assert source["secretKeyRef"] == {"name": "gorgon-api-key", "key": "api-key"}
-    return API_KEY
+def _secret_value(source: dict, secrets: dict[tuple[str, str], str]) -> str:
+    reference = source["secretKeyRef"]
+    return secrets[(reference["name"], reference["key"])]
 
 
 def test_hook_is_a_helm_test_pointing_at_the_api_service(default_manifests: list[Manifest]) -> None:
@@ -110,6 +118,28 @@ def test_hook_sends_the_configured_request(default_manifests: list[Manifest], fa
     assert result.returncode == 0, result.stderr
     assert _FakeApi.received == [{"model": "SmolLM2-135M-Instruct", "prompt": "Say hello.", "max_tokens": 8}]
     assert _FakeApi.authorizations == [f"Bearer {API_KEY}"]
+
+
+def test_the_real_api_refuses_the_hook_without_the_right_key(
+    default_manifests: list[Manifest], real_api: str
+) -> None:
+    """The pass above needs the key: the API the hook runs against enforces keys, as the chart installs it."""
+    result = _run_hook(
+        find(default_manifests, "Pod", "-test"), real_api, {("gorgon-api-key", "api-key"): "wrong"}
+    )
+    assert result.returncode != 0
+    assert "401" in result.stdout + result.stderr
+    assert "POST /v1/completions" not in result.stdout
+
+
+def test_hook_sends_the_first_key_of_an_existing_secret(fake_api: str) -> None:
+    manifests = render_chart(
+        set_values={"api.auth.existingSecret": "team-keys", "api.auth.secretKey": "keys"}
+    )
+    test_pod = find(manifests, "Pod", "-test")
+    result = _run_hook(test_pod, fake_api, {("team-keys", "keys"): "team-key-one\nteam-key-two\n"})
+    assert result.returncode == 0, result.stderr
+    assert _FakeApi.authorizations == ["Bearer team-key-one"]
 
 
 def test_hook_sends_no_key_when_keys_are_off(fake_api: str) -> None:

@@ -591,7 +591,7 @@ def _gorgon_containers(manifests: list[Manifest]) -> list[dict]:
         spec
         for workload in workloads(manifests)
         for spec in pod_spec(workload)["containers"]
-        if spec["image"].split(":")[0].rsplit("/", 1)[-1].startswith("gorgon-") and "command" not in spec
+        if spec["image"].rsplit("/", 1)[-1].startswith("gorgon-") and "command" not in spec
     ]
 
 

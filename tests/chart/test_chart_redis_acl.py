@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import hashlib
 import secrets
 import shutil
@@ -51,6 +52,8 @@ pytestmark = pytest.mark.processes
 NAMESPACE = "gorgon"  # the chart's default redisNamespace, which the rules are rendered for
 NAMES = RedisNames(NAMESPACE)
 USERS = ("default", "api", "worker", "operator")
+KEDA_USERS = ("default", "api", "worker", "keda")
+"""The users with autoscaling.mode=keda: KEDA's instead of the operator's."""
 MODEL = "m"
 REDIS_PACKAGE = "gorgon.core.redis"
 COMPONENT_SOURCES = {
@@ -145,21 +148,46 @@ def _localised(config: str, directory: Path, acl_file: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _redis_manifests(manifests: list[Manifest]) -> tuple[Manifest, Manifest]:
+    return find(manifests, "ConfigMap", "-redis"), find(manifests, "StatefulSet", "-redis")
+
+
 @pytest.fixture(scope="module")
 def redis_manifests() -> tuple[Manifest, Manifest]:
-    manifests = render_chart()
-    return find(manifests, "ConfigMap", "-redis"), find(manifests, "StatefulSet", "-redis")
+    return _redis_manifests(render_chart())
+
+
+@pytest.fixture(scope="module")
+def keda_manifests() -> list[Manifest]:
+    return render_chart(set_values={"autoscaling.mode": "keda"})
 
 
 @pytest.fixture(scope="module")
 def acl_redis(
     redis_manifests: tuple[Manifest, Manifest], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[AclRedis]:
+    with _running_acl_redis(redis_manifests, tmp_path_factory.mktemp("acl-redis"), USERS) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def keda_acl_redis(
+    keda_manifests: list[Manifest], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AclRedis]:
+    directory = tmp_path_factory.mktemp("keda-acl-redis")
+    with _running_acl_redis(_redis_manifests(keda_manifests), directory, KEDA_USERS) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _running_acl_redis(
+    redis_manifests: tuple[Manifest, Manifest], directory: Path, users: tuple[str, ...]
+) -> Iterator[AclRedis]:
+    """A redis-server loaded with the chart's redis.conf and the ACL file its init container writes."""
     binary = redis_server_7()
     if binary is None:
         pytest.skip("needs redis-server 7 or newer on PATH (the chart's Redis is 7.2)")
-    directory = tmp_path_factory.mktemp("acl-redis")
-    passwords = {user: secrets.token_urlsafe(24) for user in USERS}
+    passwords = {user: secrets.token_urlsafe(24) for user in users}
     acl_file = _write_acl_file(redis_manifests, directory, passwords)
     config = directory / "redis.conf"
     config.write_text(_localised(redis_manifests[0]["data"]["redis.conf"], directory, acl_file))
@@ -198,10 +226,10 @@ async def as_user(acl_redis: AclRedis) -> AsyncIterator[dict[str, aioredis.Redis
         await client.aclose()
 
 
-def payload(request_id: str, reply_to: str) -> RequestPayload:
+def payload(request_id: str, reply_to: str, model: str = MODEL) -> RequestPayload:
     return RequestPayload(
         request_id,
-        MODEL,
+        model,
         WireSampling(max_tokens=4),
         deadline=time.time() + 30,
         stream=True,
@@ -382,6 +410,122 @@ async def test_each_user_is_refused_what_its_component_never_does(
         await as_user[user].execute_command(*command)
 
 
+# --- KEDA's user (autoscaling.mode=keda)
+
+
+def _keda_trigger(keda_manifests: list[Manifest]) -> dict:
+    (trigger,) = find(keda_manifests, "ScaledObject")["spec"]["triggers"]
+    return trigger
+
+
+def test_keda_signs_in_as_a_user_of_its_own_with_a_password_from_the_redis_secret(
+    keda_manifests: list[Manifest],
+) -> None:
+    trigger = _keda_trigger(keda_manifests)
+    assert trigger["metadata"]["username"] == "keda"
+    authentication = find(keda_manifests, "TriggerAuthentication")
+    assert trigger["authenticationRef"] == {"name": authentication["metadata"]["name"]}
+    secret = find(keda_manifests, "Secret", "-redis")
+    assert authentication["spec"]["secretTargetRef"] == [
+        {"parameter": "password", "name": secret["metadata"]["name"], "key": "keda-password"}
+    ]
+    assert sorted(secret["data"]) == ["api-password", "keda-password", "redis-password", "worker-password"]
+    rules = find(keda_manifests, "ConfigMap", "-redis")["data"]["acl-rules"]
+    assert [line.split()[0] for line in rules.splitlines()] == list(KEDA_USERS)
+    passwords = next(
+        v
+        for v in pod_spec(find(keda_manifests, "StatefulSet", "-redis"))["volumes"]
+        if v["name"] == "passwords"
+    )
+    assert [item["path"] for item in passwords["secret"]["items"]] == list(KEDA_USERS)
+
+
+@pytest.fixture
+async def as_keda_user(keda_acl_redis: AclRedis) -> AsyncIterator[dict[str, aioredis.Redis]]:
+    clients = {user: aioredis.Redis.from_url(keda_acl_redis.url(user)) for user in KEDA_USERS}
+    yield clients
+    await clients["default"].flushall()
+    for client in clients.values():
+        await client.aclose()
+
+
+async def test_keda_reads_the_stream_length_as_its_scaler_connects(
+    keda_acl_redis: AclRedis, keda_manifests: list[Manifest]
+) -> None:
+    """KEDA's Redis client signs in with HELLO 3 and the credentials, PINGs, then sends XLEN of the trigger's
+    stream (its redis-streams scaler with streamLength)."""
+    stream = _keda_trigger(keda_manifests)["metadata"]["stream"]
+    admin = aioredis.Redis.from_url(keda_acl_redis.url("default"))
+    keda = aioredis.Redis(
+        port=keda_acl_redis.port, username="keda", password=keda_acl_redis.passwords["keda"], protocol=3
+    )
+    try:
+        assert await keda.xlen(stream) == 0
+        await admin.xadd(stream, {"payload": "x"})
+        assert await keda.ping()
+        assert await keda.xlen(stream) == 1
+    finally:
+        await admin.flushall()
+        await admin.aclose()
+        await keda.aclose()
+
+
+async def test_the_stream_length_is_the_backlog_and_the_group_lag_is_not(
+    as_keda_user: dict[str, aioredis.Redis], keda_manifests: list[Manifest]
+) -> None:
+    """Why the trigger reads streamLength: with requests queued, running and finished out of order, as the
+    workers' batches finish them, XLEN counts the queued and running ones (the operator's backlog) and is 0 when
+    all are done, while XINFO GROUPS lag leaves the running ones out or is unknown (null)."""
+    stream = _keda_trigger(keda_manifests)["metadata"]["stream"]
+    model = stream.removeprefix(NAMES.request_stream(""))
+    api, worker, keda = as_keda_user["api"], as_keda_user["worker"], as_keda_user["keda"]
+    await ensure_group(worker, NAMES, model)
+    enqueuer = BatchingEnqueuer(api, NAMES, max_backlog=0)
+    for request_id in ("r1", "r2", "r3", "r4"):
+        await enqueuer.enqueue(payload(request_id, NAMES.reply_channel("api-1"), model))
+    await enqueuer.close()
+    (first_id, _), (second_id, _) = await read_entries(worker, NAMES, model, "w1", 2, None, own=False)
+    await finish_entries(worker, NAMES, model, [second_id])
+    assert await keda.xlen(stream) == await backlog(keda, NAMES, model) == 3
+    (group,) = await as_keda_user["default"].xinfo_groups(stream)
+    assert group["lag"] != 3
+    remaining = await read_entries(worker, NAMES, model, "w1", 10, None, own=False)
+    await finish_entries(worker, NAMES, model, [first_id, *(entry_id for entry_id, _ in remaining)])
+    assert await keda.xlen(stream) == 0
+
+
+KEDA_REFUSED = [
+    ("XINFO", "GROUPS", NAMES.request_stream(MODEL)),
+    ("XPENDING", NAMES.request_stream(MODEL), "workers"),
+    ("XRANGE", NAMES.request_stream(MODEL), "-", "+"),
+    ("XADD", NAMES.request_stream(MODEL), "*", "payload", "x"),
+    ("XREADGROUP", "GROUP", "workers", "c", "STREAMS", NAMES.request_stream(MODEL), ">"),
+    ("XLEN", OUTSIDE),
+    ("GET", NAMES.result_key("r")),
+    ("INFO",),
+    ("CONFIG", "GET", "*"),
+    ("KEYS", "*"),
+    ("FLUSHALL",),
+]
+
+
+@pytest.mark.parametrize("command", KEDA_REFUSED, ids=lambda command: " ".join(command[:2]))
+async def test_the_keda_user_is_refused_everything_but_reading_the_stream_length(
+    as_keda_user: dict[str, aioredis.Redis], command: tuple[str, ...]
+) -> None:
+    with pytest.raises(NoPermissionError):
+        await as_keda_user["keda"].execute_command(*command)
+
+
+def test_without_the_operator_there_is_no_operator_user(keda_acl_redis: AclRedis) -> None:
+    intruder = redis.Redis(
+        port=keda_acl_redis.port, username="operator", password=keda_acl_redis.passwords["keda"]
+    )
+    with pytest.raises(redis.AuthenticationError):
+        intruder.ping()
+    intruder.close()
+
+
 # --- the list above covers the code
 
 
@@ -391,7 +535,7 @@ def _redis_names_imported(source: Path) -> set[str]:
     for path in set(source.rglob("*.py")) - LOCAL_ONLY:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(f"{REDIS_PACKAGE}."):
-                module = node.module.removeprefix(f"{REDIS_PACKAGE}.")
+                module = (node.module or "").removeprefix(f"{REDIS_PACKAGE}.")
                 if module not in PASSIVE_MODULES:
                     imported |= {f"{module}.{alias.name}" for alias in node.names}
     return imported

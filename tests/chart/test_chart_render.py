@@ -6,11 +6,13 @@ from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
+import pydantic
 import pytest
 import yaml
 from chart_render import (
     CHART_DIR,
     CI_VALUES,
+    KUBE_VERSIONS,
     REPO_ROOT,
     Manifest,
     kinds,
@@ -18,37 +20,25 @@ from chart_render import (
     render_chart,
     run_helm,
     validate_against_crd,
+    validate_manifest,
+    validate_with_model,
 )
-from cloudcoil.models.prometheus_operator import v1 as monitoring_v1
 
 pytestmark = pytest.mark.processes
 
 
-# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas installed.
-KUBE_VERSIONS = ("1.29", kubernetes_validate.latest_version())
-# prometheus-operator kinds: checked with models generated from its CRDs.
-MONITORING_MODELS = {"ServiceMonitor": monitoring_v1.ServiceMonitor, "PodMonitor": monitoring_v1.PodMonitor}
-# No offline schema for the Gateway API: test_chart_properties checks the HTTPRoute field by field.
-UNCHECKED_KINDS = {"HTTPRoute"}
 SCENARIOS = {path.name.removesuffix("-values.yaml"): path for path in CI_VALUES}
 
 
 def test_ci_holds_every_required_scenario() -> None:
-    assert {"default", "external-redis", "operator-off", "gateway-api", "gpu", "existing-secrets"} <= set(
-        SCENARIOS
-    )
+    required = {"default", "external-redis", "operator-off", "gateway-api", "gpu", "existing-secrets"}
+    assert required | {"keda", "global", "common"} <= set(SCENARIOS)
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
 def test_helm_lint_strict_passes(values: Path) -> None:
     result = run_helm("lint", str(CHART_DIR), "--strict", "--values", str(values))
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def _validate_monitor(manifest: Manifest) -> None:
-    """Types, patterns and required fields from the model; unknown fields show up as a lossy round trip."""
-    model = MONITORING_MODELS[manifest["kind"]].model_validate(manifest)
-    assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == manifest
 
 
 def test_monitor_check_rejects_an_unknown_field() -> None:
@@ -59,21 +49,34 @@ def test_monitor_check_rejects_an_unknown_field() -> None:
         "spec": {"selector": {}, "podMetricsEndpoints": [{"port": "http", "scrapeEvery": "15s"}]},
     }
     with pytest.raises(AssertionError):
-        _validate_monitor(monitor)
+        validate_with_model(monitor)
 
 
-def _validate(manifest: Manifest, crd: Manifest) -> None:
-    if manifest["kind"] == crd["spec"]["names"]["kind"]:
-        assert manifest["apiVersion"].split("/")[0] == crd["spec"]["group"]
-        validate_against_crd(manifest, crd)
-        return
-    if manifest["kind"] in MONITORING_MODELS:
-        _validate_monitor(manifest)
-        return
-    if manifest["kind"] in UNCHECKED_KINDS:
-        return
-    for version in KUBE_VERSIONS:
-        kubernetes_validate.validate(manifest, version, strict=True)
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {
+            "scaleTargetRef": {"name": "w"},
+            "minReplicas": 0,
+            "triggers": [{"type": "redis-streams", "metadata": {}}],
+        },
+        {
+            "scaleTargetRef": {"name": "w"},
+            "triggers": [{"type": "redis-streams", "metadata": {"streamLength": 16}}],
+        },
+        {"triggers": [{"type": "redis-streams", "metadata": {}}]},
+    ],
+    ids=["unknown field", "metadata not a string", "no scale target"],
+)
+def test_scaled_object_check_rejects_what_keda_would(spec: dict) -> None:
+    scaled_object = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "s"},
+        "spec": spec,
+    }
+    with pytest.raises((AssertionError, pydantic.ValidationError)):
+        validate_with_model(scaled_object)
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
@@ -81,7 +84,7 @@ def test_every_rendered_object_is_valid(values: Path) -> None:
     manifests = render_chart([values], None, "--include-crds")
     crd = load_crd()
     for manifest in manifests:
-        _validate(manifest, crd)
+        validate_manifest(manifest, crd)
 
 
 def test_crd_is_a_valid_custom_resource_definition() -> None:
@@ -129,7 +132,12 @@ def test_example_workerpool_matches_the_crd() -> None:
         (
             "operator-off",
             {"PersistentVolumeClaim", "ServiceMonitor", "PodMonitor", "ConfigMap"},
-            {"Role", "ClusterRole", "WorkerPool"},
+            {"Role", "ClusterRole", "WorkerPool", "ScaledObject"},
+        ),
+        (
+            "keda",
+            {"ScaledObject", "TriggerAuthentication", "NetworkPolicy"},
+            {"Role", "RoleBinding", "ClusterRole", "WorkerPool"},
         ),
         ("gateway-api", {"HTTPRoute"}, {"Ingress"}),
         ("gpu", {"WorkerPool"}, {"PersistentVolumeClaim"}),
@@ -156,6 +164,26 @@ def test_scenario_renders_its_objects(scenario: str, present: set[str], absent: 
         ({"redis.auth.secretKey": "pw"}, "additional properties 'secretKey' not allowed"),
         ({"redisNamespace": "team*"}, "/redisNamespace"),
         ({"api.trustedProxies[0]": "ingress-nginx"}, "/api/trustedProxies/0"),
+        ({"operator.enabled": "false"}, "additional properties 'enabled' not allowed"),
+        ({"autoscaling.mode": "hpa"}, "value must be one of 'operator', 'keda', 'none'"),
+        ({"autoscalling.mode": "keda"}, "additional properties 'autoscalling' not allowed"),
+        (
+            {"autoscaling.mode": "keda", "autoscaling.keda.minReplicaCount": "0"},
+            "autoscaling.keda.minReplicaCount 0 (scale to zero) needs api.probes.readiness.httpGet.path=/health",
+        ),
+        (
+            {"autoscaling.mode": "keda", "autoscaling.keda.minReplicaCount": "5"},
+            "autoscaling.keda.minReplicaCount must not exceed autoscaling.keda.maxReplicaCount",
+        ),
+        (
+            {"autoscaling.mode": "keda", "redis.enabled": "false", "redis.external.url": "redis://r:6379/0"},
+            "needs autoscaling.keda.triggerMetadata.address",
+        ),
+        (
+            {"autoscaling.mode": "keda", "autoscaling.keda.authenticationRef": "mine"},
+            "autoscaling.keda.authenticationRef is for an external Redis",
+        ),
+        ({"global.imageRegistry": "1"}, "/global/imageRegistry"),
     ],
 )
 def test_bad_values_fail_with_a_clear_message(set_values: dict[str, str], message: str) -> None:

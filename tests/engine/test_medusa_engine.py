@@ -10,7 +10,7 @@ import torch
 from engine_tiny import random_heads
 
 from gorgon.core.errors import ContextOverflowError, GorgonError
-from gorgon.engine import sampling
+from gorgon.engine import medusa_engine, sampling
 from gorgon.engine.interface import (
     ChatMessage,
     Engine,
@@ -189,6 +189,13 @@ def test_max_batch_size_queues_the_rest(make_engine) -> None:
     assert set(collected) == {"short", "medium", "long", "other"}
 
 
+def test_more_messages_than_the_context_has_tokens_are_refused_before_templating(make_engine) -> None:
+    engine = make_engine()
+    messages = [ChatMessage("user", "hi")] * (engine.info.context_length + 1)
+    with pytest.raises(ContextOverflowError, match="messages cannot fit"):
+        engine.encode(messages)
+
+
 def test_chat_without_template_is_a_clear_error(make_engine) -> None:
     with pytest.raises(GorgonError, match="no chat template"):
         make_engine().encode([ChatMessage("user", "hi")])
@@ -360,3 +367,47 @@ def test_a_failed_prefill_fails_its_group_alone(make_engine, monkeypatch) -> Non
     collected = _run_batch(engine, [_request("long", 8), _request("short", 8)])
     assert [event.error for event in collected["long"]] == ["prefill failed: out of memory"]
     assert _tokens(collected["short"]) == _tokens(_alone(make_engine, _request("short", 8)))
+
+
+LONG_PROMPT = tuple(range(40, 100))  # 60 tokens: four chunks of 16
+
+
+def test_a_long_prompt_prefilled_in_chunks_gives_the_hf_greedy_tokens(make_engine, tiny_model) -> None:
+    hf = tiny_model.generate(torch.tensor([LONG_PROMPT]), max_new_tokens=12, do_sample=False)
+    request = GenerationRequest("chunked", LONG_PROMPT, SamplingParams(max_new_tokens=12))
+    for heads in (None, random_heads()):
+        engine = make_engine(heads, cycle_shapes=heads is not None, prefill_chunk_tokens=16)
+        collected = _run_batch(engine, [request])
+        assert _tokens(collected["chunked"]) == hf[0, len(LONG_PROMPT) :].tolist()
+        assert collected["chunked"][0].prompt_tokens == len(LONG_PROMPT)
+
+
+def test_running_rows_decode_between_the_chunks_of_a_long_prompt(make_engine) -> None:
+    engine = make_engine(prefill_chunk_tokens=16)
+    engine.add(_request("short", 30))
+    assert [event.request_id for event in engine.step()] == ["short"]  # its prefill
+    engine.add(GenerationRequest("chunked", LONG_PROMPT, SamplingParams(max_new_tokens=5)))
+    produced = [sorted(event.request_id for event in engine.step()) for _ in range(9)]
+    # the step that takes the long prompt in, then chunk / decode in turns; the last chunk's step emits its first token
+    assert produced == [[], [], ["short"], [], ["short"], [], ["short"], ["chunked"], ["chunked", "short"]]
+    assert engine.num_active == 2
+
+
+def test_a_chunked_prefill_can_be_cancelled_and_fails_alone(make_engine, monkeypatch) -> None:
+    engine = make_engine(prefill_chunk_tokens=16)
+    engine.add(GenerationRequest("cancelled", LONG_PROMPT, SamplingParams(max_new_tokens=5)))
+    engine.step()
+    engine.step()
+    engine.cancel("cancelled")
+    assert engine.num_active == 0 and engine.partial == []
+    engine.add(GenerationRequest("failing", LONG_PROMPT, SamplingParams(max_new_tokens=5)))
+    engine.add(_request("short", 6))
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(medusa_engine, "prefill_chunk", broken)
+    collected: dict[str, list[TokenEvent]] = {}
+    _drain(engine, collected)
+    assert [event.error for event in collected["failing"]] == ["prefill failed: out of memory"]
+    assert collected["short"][-1].finish_reason is FinishReason.LENGTH

@@ -201,22 +201,28 @@ def test_the_largest_prompt_is_refused_without_stalling_the_running_stream(platf
 
 
 def test_the_most_messages_are_refused_without_stalling_the_running_stream(platform: Platform) -> None:
+    """As many messages as the body limit admits (refused before templating: more messages than the context has
+    tokens), and as many as the context has tokens (templated and tokenised, then refused as too long)."""
+    context = httpx.get(f"{platform.api}/v1/models", timeout=30).json()["data"][0]["context_length"]
     message = {"role": "user", "content": "hi"}
-    count = (BODY_LIMIT - 200) // (len('{"role":"user","content":"hi"},') + 1)
-    body = {"messages": [message] * count, "max_tokens": 4}
+    most = (BODY_LIMIT - 200) // (len('{"role":"user","content":"hi"},') + 1)
+    bodies = [{"messages": [message] * count, "max_tokens": 4} for count in (most, context)]
 
-    async def send(client: httpx.AsyncClient) -> httpx.Response:
-        return await client.post(f"{platform.api}/v1/chat/completions", json=body)
+    async def send(client: httpx.AsyncClient) -> list[httpx.Response]:
+        url = f"{platform.api}/v1/chat/completions"
+        return list(await asyncio.gather(*(client.post(url, json=body) for body in bodies)))
 
     outcome = beside_a_running_stream(platform, send, max_tokens=200)
-    assert_error(outcome.result, 400, "context_length_exceeded")
-    _assert_no_stall(platform, f"{count} chat messages", outcome)
+    for reply in outcome.result:
+        assert_error(reply, 400, "context_length_exceeded")
+    _assert_no_stall(platform, f"{most} and {context} chat messages", outcome)
 
 
 def _assert_no_stall(platform: Platform, what: str, outcome: BesideAStream) -> None:
-    """While the huge request was out, the worker kept publishing the running stream's chunks at their pace: no
-    gap longer than two of its usual ones (a stall of at most one step; the machine's cores are shared with the
-    API parsing the body and with the preparation thread)."""
+    """While the huge request was out, the worker kept publishing the running stream's chunks at about their
+    pace: no gap much longer than the stream's gaps at other times (a speculative step or a busy moment of a
+    shared 2-core machine makes some long) or than three usual ones. Preparing the request on the engine thread
+    would show as a gap of the whole preparation (over a second for the largest prompt)."""
     published = platform.published_at(outcome.running.request_id)
     worker = Gaps.of(published, outcome.sent_at_unix, outcome.answered_at_unix)
     client = Gaps.of(outcome.running.arrivals, outcome.sent_at, outcome.answered_at)
@@ -228,4 +234,4 @@ def _assert_no_stall(platform: Platform, what: str, outcome: BesideAStream) -> N
         client,
     )
     assert outcome.running.arrivals[-1] > outcome.answered_at, "the stream ran past the huge request"
-    assert worker.during <= max(2 * worker.median, worker.elsewhere), f"{what}: worker gaps {worker}"
+    assert worker.during <= max(3 * worker.median, 1.5 * worker.elsewhere), f"{what}: worker gaps {worker}"

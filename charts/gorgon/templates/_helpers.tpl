@@ -44,9 +44,106 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
-{{/* image reference: gorgon.image (dict "root" $ "image" .Values.api.image). */}}
+{{/* Labels of one component's pods: the labels of every object, then the component's podLabels, which may add
+labels but not change the chart's (the selectors rely on them): gorgon.podLabels (dict "root" $ "component" "api"
+"podLabels" .Values.api.podLabels). */}}
+{{- define "gorgon.podLabels" -}}
+{{ include "gorgon.labels" . }}
+{{- $own := include "gorgon.labels" . | fromYaml }}
+{{- range $key, $value := .podLabels }}
+{{- if not (hasKey $own $key) }}
+{{ $key }}: {{ $value | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Image reference: gorgon.image (dict "root" $ "image" .Values.api.image). global.imageRegistry replaces the
+registry host the repository starts with (a first path part with a dot or a port, or localhost), or is put in
+front of a repository without one. */}}
 {{- define "gorgon.image" -}}
-{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
+{{- $repository := .image.repository }}
+{{- $registry := .root.Values.global.imageRegistry | trimSuffix "/" }}
+{{- if $registry }}
+{{- $parts := splitList "/" $repository }}
+{{- $host := first $parts }}
+{{- if and (gt (len $parts) 1) (or (contains "." $host) (contains ":" $host) (eq $host "localhost")) }}
+{{- $repository = join "/" (rest $parts) }}
+{{- end }}
+{{- $repository = printf "%s/%s" $registry $repository }}
+{{- end }}
+{{- printf "%s:%s" $repository (default .root.Chart.AppVersion .image.tag) }}
+{{- end }}
+
+{{/* The imagePullSecrets field of every pod: global.imagePullSecrets (names or {name}) and imagePullSecrets,
+each name once; empty when there are none. */}}
+{{- define "gorgon.imagePullSecrets" -}}
+{{- $names := list }}
+{{- range concat .Values.global.imagePullSecrets .Values.imagePullSecrets }}
+{{- if kindIs "string" . }}
+{{- $names = append $names . }}
+{{- else }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- end }}
+{{- with $names | uniq -}}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* ServiceAccount of one component's pods: gorgon.serviceAccountName (dict "root" $ "component" "api"
+"serviceAccount" .Values.api.serviceAccount). */}}
+{{- define "gorgon.serviceAccountName" -}}
+{{- if .serviceAccount.create }}
+{{- default (include "gorgon.componentName" .) .serviceAccount.name }}
+{{- else }}
+{{- default "default" .serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* checksum/secret of a component's pods: gorgon.checksumSecret (dict "root" $ "templates" (list ...)), the
+digest of the chart's Secret templates the pods read whose content the user gives in values (the external Redis
+URL, the Hugging Face token), so a new value rolls the pods that read it. The generated Secrets (API key, Redis
+passwords) are left out on purpose: under `helm install/upgrade` `lookup` keeps their content, so there is no
+change to roll for, while under `helm template` (Argo CD and other GitOps tools) nothing can be looked up, their
+content is new on every render, and its digest would roll every pod on every sync. A Secret named by an
+existingSecret value is outside the chart: its name is in the pod template already, and a change of its content
+needs a rollout restart (docs/deploy.md). */}}
+{{- define "gorgon.checksumSecret" -}}
+{{- $root := .root }}
+{{- $rendered := list }}
+{{- range .templates }}
+{{- $rendered = append $rendered (include (print $root.Template.BasePath "/" .) $root) }}
+{{- end }}
+{{- join "---\n" $rendered | sha256sum }}
+{{- end }}
+
+{{/* Autoscaling: which autoscaler owns the worker count. */}}
+{{- define "gorgon.operator.enabled" -}}
+{{- if eq .Values.autoscaling.mode "operator" }}true{{ end }}
+{{- end }}
+
+{{- define "gorgon.keda.enabled" -}}
+{{- if eq .Values.autoscaling.mode "keda" }}true{{ end }}
+{{- end }}
+
+{{- define "gorgon.keda.triggerAuthenticationName" -}}
+{{- include "gorgon.componentName" (dict "root" . "component" "keda") }}
+{{- end }}
+
+{{/* Fail on worker bounds an autoscaler cannot keep: gorgon.worker.checkBounds (dict "root" $ "min" 0 "max" 4
+"name" "autoscaling.keda.minReplicaCount" "maxName" "autoscaling.keda.maxReplicaCount"). A minimum of 0 needs the
+API ready on /health: /ready is 503 while no worker is live, so with the pool at zero the API would leave its
+Service and never receive the request that wakes a worker. */}}
+{{- define "gorgon.worker.checkBounds" -}}
+{{- if and (eq (int .min) 0) (eq (dig "httpGet" "path" "" .root.Values.api.probes.readiness) "/ready") }}
+{{- fail (printf "%s 0 (scale to zero) needs api.probes.readiness.httpGet.path=/health: the API is not ready without a live worker, so no request could wake one" .name) }}
+{{- end }}
+{{- if gt (int .min) (int .max) }}
+{{- fail (printf "%s must not exceed %s" .name .maxName) }}
+{{- end }}
 {{- end }}
 
 {{/* Redis. */}}
@@ -56,6 +153,19 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "gorgon.redis.passwordSecretName" -}}
 {{- default (include "gorgon.componentName" (dict "root" . "component" "redis")) .Values.redis.auth.existingSecret }}
+{{- end }}
+
+{{/* The bundled Redis's users: `default` (administration, probes) and one per installed component that talks to
+Redis, as a JSON list. */}}
+{{- define "gorgon.redis.users" -}}
+{{- $users := list "default" "api" "worker" }}
+{{- if include "gorgon.operator.enabled" . }}
+{{- $users = append $users "operator" }}
+{{- end }}
+{{- if include "gorgon.keda.enabled" . }}
+{{- $users = append $users "keda" }}
+{{- end }}
+{{- toJson $users }}
 {{- end }}
 
 {{- define "gorgon.redis.urlSecretName" -}}
@@ -90,14 +200,21 @@ reached as the component's own ACL user; an external Redis through the URL in it
 
 {{/* What each ACL user of the bundled Redis may do: the commands its component's code issues (scripts included:
 Redis checks the commands a script calls, and a script's declared keys need read and write) on its namespace's
-keys and channels only. One line per user: the name, then its rules; the password hash is added when the pod
-starts (redis-statefulset.yaml). tests/reliability/test_redis_acl.py runs each component's code under its user. */}}
+keys and channels only. One line per user of gorgon.redis.users: the name, then its rules; the password hash is
+added when the pod starts (redis-statefulset.yaml). `keda` is KEDA's redis-streams scaler with streamLength: PING
+when it connects, then XLEN of the request stream (worker-scaledobject.yaml). tests/chart/test_chart_redis_acl.py
+runs each component's code under its user. */}}
 {{- define "gorgon.redis.aclRules" -}}
 {{- $ns := .Values.redisNamespace -}}
 default ~* &* +@all
 api -@all +ping +info +evalsha +script|load +xlen +xadd +xrange +set +get +lrange +incrby +expire +smembers +srem +exists +mget +scan +subscribe {{ printf "~%s:requests:* ~%s:cancel:* ~%s:ratelimit:* ~%s:worker-index ~%s:workers:* %%R~%s:result:* %%R~%s:progress:* %%R~%s:held:* &%s:replies:*" $ns $ns $ns $ns $ns $ns $ns $ns $ns }}
 worker -@all +ping +evalsha +script|load +xgroup|create +xreadgroup +xack +xdel +xclaim +xautoclaim +xadd +get +set +rpush +expire +pexpire +exists +lrange +mget +sadd +srem +del +publish {{ printf "~%s:requests:* ~%s:dead:* ~%s:attempt:* ~%s:progress:* ~%s:result:* ~%s:cancel:* ~%s:held:* ~%s:workers:* ~%s:worker-index &%s:replies:*" $ns $ns $ns $ns $ns $ns $ns $ns $ns $ns }}
+{{- if include "gorgon.operator.enabled" . }}
 operator -@all +ping +xlen {{ printf "%%R~%s:requests:*" $ns }}
+{{- end }}
+{{- if include "gorgon.keda.enabled" . }}
+keda -@all +ping +xlen {{ printf "%%R~%s:requests:*" $ns }}
+{{- end }}
 {{ end }}
 
 {{/* Environment shared by the api, worker and operator containers: gorgon.commonEnv (dict "root" $ "user" "api"). */}}
@@ -160,6 +277,10 @@ operator -@all +ping +xlen {{ printf "%%R~%s:requests:*" $ns }}
 {{- include "gorgon.componentName" (dict "root" . "component" "operator") }}
 {{- end }}
 
+{{- define "gorgon.operator.serviceAccountName" -}}
+{{- include "gorgon.serviceAccountName" (dict "root" . "component" "operator" "serviceAccount" .Values.operator.serviceAccount) }}
+{{- end }}
+
 {{/* A writable /tmp for read-only root filesystems. */}}
 {{- define "gorgon.tmpVolumeMount" -}}
 - name: tmp
@@ -220,4 +341,15 @@ a margin to hand unfinished requests back to the queue. */}}
 chart sets it on both sides whenever it is known, so they cannot disagree. Empty: both use their defaults. */}}
 {{- define "gorgon.worker.servedModel" -}}
 {{- default (.Values.worker.model.name | trimSuffix "/") .Values.worker.model.servedName }}
+{{- end }}
+
+{{/* The name the workers queue under, as the chart sets it (GORGON_ENGINE_MODEL_NAME). KEDA needs a stream name
+even when no model is set: then it is the engine's default model name (tests/chart check it against
+gorgon.core.defaults), given to the workers too, so the stream KEDA reads is always the one they consume. */}}
+{{- define "gorgon.worker.queuedModel" -}}
+{{- $served := include "gorgon.worker.servedModel" . }}
+{{- if and (not $served) (include "gorgon.keda.enabled" .) }}
+{{- $served = "HuggingFaceTB/SmolLM2-135M-Instruct" }}
+{{- end }}
+{{- $served }}
 {{- end }}

@@ -64,10 +64,32 @@ def prefill_groups(rows: Sequence[ActiveRequest], device: torch.device) -> list[
     Prompts of one length are prefilled as they would be alone. GPUs keep one padded forward, for throughput."""
     if device.type != "cpu":
         return [list(rows)]
+    return groups_by_length(rows)
+
+
+def groups_by_length(rows: Sequence[ActiveRequest]) -> list[list[ActiveRequest]]:
+    """`rows` grouped by prompt length, each group and the groups in arrival order."""
     by_length: dict[int, list[ActiveRequest]] = {}
     for row in rows:
         by_length.setdefault(row.prompt_tokens, []).append(row)
     return list(by_length.values())
+
+
+@dataclass(slots=True)
+class PartialPrefill:
+    """Long prompts of one length being written into their batch's cache a chunk per step; the batch joins the
+    running one after the last chunk."""
+
+    batch: Batch
+    written: int = 0  # prompt tokens of each row already in the cache
+
+    @property
+    def rows(self) -> list[ActiveRequest]:
+        return self.batch.rows
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.batch.rows[0].prompt_tokens
 
 
 @dataclass(slots=True)

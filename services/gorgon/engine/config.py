@@ -20,6 +20,12 @@ DEFAULT_DEQUANTIZED_CACHE_DIR = Path.home() / ".cache" / "gorgon" / "dequantized
 DEFAULT_TYPICAL_EPSILON = 0.09
 DEFAULT_TYPICAL_ALPHA = 0.3
 
+# A chunk of a long prompt's prefill is one engine step, which the running streams wait for: on a CPU it should
+# cost a few decoding steps even deep into the context (its attention reads the whole context so far); a GPU
+# prefills far more tokens in a decoding step's time.
+DEFAULT_CPU_PREFILL_CHUNK_TOKENS = 64
+DEFAULT_CUDA_PREFILL_CHUNK_TOKENS = 1024
+
 DtypeName = Literal["auto", "bfloat16", "float16", "float32"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
@@ -76,6 +82,14 @@ class EngineSettings(BaseSettings):
     typical_alpha: float = Field(default=DEFAULT_TYPICAL_ALPHA, gt=0)
     max_batch_size: int = Field(
         default=DEFAULT_MAX_BATCH_SIZE, ge=1, description="Rows decoded together at most."
+    )
+    prefill_chunk_tokens: int | None = Field(
+        default=None,
+        ge=8,
+        description="A prompt longer than this is prefilled in chunks of this many tokens, one chunk per engine "
+        "step, taking turns with the running batch's decoding steps: a long prompt then holds the other streams "
+        "up by one chunk's forward at a time instead of its whole prefill. Unset: "
+        f"{DEFAULT_CPU_PREFILL_CHUNK_TOKENS} on CPU, {DEFAULT_CUDA_PREFILL_CHUNK_TOKENS} on CUDA.",
     )
     context_length: int | None = Field(
         default=None, ge=8, description="Context window; default the model's max_position_embeddings."

@@ -259,10 +259,22 @@ def plain_step(
     )
 
 
+def prefill_chunk(parts: ModelParts, cache: RowKVCache, chunks: Sequence[Sequence[int]]) -> None:
+    """Write the next piece of each row's prompt (pieces of one length) into `cache` and choose nothing: a long
+    prompt is written a chunk per step, `prefill` writing its last piece."""
+    device = cache.lengths.device
+    input_ids = torch.tensor([list(chunk) for chunk in chunks], dtype=torch.long, device=device)  # [B, C]
+    length = input_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    forward_tokens(parts, cache, input_ids, torch.arange(length, device=device), causal)
+    cache.advance(length)
+
+
 def prefill(
     parts: ModelParts, cache: RowKVCache, prompts: Sequence[Sequence[int]], rows: Sequence[RowSampling]
 ) -> StepOutcome:
-    """Write every prompt into its (empty) row of `cache`; choose each row's first token and drafts."""
+    """Write every prompt (or its last piece, after what `prefill_chunk` wrote) into its row of `cache`; choose
+    each row's first token and drafts."""
     longest = max(len(prompt) for prompt in prompts)
     device = cache.lengths.device
     input_ids = torch.zeros(len(prompts), longest, dtype=torch.long, device=device)

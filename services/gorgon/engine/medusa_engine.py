@@ -1,8 +1,9 @@
 """The Medusa engine: continuous batching over the per-row KV cache, one forward per `step()`.
 
 The scheduler (engine/scheduler.py) decides what a step does: prefill newly admitted requests (their first token
-comes out) or advance every running row by one speculative step (engine/decode.py) in the shape it picked. The
-engine runs that step and turns its tokens into events: detokenised text, stop sequences, finish reasons.
+comes out), write the next chunk of a long prompt, or advance every running row by one speculative step
+(engine/decode.py) in the shape it picked. The engine runs that step and turns its tokens into events: detokenised
+text, stop sequences, finish reasons.
 
 A row that fails on its own (a prefill forward of its prompt group, its sampling, its detokenising) ends with an
 error event and leaves the batch; the other rows' step goes on.
@@ -17,11 +18,22 @@ from collections.abc import Sequence
 
 import torch
 
-from gorgon.core.errors import GorgonError
-from gorgon.engine.batch import ActiveRequest, Batch, CacheLayout, prefill_groups
+from gorgon.core.errors import ContextOverflowError, GorgonError
+from gorgon.engine.batch import (
+    ActiveRequest,
+    Batch,
+    CacheLayout,
+    PartialPrefill,
+    groups_by_length,
+    prefill_groups,
+)
 from gorgon.engine.chat import encode_chat
-from gorgon.engine.config import EngineSettings
-from gorgon.engine.decode import StepOutcome, prefill, speculative_step
+from gorgon.engine.config import (
+    DEFAULT_CPU_PREFILL_CHUNK_TOKENS,
+    DEFAULT_CUDA_PREFILL_CHUNK_TOKENS,
+    EngineSettings,
+)
+from gorgon.engine.decode import StepOutcome, prefill, prefill_chunk, speculative_step
 from gorgon.engine.detok import IncrementalDetokenizer, StopSequenceFilter
 from gorgon.engine.drafting.heads import MedusaHeads
 from gorgon.engine.drafting.lookup import ContextLookup, with_lookup_drafts
@@ -36,7 +48,7 @@ from gorgon.engine.interface import (
 from gorgon.engine.loader import LoadedModel
 from gorgon.engine.parts import build_parts
 from gorgon.engine.sampling import RowSampling, TypicalAcceptance, is_greedy, row_generator
-from gorgon.engine.scheduler import Decode, Prefill, Scheduler
+from gorgon.engine.scheduler import Decode, Prefill, PrefillChunk, Scheduler
 from gorgon.engine.shapes import ShapeSelector, build_shapes
 from gorgon.engine.validation import check_request
 
@@ -77,7 +89,13 @@ class MedusaEngine:
             max_batch_size=settings.max_batch_size,
             speculative=heads is not None,
         )
+        self.prefill_chunk_tokens = settings.prefill_chunk_tokens or (
+            DEFAULT_CPU_PREFILL_CHUNK_TOKENS
+            if loaded.device.type == "cpu"
+            else DEFAULT_CUDA_PREFILL_CHUNK_TOKENS
+        )
         self.batch: Batch | None = None
+        self.partial: list[PartialPrefill] = []  # long prompts being prefilled a chunk per step, oldest first
         self.forward_passes = 0
         log.info(
             "engine ready: %s, speculation %s, shapes %s",
@@ -91,6 +109,12 @@ class MedusaEngine:
     def encode(self, prompt: str | Sequence[ChatMessage]) -> list[int]:
         if isinstance(prompt, str):
             return list(self.prompt_tokenizer.encode(prompt))
+        if len(prompt) > self.info.context_length:  # refused before the template renders them all
+            raise ContextOverflowError(
+                f"{len(prompt)} messages cannot fit this model's maximum context length of "
+                f"{self.info.context_length} tokens (every message takes at least one)",
+                param="messages",
+            )
         return encode_chat(self.prompt_tokenizer, self.info.name, prompt)
 
     def admits(self, request: GenerationRequest, token_budget: int | None) -> bool:
@@ -120,9 +144,17 @@ class MedusaEngine:
         self.scheduler.cancel(request_id)
         if self.batch is not None:
             self.batch = self.batch.filter(rid for rid in self.batch.request_ids if rid != request_id)
+        for partial in list(self.partial):
+            kept = partial.batch.filter(rid for rid in partial.batch.request_ids if rid != request_id)
+            if kept is None:
+                self.partial.remove(partial)
+            else:
+                partial.batch = kept
 
     def step(self) -> list[TokenEvent]:
         next_step = self.scheduler.next_step(self.batch)
+        if isinstance(next_step, PrefillChunk):
+            return self._prefill_next_chunk()
         if isinstance(next_step, Prefill):
             return self._prefill(next_step.rows)
         if isinstance(next_step, Decode):
@@ -131,7 +163,7 @@ class MedusaEngine:
 
     @property
     def num_active(self) -> int:
-        return len(self.scheduler.waiting) + len(self.batch or ())
+        return len(self.scheduler.waiting) + len(self.scheduler.chunked) + len(self.batch or ())
 
     def kv_cache_usage(self) -> KVCacheUsage | None:
         batch = self.batch
@@ -141,11 +173,16 @@ class MedusaEngine:
 
     @torch.inference_mode()
     def _prefill(self, rows: list[ActiveRequest]) -> list[TokenEvent]:
-        """The joining rows' prompts written into new batches' caches, which join the running batch. A group
-        whose prefill fails ends its rows with error events; the running batch and the other groups go on."""
+        """The joining rows' prompts written into new batches' caches, which join the running batch; prompts
+        longer than a chunk start a partial prefill instead. A group whose prefill fails ends its rows with error
+        events; the running batch and the other groups go on."""
+        chunk = self.prefill_chunk_tokens
+        for group in groups_by_length([row for row in rows if row.prompt_tokens > chunk]):
+            self.partial.append(PartialPrefill(Batch.from_requests(group, self.layout)))
+            self.scheduler.chunked += group
         prefilled: list[tuple[list[ActiveRequest], tuple[Batch, StepOutcome]]] = []
         failed: list[TokenEvent] = []
-        for group in prefill_groups(rows, self.loaded.device):
+        for group in prefill_groups([row for row in rows if row.prompt_tokens <= chunk], self.loaded.device):
             try:
                 prefilled.append((group, self._prefill_group(group)))
             except Exception as exc:
@@ -170,6 +207,38 @@ class MedusaEngine:
         self.forward_passes += 1
         new_batch.next_tokens, new_batch.draft_topk = outcome.next_tokens, outcome.draft_topk
         return new_batch, outcome
+
+    @torch.inference_mode()
+    def _prefill_next_chunk(self) -> list[TokenEvent]:
+        """The next chunk of the oldest partial prefill; after its last one the rows choose their first tokens
+        and join the running batch. A failing chunk fails its rows alone."""
+        partial = self.partial[0]
+        end = partial.written + self.prefill_chunk_tokens
+        pieces = [row.request.prompt_ids[partial.written : end] for row in partial.rows]
+        try:
+            if end < partial.prompt_tokens:
+                prefill_chunk(self.parts, partial.batch.cache, pieces)
+            else:
+                outcome = prefill(
+                    self.parts, partial.batch.cache, pieces, [row.sampling for row in partial.rows]
+                )
+        except Exception as exc:
+            log.exception("a prefill chunk of %d requests failed; failing them alone", len(partial.rows))
+            self._end_partial(partial)
+            return [_failure_event(row, f"prefill failed: {exc}") for row in partial.rows]
+        self.forward_passes += 1
+        partial.written = end
+        if end < partial.prompt_tokens:
+            return []
+        self._end_partial(partial)
+        batch = partial.batch
+        batch.next_tokens, batch.draft_topk = outcome.next_tokens, outcome.draft_topk
+        self.batch = Batch.concatenate(([self.batch] if self.batch is not None else []) + [batch])
+        return self._emit(outcome, drafted=0, rows=list(batch.rows))
+
+    def _end_partial(self, partial: PartialPrefill) -> None:
+        self.partial.remove(partial)
+        self.scheduler.end_chunking(partial.batch.request_ids)
 
     @torch.inference_mode()
     def _decode(self, step: Decode) -> list[TokenEvent]:

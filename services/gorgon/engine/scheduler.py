@@ -4,7 +4,9 @@ Admission: a request joins when its tokens (prompt + max_new_tokens) fit the tok
 already admitted and not finished; an empty batch always takes one. Admitted requests wait here for a step.
 
 Prefill first: a step with waiting requests and room in the batch prefills them (their first tokens come out) and
-decodes nothing; otherwise it decodes the running batch.
+decodes nothing; otherwise it decodes the running batch. A prompt longer than the prefill chunk is written a chunk
+per step instead (`chunked` rows), those steps taking turns with the others, so a long prompt holds the running
+batch up by one chunk at a time.
 
 Shape: a decoding step is plain, a chain or a tree, as the ShapeSelector picks for the batch from measured cost
 and acceptance (engine/shapes.py); plain while the batch has no drafts. A step drafts for the next one only when
@@ -50,6 +52,11 @@ class Prefill:
 
 
 @dataclass(frozen=True, slots=True)
+class PrefillChunk:
+    """The next chunk of the long prompts being prefilled (the engine holds their partial batches)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Decode:
     """One decoding step of the running batch in `shape`; `want_drafts`: draft for the next step."""
 
@@ -66,9 +73,11 @@ class Scheduler:
         self.max_batch_size = max_batch_size
         self.drafts = drafts  # whether the engine has heads to draft with
         self.waiting: list[ActiveRequest] = []
+        self.chunked: list[ActiveRequest] = []  # rows whose long prompts are prefilled a chunk per step
+        self._chunk_turn = True
 
     def admits(self, request: GenerationRequest, running: Batch | None, token_budget: int | None) -> bool:
-        admitted = [row.request for row in self.waiting]
+        admitted = [row.request for row in self.waiting + self.chunked]
         if running is not None:
             admitted += [row.request for row in running.rows]
         return fits_token_budget(request, admitted, token_budget)
@@ -78,10 +87,20 @@ class Scheduler:
 
     def cancel(self, request_id: str) -> None:
         self.waiting = [row for row in self.waiting if row.request_id != request_id]
+        self.end_chunking([request_id])
 
-    def next_step(self, running: Batch | None) -> Prefill | Decode | None:
-        """Prefill the waiting rows that fit, else decode the running batch; None when there is nothing to do."""
-        room = self.max_batch_size - len(running or ())
+    def end_chunking(self, request_ids: Iterable[str]) -> None:
+        leaving = set(request_ids)
+        self.chunked = [row for row in self.chunked if row.request_id not in leaving]
+
+    def next_step(self, running: Batch | None) -> Prefill | PrefillChunk | Decode | None:
+        """A prefill chunk every other step while long prompts are being prefilled; else prefill the waiting rows
+        that fit, else decode the running batch; None when there is nothing to do."""
+        if self.chunked and (running is None or self._chunk_turn):
+            self._chunk_turn = False
+            return PrefillChunk()
+        self._chunk_turn = True
+        room = self.max_batch_size - len(running or ()) - len(self.chunked)
         if self.waiting and room > 0:
             joining, self.waiting = self.waiting[:room], self.waiting[room:]
             return Prefill(joining)
