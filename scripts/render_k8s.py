@@ -4,8 +4,9 @@
     python scripts/render_k8s.py --check   exit 1 when they differ from a fresh render (CI runs this)
 
 The chart is the one source: k8s/gorgon.yaml is `helm template` of it with k8s/render-values.yaml (release
-`gorgon`, namespace `gorgon`, the Redis password from a Secret the user creates), and the CRD is copied from
-charts/gorgon/crds/. k8s/kustomization.yaml ties them together for `kubectl apply -k k8s/`.
+`gorgon`, namespace `gorgon`; the passwords of the Redis ACL users, one per component, and the API key come from
+Secrets the user creates), and the CRD is copied from charts/gorgon/crds/. k8s/kustomization.yaml ties them
+together for `kubectl apply -k k8s/`.
 """
 
 from __future__ import annotations

@@ -121,9 +121,7 @@ def test_bounds_and_behavior_reach_the_scaled_object(keda_manifests: list[Manife
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 600
     api = container(find(keda_manifests, "Deployment", "-api"), "api")
-    assert api["readinessProbe"]["httpGet"]["path"] == "/health", (
-        "scale to zero: the API is ready without workers"
-    )
+    assert api["readinessProbe"]["httpGet"]["path"] == "/ready", "the API's /ready does not wait for a worker"
 
 
 def test_keda_may_reach_the_bundled_redis_and_the_operator_may_not(keda_manifests: list[Manifest]) -> None:

@@ -85,13 +85,6 @@ def test_api_has_no_replicas_under_its_autoscaler() -> None:
     assert metric_types == {"Resource", "Pods"}
 
 
-def test_scale_to_zero_renders_with_the_api_ready_on_health() -> None:
-    manifests = render_chart(
-        set_values={"operator.workerPool.minReplicas": "0", "api.probes.readiness.httpGet.path": "/health"}
-    )
-    assert find(manifests, "WorkerPool")["spec"]["minReplicas"] == 0
-
-
 def test_workerpool_startup_grace_is_the_worker_startup_budget(default_manifests: list[Manifest]) -> None:
     startup = container(_worker(default_manifests), "worker")["startupProbe"]
     pool = find(default_manifests, "WorkerPool")
@@ -106,7 +99,7 @@ def test_workerpool_startup_grace_is_the_worker_startup_budget(default_manifests
     ],
 )
 def test_workers_and_operator_agree_on_the_model_stream(set_values: dict[str, str], served: str) -> None:
-    manifests = render_chart(set_values=set_values)
+    manifests = render_chart(set_values={**set_values, "operator.workerPool.minReplicas": "1"})
     worker_env = {item["name"]: item.get("value") for item in container(_worker(manifests), "worker")["env"]}
     assert worker_env["GORGON_ENGINE_MODEL_NAME"] == served
     assert find(manifests, "WorkerPool")["spec"]["model"] == served

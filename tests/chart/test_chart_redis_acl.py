@@ -286,6 +286,7 @@ async def test_the_api_user_can_do_what_the_api_does(as_user: dict[str, aioredis
     guard = MemoryGuard(api, 0.9)
     try:
         assert await guard.over_limit() is False
+        assert guard.fill is not None, "the chart's maxmemory gives the guard a limit to compare against"
         entry_id = await enqueuer.enqueue(payload("r1", subscriber.channel))
         assert entry_id is not None
         assert await request_is_lost(api, NAMES, MODEL, entry_id, "r1") is False

@@ -159,7 +159,15 @@ def test_scenario_renders_its_objects(scenario: str, present: set[str], absent: 
         ({"gatewayAPI.enabled": "true"}, "gatewayAPI.parentRefs"),
         ({"operator.workerPool.minReplicas": "5"}, "must not exceed operator.workerPool.maxReplicas"),
         ({"redis.external.url": "http://not-redis"}, "/redis/external/url"),
-        ({"operator.workerPool.minReplicas": "0"}, "needs api.probes.readiness.httpGet.path=/health"),
+        (
+            {"worker.model.name": "lmsys/vicuna-7b-v1.3"},
+            "operator.workerPool.minReplicas=0 (scale to zero) needs the workers' model in api.servedModels",
+        ),
+        (
+            {"api.terminationGracePeriodSeconds": "14"},
+            "api.terminationGracePeriodSeconds must exceed api.preStopSleepSeconds by more than 10 seconds",
+        ),
+        ({"api.redisMemoryLimit": "1.5"}, "/api/redisMemoryLimit"),
         ({"api.metricsPort": "8000"}, "api.metricsPort must differ from api.port"),
         ({"redis.auth.secretKey": "pw"}, "additional properties 'secretKey' not allowed"),
         ({"redisNamespace": "team*"}, "/redisNamespace"),
@@ -168,8 +176,8 @@ def test_scenario_renders_its_objects(scenario: str, present: set[str], absent: 
         ({"autoscaling.mode": "hpa"}, "value must be one of 'operator', 'keda', 'none'"),
         ({"autoscalling.mode": "keda"}, "additional properties 'autoscalling' not allowed"),
         (
-            {"autoscaling.mode": "keda", "autoscaling.keda.minReplicaCount": "0"},
-            "autoscaling.keda.minReplicaCount 0 (scale to zero) needs api.probes.readiness.httpGet.path=/health",
+            {"autoscaling.mode": "keda", "worker.model.name": "lmsys/vicuna-7b-v1.3"},
+            "autoscaling.keda.minReplicaCount=0 (scale to zero) needs the workers' model in api.servedModels",
         ),
         (
             {"autoscaling.mode": "keda", "autoscaling.keda.minReplicaCount": "5"},

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 MODEL_LOAD_TIMEOUT_S = 600.0
 SMALLEST_FLOAT = 5e-324
 BODY_LIMIT: int = ApiSettings.model_fields["max_body_bytes"].default
+LONG_PROMPT_WORDS = 1500
 RUNNING_PROMPT = "Count from 1 to 300, one number per line:\n1\n2\n3\n"
 Hostile = Callable[[httpx.AsyncClient], Awaitable[Any]]
 
@@ -216,6 +217,30 @@ def test_the_most_messages_are_refused_without_stalling_the_running_stream(platf
     for reply in outcome.result:
         assert_error(reply, 400, "context_length_exceeded")
     _assert_no_stall(platform, f"{most} and {context} chat messages", outcome)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_streams_steps(platform: Platform) -> None:
+    """A prompt of about 1500 tokens is written a chunk per step, taking turns with the running stream's steps:
+    the stream keeps getting tokens while the prompt is prefilled, instead of waiting for the whole prefill."""
+    body = {"prompt": "word " * LONG_PROMPT_WORDS, "max_tokens": 4, "temperature": 0}
+    outcome = beside_a_running_stream(platform, completions(platform.api, [body]), max_tokens=300)
+    (reply,) = outcome.result
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["prompt_tokens"] >= LONG_PROMPT_WORDS
+    published = platform.published_at(outcome.running.request_id)
+    worker = Gaps.of(published, outcome.sent_at_unix, outcome.answered_at_unix)
+    answered_in = outcome.answered_at - outcome.sent_at
+    during = [time for time in published if outcome.sent_at_unix <= time <= outcome.answered_at_unix]
+    log.info(
+        "a prompt of %d tokens: answered in %.2f s, meanwhile the running stream got %d chunks; its gaps as "
+        "published by the worker: %s",
+        reply.json()["usage"]["prompt_tokens"],
+        answered_in,
+        len(during),
+        worker,
+    )
+    assert outcome.running.arrivals[-1] > outcome.answered_at, "the stream ran past the long prompt"
+    assert worker.during < answered_in / 3, f"the stream waited for most of the prefill: {worker}"
 
 
 def _assert_no_stall(platform: Platform, what: str, outcome: BesideAStream) -> None:

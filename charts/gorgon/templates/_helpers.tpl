@@ -133,16 +133,25 @@ needs a rollout restart (docs/deploy.md). */}}
 {{- include "gorgon.componentName" (dict "root" . "component" "keda") }}
 {{- end }}
 
-{{/* Fail on worker bounds an autoscaler cannot keep: gorgon.worker.checkBounds (dict "root" $ "min" 0 "max" 4
-"name" "autoscaling.keda.minReplicaCount" "maxName" "autoscaling.keda.maxReplicaCount"). A minimum of 0 needs the
-API ready on /health: /ready is 503 while no worker is live, so with the pool at zero the API would leave its
-Service and never receive the request that wakes a worker. */}}
+{{/* Fail on worker bounds an autoscaler cannot keep: gorgon.worker.checkBounds (dict "min" 0 "max" 4
+"name" "autoscaling.keda.minReplicaCount" "maxName" "autoscaling.keda.maxReplicaCount"). */}}
 {{- define "gorgon.worker.checkBounds" -}}
-{{- if and (eq (int .min) 0) (eq (dig "httpGet" "path" "" .root.Values.api.probes.readiness) "/ready") }}
-{{- fail (printf "%s 0 (scale to zero) needs api.probes.readiness.httpGet.path=/health: the API is not ready without a live worker, so no request could wake one" .name) }}
-{{- end }}
 {{- if gt (int .min) (int .max) }}
 {{- fail (printf "%s must not exceed %s" .name .maxName) }}
+{{- end }}
+{{- end }}
+
+{{/* The value that lets the worker pool down to zero, as "name=value" ("autoscaling.keda.minReplicaCount=0"), or
+empty when the pool always keeps a worker (or the chart makes no autoscaler object whose minimum it knows). A
+WorkerPool's minReplicas may come from operator.workerPool.extraSpec, which wins over the value. */}}
+{{- define "gorgon.worker.zeroMinimum" -}}
+{{- if include "gorgon.keda.enabled" . }}
+{{- if eq (int .Values.autoscaling.keda.minReplicaCount) 0 }}autoscaling.keda.minReplicaCount=0{{ end }}
+{{- else if and (include "gorgon.operator.enabled" .) .Values.operator.workerPool.create }}
+{{- $pool := .Values.operator.workerPool }}
+{{- if hasKey $pool.extraSpec "minReplicas" }}
+{{- if eq (int $pool.extraSpec.minReplicas) 0 }}operator.workerPool.extraSpec.minReplicas=0{{ end }}
+{{- else if eq (int $pool.minReplicas) 0 }}operator.workerPool.minReplicas=0{{ end }}
 {{- end }}
 {{- end }}
 
@@ -343,13 +352,61 @@ chart sets it on both sides whenever it is known, so they cannot disagree. Empty
 {{- default (.Values.worker.model.name | trimSuffix "/") .Values.worker.model.servedName }}
 {{- end }}
 
-{{/* The name the workers queue under, as the chart sets it (GORGON_ENGINE_MODEL_NAME). KEDA needs a stream name
-even when no model is set: then it is the engine's default model name (tests/chart check it against
-gorgon.core.defaults), given to the workers too, so the stream KEDA reads is always the one they consume. */}}
-{{- define "gorgon.worker.queuedModel" -}}
-{{- $served := include "gorgon.worker.servedModel" . }}
-{{- if and (not $served) (include "gorgon.keda.enabled" .) }}
-{{- $served = "HuggingFaceTB/SmolLM2-135M-Instruct" }}
+{{/* The engine's default model (core/defaults.py, engine/config.py): the name it is served under and its context
+window (the GGUF's llama.context_length, which the engine reads as max_position_embeddings). tests/chart check
+both against the code and the model file. */}}
+{{- define "gorgon.defaultModel" -}}
+{{- dict "name" "HuggingFaceTB/SmolLM2-135M-Instruct" "contextLength" 8192 | toJson }}
 {{- end }}
-{{- $served }}
+
+{{/* The name the workers serve their model under, whoever sets it: the chart, else the engine's default. */}}
+{{- define "gorgon.worker.modelName" -}}
+{{- default (include "gorgon.defaultModel" . | fromJson).name (include "gorgon.worker.servedModel" .) }}
+{{- end }}
+
+{{/* The name the workers queue under, as the chart sets it (GORGON_ENGINE_MODEL_NAME). KEDA needs a stream name
+even when no model is set: then it is the engine's default model name, given to the workers too, so the stream
+KEDA reads is always the one they consume. */}}
+{{- define "gorgon.worker.queuedModel" -}}
+{{- if include "gorgon.keda.enabled" . }}
+{{- include "gorgon.worker.modelName" . }}
+{{- else }}
+{{- include "gorgon.worker.servedModel" . }}
+{{- end }}
+{{- end }}
+
+{{/* GORGON_API_SERVED_MODELS (`name:context_length,...`): the models the API queues requests for with no worker
+up, so that a request reaches a pool scaled to zero and wakes it. api.servedModels, else the workers' model when
+it is the engine's default, whose context window the chart knows. With the pool able to reach zero the workers'
+model must be among them: the API would otherwise answer 503 no_workers and nothing would ever wake a worker. */}}
+{{- define "gorgon.api.servedModels" -}}
+{{- $default := include "gorgon.defaultModel" . | fromJson }}
+{{- $workerModel := include "gorgon.worker.modelName" . }}
+{{- $models := .Values.api.servedModels }}
+{{- $loaded := .Values.worker.model.name | trimSuffix "/" }}
+{{- if and (not $models) (or (not $loaded) (eq $loaded $default.name)) }}
+{{- $models = list (dict "name" $workerModel "contextLength" $default.contextLength) }}
+{{- end }}
+{{- $entries := list }}
+{{- $names := list }}
+{{- range $models }}
+{{- $entries = append $entries (printf "%s:%d" .name (int .contextLength)) }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- with include "gorgon.worker.zeroMinimum" . }}
+{{- if not (has $workerModel $names) }}
+{{- fail (printf "%s (scale to zero) needs the workers' model in api.servedModels: [{name: %s, contextLength: <its context window in tokens>}]; without it the API refuses the model's requests while no worker is up (503 no_workers), so no request would ever wake one" . (quote $workerModel)) }}
+{{- end }}
+{{- end }}
+{{- join "," $entries }}
+{{- end }}
+
+{{/* Seconds the API gives its open streams after SIGTERM (GORGON_API_SHUTDOWN_GRACE_S): the grace period less the
+preStop sleep and a margin for the API's own shutdown, so uvicorn ends the streams before the kubelet kills it. */}}
+{{- define "gorgon.api.shutdownGraceSeconds" -}}
+{{- $grace := sub (sub (int .Values.api.terminationGracePeriodSeconds) (int .Values.api.preStopSleepSeconds)) 10 }}
+{{- if lt $grace 1 }}
+{{- fail "api.terminationGracePeriodSeconds must exceed api.preStopSleepSeconds by more than 10 seconds" }}
+{{- end }}
+{{- $grace }}
 {{- end }}

@@ -324,7 +324,12 @@ class Worker:
             if (item := self._active.get(request_id)) is not None
         ]
         rejected, self._rejected = self._rejected + result.rejected, []
-        failures = rejected + self._step_failures(result)
+        failures = [
+            (item, error)
+            for item, error in rejected
+            if item.request_id in self._active and item.request_id not in expired
+        ]
+        failures += self._step_failures(result)
         failures += [
             (item, generation_error(event.error))
             for event in result.events
