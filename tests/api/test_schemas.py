@@ -10,6 +10,7 @@ import pytest
 
 from gorgon.api.errors import OpenAIError
 from gorgon.api.schemas import NOT_IMPLEMENTED, ChatCompletionRequest, CompletionRequest, parse_body
+from gorgon.core.limits import MAX_STOP_SEQUENCE_CHARS
 
 Request = type[CompletionRequest] | type[ChatCompletionRequest]
 Case = tuple[Request, dict[str, Any], str, Any]
@@ -112,3 +113,13 @@ def test_a_mistyped_unimplemented_parameter_is_a_400_naming_it(value: Any) -> No
     with pytest.raises(OpenAIError) as refused:
         _parse(CompletionRequest, {**COMPLETION, "presence_penalty": value})
     assert (refused.value.status, refused.value.param) == (400, "presence_penalty")
+
+
+def test_a_stop_sequence_longer_than_the_engines_take_is_refused_at_the_api() -> None:
+    longest = {**COMPLETION, "stop": ["x" * MAX_STOP_SEQUENCE_CHARS]}
+    assert parse_body(CompletionRequest, json.dumps(longest).encode()).stop_sequences()
+    too_long = {**COMPLETION, "stop": ["x" * (MAX_STOP_SEQUENCE_CHARS + 1)]}
+    with pytest.raises(OpenAIError) as refused:
+        parse_body(CompletionRequest, json.dumps(too_long).encode())
+    assert refused.value.status == 400
+    assert refused.value.param == "stop"

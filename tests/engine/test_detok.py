@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
+from gorgon.core.limits import MAX_STOP_SEQUENCE_CHARS
 from gorgon.engine.detok import MAX_UNDECIDED_TOKENS, IncrementalDetokenizer, StopSequenceFilter
-from gorgon.engine.validation import MAX_STOP_SEQUENCE_CHARS
 
 
 def test_deltas_never_split_a_character(tokenizer) -> None:

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 from gorgon.core.errors import ContextOverflowError, GorgonError
+from gorgon.core.limits import MAX_STOP_SEQUENCE_CHARS
 from gorgon.engine.echo import EchoEngine, continuation
 from gorgon.engine.interface import Engine, FinishReason, GenerationRequest, SamplingParams
-from gorgon.engine.validation import MAX_STOP_SEQUENCE_CHARS
 
 
 def run_to_end(engine: EchoEngine, request: GenerationRequest) -> list:

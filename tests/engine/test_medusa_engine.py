@@ -10,6 +10,7 @@ import torch
 from engine_tiny import random_heads
 
 from gorgon.core.errors import ContextOverflowError, GorgonError
+from gorgon.core.limits import MAX_STOP_SEQUENCE_CHARS, MAX_STOP_SEQUENCES
 from gorgon.engine import medusa_engine, sampling
 from gorgon.engine.interface import (
     ChatMessage,
@@ -19,7 +20,6 @@ from gorgon.engine.interface import (
     SamplingParams,
     TokenEvent,
 )
-from gorgon.engine.validation import MAX_STOP_SEQUENCE_CHARS, MAX_STOP_SEQUENCES
 
 PROMPTS = {
     "short": (5, 17, 99),

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gorgon.core.limits import GREEDY_BELOW_TEMPERATURE
 from gorgon.engine.sampling import (
-    GREEDY_BELOW_TEMPERATURE,
     RowSampling,
     TypicalAcceptance,
     choose_next_tokens,

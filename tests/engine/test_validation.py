@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gorgon.core.errors import ContextOverflowError, GorgonError
+from gorgon.core.limits import MAX_STOP_SEQUENCE_CHARS, MAX_STOP_SEQUENCES
 from gorgon.engine.interface import GenerationRequest, SamplingParams
-from gorgon.engine.validation import MAX_STOP_SEQUENCE_CHARS, MAX_STOP_SEQUENCES, check_request
+from gorgon.engine.validation import check_request
 
 SMALLEST_FLOAT = 5e-324
 

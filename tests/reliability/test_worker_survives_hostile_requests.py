@@ -27,9 +27,9 @@ import redis
 from reliability_harness import TimedStream, timed_stream
 
 from gorgon.api.config import ApiSettings
+from gorgon.core.limits import MAX_STOP_SEQUENCE_CHARS, MAX_STOP_SEQUENCES
 from gorgon.core.protocol import Chunk
 from gorgon.core.redis.names import RedisNames
-from gorgon.engine.validation import MAX_STOP_SEQUENCE_CHARS, MAX_STOP_SEQUENCES
 from gorgon_testing import services_in_fresh_namespace
 
 pytestmark = [pytest.mark.slow, pytest.mark.processes]

@@ -18,8 +18,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from gorgon.api.errors import UNSUPPORTED_PARAMETER, validation_error
-
-MAX_STOP_SEQUENCES = 4
+from gorgon.core.limits import GREEDY_BELOW_TEMPERATURE, MAX_STOP_SEQUENCE_CHARS, MAX_STOP_SEQUENCES
 
 NOT_IMPLEMENTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "n": ((1,), "1"),
@@ -61,7 +60,12 @@ class SamplingFields(BaseModel):
 
     model: str | None = Field(default=None, min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    temperature: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=2.0,
+        description=f"Sampling temperature; below {GREEDY_BELOW_TEMPERATURE:g} (0 included) decoding is greedy.",
+    )
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1)
     stream: bool = False
@@ -106,6 +110,8 @@ class SamplingFields(BaseModel):
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
         if any(not stop for stop in stops):
             raise ValueError("stop sequences must not be empty")
+        if any(len(stop) > MAX_STOP_SEQUENCE_CHARS for stop in stops):
+            raise ValueError(f"a stop sequence may have at most {MAX_STOP_SEQUENCE_CHARS} characters")
         return value
 
     def stop_sequences(self) -> tuple[str, ...]:

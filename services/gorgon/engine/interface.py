@@ -39,7 +39,7 @@ class ChatMessage:
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """Per-request decoding parameters. A temperature below 1e-5 (0 included) means greedy
-    (engine/sampling.py, GREEDY_BELOW_TEMPERATURE); a seed is any int64."""
+    (core/limits.py, GREEDY_BELOW_TEMPERATURE); a seed is any int64."""
 
     max_new_tokens: int = 128
     temperature: float = 0.0

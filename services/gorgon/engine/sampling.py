@@ -14,11 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from gorgon.core.limits import GREEDY_BELOW_TEMPERATURE
 from gorgon.engine.config import DEFAULT_TYPICAL_ALPHA, DEFAULT_TYPICAL_EPSILON
 
-GREEDY_BELOW_TEMPERATURE = 1e-5
-"""Temperatures below this decode greedily: logits divided by a smaller one overflow float32 (1e-40 gives inf, and
-softmax NaN), and the distribution is all but one-hot long before that."""
 GENERATOR_SEED_RANGE = 2**64
 """torch.Generator.manual_seed takes seeds in [0, 2^64)."""
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 import math
 
 from gorgon.core.errors import ContextOverflowError, GorgonError
+from gorgon.core.limits import MAX_STOP_SEQUENCE_CHARS, MAX_STOP_SEQUENCES
 from gorgon.engine.interface import GenerationRequest, SamplingParams
-
-MAX_STOP_SEQUENCES = 4
-MAX_STOP_SEQUENCE_CHARS = 1000
-"""A stop sequence is held back while it may be starting: longer ones would hold back most of a reply."""
 
 
 def check_request(request: GenerationRequest, context_length: int) -> None:
