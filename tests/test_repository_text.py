@@ -104,3 +104,22 @@ def test_python_prose_finds_comments_and_docstrings_not_literals() -> None:
 def test_no_text_speaks_of_its_circumstances() -> None:
     findings = [finding for path in tracked_text_files() for finding in circumstance_findings(path)]
     assert not findings, "\n".join(findings)
+
+
+DOC_SECTION_REFERENCE = re.compile(r'(docs/[\w-]+\.md), "([^"]+)"')
+
+
+def test_code_that_points_to_a_doc_section_names_one_that_exists() -> None:
+    missing = []
+    for path in tracked_text_files():
+        if path.suffix != ".py":
+            continue
+        for doc, heading in DOC_SECTION_REFERENCE.findall(path.read_text(encoding="utf-8")):
+            headings = {
+                line.lstrip("#").strip()
+                for line in (ROOT / doc).read_text(encoding="utf-8").splitlines()
+                if line.startswith("#")
+            }
+            if heading not in headings:
+                missing.append(f"{path.relative_to(ROOT)}: {doc} has no section {heading!r}")
+    assert not missing, "\n".join(missing)

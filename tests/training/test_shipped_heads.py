@@ -28,7 +28,9 @@ from gorgon.training.prompts import Split, prompts_for
 from gorgon.training.trainer import head_targets
 
 SMOLLM2_HIDDEN, SMOLLM2_VOCAB = 576, 49152
-TOKENS_PER_STEP_TARGET = 2.0  # issue 3's quick check on a small held-out sample
+# The shipped heads decode about 1.85 tokens per step on these prompts (bf16 rounding, and so the figure, moves a
+# little from CPU to CPU); below this floor the heads or their tree have regressed (docs/heads.md, "Results").
+TOKENS_PER_STEP_FLOOR = 1.75
 
 
 def _shipped_choices() -> list[tuple[int, ...]]:
@@ -135,7 +137,7 @@ def _greedy(
 
 @pytest.mark.slow
 @torch.inference_mode()
-def test_shipped_heads_give_two_tokens_per_step_on_held_out_prompts() -> None:
+def test_shipped_heads_keep_their_tokens_per_step_on_held_out_prompts() -> None:
     loaded = load_model_and_tokenizer(EngineSettings(use_deepspeed=False, speculation=True))
     heads = load_medusa_heads(DEFAULT_HEADS_PATH, dtype=loaded.dtype)
     tree, plain = _shipped_tree(), build_tree_buffers((), name="plain")
@@ -156,7 +158,5 @@ def test_shipped_heads_give_two_tokens_per_step_on_held_out_prompts() -> None:
     # (one step of slack per prompt for bf16 heads, which the search reads in float32)
     walked = _walked_steps(loaded, prompts, max_new_tokens)
     assert all(abs(a - b) <= 1 for a, b in zip(walked, engine_steps, strict=True)), (walked, engine_steps)
-    tokens_per_step = generated / sum(engine_steps)  # the heads' own drafts, as issue 3 measures them
-    if tokens_per_step < TOKENS_PER_STEP_TARGET:
-        # Outputs were checked above: only the issue-3 target may be missed, never identity.
-        pytest.xfail(f"issue 3 target not met: {tokens_per_step:.2f} tokens per step (docs/heads.md)")
+    tokens_per_step = generated / sum(engine_steps)  # the heads' own drafts, without lookup drafts
+    assert tokens_per_step >= TOKENS_PER_STEP_FLOOR

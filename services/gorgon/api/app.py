@@ -18,7 +18,7 @@ from gorgon.api.deps import ApiState
 from gorgon.api.direct_routes import DirectRoutes
 from gorgon.api.errors import OpenAIError, install_error_handlers
 from gorgon.api.generation import Gateway
-from gorgon.api.metrics import serve_metrics_apart
+from gorgon.api.metrics import VLLM_NAMED, serve_metrics_apart
 from gorgon.api.registry import ModelRegistry
 from gorgon.api.routes import chat, completions, health, models
 from gorgon.api.telemetry import RequestTelemetry
@@ -106,6 +106,7 @@ class GorgonApp(FastAPI):
 def create_app(settings: ApiSettings | None = None, redis_settings: RedisSettings | None = None) -> FastAPI:
     settings = settings or get_api_settings()
     redis_settings = redis_settings or get_redis_settings()
+    VLLM_NAMED.enabled = settings.vllm_metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -79,6 +79,12 @@ class ApiSettings(BaseSettings):
         description="Port of a /metrics listener of its own, apart from the API port an ingress exposes; "
         "0: /metrics on the API port.",
     )
+    vllm_metrics: bool = Field(
+        default=False,
+        description="Also publish the API's latency histograms under vLLM's names "
+        "(`vllm:time_to_first_token_seconds`, `vllm:inter_token_latency_seconds`, "
+        "`vllm:e2e_request_latency_seconds`, ...), for dashboards built for vLLM (docs/observability.md).",
+    )
     expose_timing: bool = Field(
         default=False,
         description="Add the worker's publish time to SSE chunks (for `gorgon bench platform`).",

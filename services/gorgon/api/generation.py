@@ -1,8 +1,10 @@
-"""The API side of one request: subscribe, enqueue, relay the worker's chunks in order, clean up.
+"""The API side of one request: register, enqueue, relay the worker's chunks in order, clean up.
 
-queue = SUBSCRIBE tokens:{id} (confirmed)   → nothing the worker publishes can be missed
+register the request with the process's subscriber → its queue receives the chunks workers publish on this
+  process's reply channel ({ns}:replies:{api id}, subscribed once at start-up, so nothing can be missed)
 refused while Redis is nearly out of memory (→ 503), so the workers can still finish what they hold
-XADD requests:{model} (refused past the backlog limit → 429)
+enqueue through the batching enqueuer (lua/enqueue.lua: XADD requests:{model} only while the stream is under the
+  backlog limit, else 429)
 relay chunks: each seq once and in order (a repeat must say what was relayed), fill gaps from the progress
 list, and when the channel stays quiet, look for a final result stored under the result key, and notice a
 request Redis lost (→ 503 within seconds rather than at the deadline)

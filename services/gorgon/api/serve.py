@@ -5,19 +5,23 @@ from __future__ import annotations
 import argparse
 import logging
 
+from gorgon.api.config import ApiSettings
+from gorgon.local.settings_table import setting_default
+
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", help="listen address (GORGON_API_HOST)")
-    parser.add_argument("--port", type=int, help="listen port (GORGON_API_PORT)")
+    parser.add_argument("--host", help=f"listen address (default: {setting_default(ApiSettings, 'host')})")
+    parser.add_argument(
+        "--port", type=int, help=f"listen port (default: {setting_default(ApiSettings, 'port')})"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 - keeps `gorgon --help` fast
 
     from gorgon.api.app import create_app  # noqa: PLC0415
-    from gorgon.api.config import ApiSettings  # noqa: PLC0415
     from gorgon.api.http_protocol import HeadCoalescingProtocol  # noqa: PLC0415
     from gorgon.core.config import get_redis_settings  # noqa: PLC0415
     from gorgon.core.redis.connection import require_redis_url  # noqa: PLC0415

@@ -48,6 +48,7 @@ async def serve_generation(
 ) -> Response:
     settings = state.settings
     model = await state.registry.resolve(body.model, settings.retry_after_s)
+    metrics.serve_model_of(request.scope, model.name)
     payload = RequestPayload(
         request_id=f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}",
         model=model.name,

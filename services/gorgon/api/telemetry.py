@@ -93,7 +93,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 def _record(scope: Scope, seen: ResponseSeen, elapsed_s: float) -> None:
     endpoint = metrics.endpoint_of(scope)
     metrics.requests_counter(endpoint, seen.status).inc()
-    metrics.latency_histogram(endpoint).observe(elapsed_s)
+    metrics.latency_histogram(endpoint, metrics.model_of(scope)).observe(elapsed_s)
     if metrics.is_rejection(seen.status):
         metrics.REJECTED.labels(seen.rejection_reason()).inc()
 

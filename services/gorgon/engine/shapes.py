@@ -315,7 +315,7 @@ class ShapeSelector:
         When plain decoding is chosen at batch 1, the shapes close to it have their acceptance judged afresh too
         (ACCEPTANCE_SAMPLES steps on the text decoded now): acceptance varies with the text, and a shape that is
         not run keeps the estimate of the text it last ran on. Judged on a hard opening, a chain stayed off while
-        easier text followed (docs/engine.md, "Shape per step").
+        easier text followed (docs/engine.md, "Scheduling and the shape selector").
         """
         measured = [shape for shape in self.shapes[1:] if self.measured(shape, bucket)]
         best = self.best(measured, bucket)

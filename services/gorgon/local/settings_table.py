@@ -37,7 +37,9 @@ def env_names(settings_class: type[BaseSettings], name: str, field: FieldInfo) -
 def default_text(field: FieldInfo) -> str:
     value: Any = field.get_default(call_default_factory=True)
     if isinstance(value, Path):
-        return str(value.relative_to(REPO_ROOT)) if value.is_relative_to(REPO_ROOT) else str(value)
+        if value.is_relative_to(REPO_ROOT):
+            return str(value.relative_to(REPO_ROOT))
+        return f"~/{value.relative_to(Path.home())}" if value.is_relative_to(Path.home()) else str(value)
     if value is None:
         return "unset"
     if isinstance(value, list):
@@ -47,6 +49,14 @@ def default_text(field: FieldInfo) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
+
+
+def setting_default(settings_class: type[BaseSettings], name: str, unset: str | None = None) -> str:
+    """A command-line option's default when the option falls back to a setting: "GORGON_X, else <its default>"
+    (`unset` words what an unset setting means)."""
+    field = settings_class.model_fields[name]
+    fallback = default_text(field)
+    return f"{env_names(settings_class, name, field)[0]}, else {unset if unset and fallback == 'unset' else fallback}"
 
 
 def _cell(text: str) -> str:

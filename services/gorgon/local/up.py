@@ -6,6 +6,10 @@ one `gorgon ready: <url>` line on stdout once the API answers /ready and the fir
 restarts a worker that dies, and on Ctrl-C / SIGTERM stops everything (workers get their shutdown grace) and
 removes the embedded Redis.
 
+Model workers are sized to the machine (local/capacity.py): by default no more of them than the cores feed (and,
+once the first has loaded its model, than the memory holds), each with the cores left to it as its torch threads
+(GORGON_ENGINE_THREADS); --max-workers and GORGON_ENGINE_THREADS override.
+
 With --workers 0 no worker runs until the first request: the API serves the configured model
 (GORGON_API_SERVED_MODELS; the echo engine's is known) with none up, and the autoscaler starts one for the
 backlog (and stops it again after the scaling policy's idle period).
@@ -26,6 +30,14 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from gorgon.core.errors import ConfigurationError, GorgonError
+from gorgon.local.capacity import (
+    CORES_PER_MODEL_WORKER,
+    available_memory,
+    memory_fit,
+    model_worker_budget,
+    resident_memory,
+    usable_cores,
+)
 from gorgon.local.processes import (
     api_command,
     registered_workers,
@@ -34,6 +46,9 @@ from gorgon.local.processes import (
     stop_all,
     worker_command,
 )
+from gorgon.local.settings_table import setting_default
+from gorgon.worker.config import WorkerSettings
+from gorgon.worker.serve import add_model_arguments, engine_environment
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +58,33 @@ POLL_S = 0.25
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"API port (default {DEFAULT_PORT})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="API port")
     parser.add_argument(
         "--engine",
         choices=["medusa", "echo"],
-        help="worker engine (default: GORGON_WORKER_ENGINE, i.e. medusa)",
+        help=f"worker engine (default: {setting_default(WorkerSettings, 'engine')})",
     )
     parser.add_argument(
         "--workers",
         type=int,
         default=1,
-        help="always-running worker processes (default 1; 0: none until the first request, which the local "
-        "autoscaler starts one for)",
+        help="always-running worker processes (0: none until the first request, which the local autoscaler "
+        "starts one for)",
     )
     parser.add_argument(
         "--max-workers",
         type=int,
-        help="with the local autoscaler: most workers in all, extra ones started by backlog "
-        "(default: the scaling policy's max_replicas + --workers - 1; equal to --workers turns autoscaling off)",
+        help="with the local autoscaler: most workers in all, extra ones started by backlog; equal to --workers "
+        "turns autoscaling off (default: the scaling policy's max_replicas + --workers - 1, and for model "
+        "workers no more than the cores feed, one per "
+        f"{CORES_PER_MODEL_WORKER} cores beyond the API's, and the memory holds)",
     )
-    parser.add_argument("--echo-step-delay", type=float, help="echo engine: seconds per decoding step")
+    parser.add_argument(
+        "--echo-step-delay",
+        type=float,
+        help=f"echo engine: seconds per decoding step (default: {setting_default(WorkerSettings, 'echo_step_delay_s')})",
+    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--ready-timeout", type=float, default=READY_TIMEOUT_S, help="seconds to wait for the first worker"
     )
@@ -160,16 +182,67 @@ def served_model(url: str) -> str:
     return str(models[0])
 
 
-def extra_workers(args: argparse.Namespace) -> int:
-    """How many workers the local autoscaler may add to the always-running ones (0: no autoscaler, either
-    because --max-workers says so or because the operator's package is not installed)."""
+def policy_max_workers(args: argparse.Namespace) -> int | None:
+    """Workers in all the operator's default scaling policy allows next to --workers; None when the operator's
+    package is not installed (then there is no local autoscaler)."""
     try:
         from gorgon_operator.policy import ScalingPolicy  # noqa: PLC0415
     except ImportError as exc:
         log.warning("no local autoscaler (%s)", exc)
-        return 0
-    max_workers = args.max_workers or ScalingPolicy().max_replicas + max(args.workers, 1) - 1
-    return max(0, max_workers - args.workers)
+        return None
+    return ScalingPolicy().max_replicas + max(args.workers, 1) - 1
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    max_workers: int
+    """Workers in all: the autoscaler adds up to this many minus the always-running ones."""
+    threads: int | None
+    """GORGON_ENGINE_THREADS for the model workers; None leaves it alone (echo engine, or set by the user)."""
+    memory_capped: bool
+    """Model workers sized by default: once the first has loaded, the memory may lower max_workers."""
+
+
+def plan_workers(args: argparse.Namespace, engine: str, policy_max: int | None) -> WorkerPlan:
+    """How many workers, with how many threads: the echo engine by the scaling policy (or --max-workers);
+    model workers by this machine's cores too (local/capacity.py)."""
+    default_max = policy_max if policy_max is not None else args.workers
+    if engine == "echo":
+        return WorkerPlan(args.max_workers or default_max, None, memory_capped=False)
+    from gorgon.engine.config import EngineSettings  # noqa: PLC0415
+
+    cores = usable_cores()
+    budget = model_worker_budget(cores, default_max, args.max_workers, args.workers)
+    threads = EngineSettings().threads
+    log.info(
+        "%d cores: up to %d model worker(s), %d torch thread(s) each%s",
+        cores,
+        budget.max_workers,
+        threads or budget.threads,
+        " (GORGON_ENGINE_THREADS)" if threads else "",
+    )
+    return WorkerPlan(
+        budget.max_workers, None if threads else budget.threads, memory_capped=not args.max_workers
+    )
+
+
+def memory_capped_extra(platform: LocalPlatform, extra: int) -> int:
+    """`extra` lowered to what the available memory holds, by the resident size of the first worker (which has
+    loaded its model by now); unchanged where either is unknown."""
+    worker_bytes = resident_memory(platform.worker_processes[0].pid) if platform.worker_processes else None
+    available = available_memory()
+    if not worker_bytes or available is None:
+        return extra
+    fitting = max(0, memory_fit(available, worker_bytes, platform.workers) - platform.workers)
+    if fitting < extra:
+        log.info(
+            "memory: %.1f GiB available, %.1f GiB per worker: %d extra worker(s), not %d",
+            available / 2**30,
+            worker_bytes / 2**30,
+            fitting,
+            extra,
+        )
+    return min(extra, fitting)
 
 
 def start_autoscaler(
@@ -206,16 +279,15 @@ def start_autoscaler(
     return BackgroundAutoscaler(thread, stop_event)
 
 
-def served_models_for_zero_workers(engine: str | None) -> dict[str, str]:
+def served_models_for_zero_workers(engine: str) -> dict[str, str]:
     """The API's environment for --workers 0: the model it serves before any worker started, as configured
     (GORGON_API_SERVED_MODELS), else the echo engine's; the real model's name and context length are only
     known once it is loaded, so for it the setting is required."""
     from gorgon.api.config import ApiSettings  # noqa: PLC0415
-    from gorgon.worker.config import WorkerSettings  # noqa: PLC0415
 
     if ApiSettings().served_models:
         return {}
-    if (engine or WorkerSettings().engine) == "echo":
+    if engine == "echo":
         from gorgon.engine.echo import ECHO_CONTEXT_LENGTH, ECHO_MODEL_NAME  # noqa: PLC0415
 
         return {"GORGON_API_SERVED_MODELS": f"{ECHO_MODEL_NAME}:{ECHO_CONTEXT_LENGTH}"}
@@ -231,7 +303,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 0:
         raise ConfigurationError("--workers must not be negative")
-    extra = extra_workers(args)
+    engine = args.engine or WorkerSettings().engine
+    policy_max = policy_max_workers(args)
+    plan = plan_workers(args, engine, policy_max)
+    extra = max(0, plan.max_workers - args.workers) if policy_max is not None else 0
     api_env: dict[str, str] = {}
     if args.workers == 0:
         if extra < 1:
@@ -239,12 +314,15 @@ def run(args: argparse.Namespace) -> int:
                 "--workers 0 needs the local autoscaler to start workers: set --max-workers to 1 or more "
                 "(and install the gorgon-operator package)"
             )
-        api_env = served_models_for_zero_workers(args.engine)
+        api_env = served_models_for_zero_workers(engine)
     _check_port_free(args.port)
     redis_settings = get_redis_settings()
     embedded = None if redis_settings.url else start_private_redis()
     redis_url = redis_settings.url or embedded.url  # type: ignore[union-attr]
-    env = service_env(redis_url, redis_settings.namespace, api_env)
+    threads_env = {"GORGON_ENGINE_THREADS": str(plan.threads)} if plan.threads else {}
+    env = service_env(
+        redis_url, redis_settings.namespace, {**api_env, **engine_environment(args), **threads_env}
+    )
     platform = LocalPlatform(args.port, args.workers, worker_command(args.engine, args.echo_step_delay), env)
     stopping: list[bool] = []
     autoscaler: BackgroundAutoscaler | None = None
@@ -258,6 +336,8 @@ def run(args: argparse.Namespace) -> int:
         platform.start()
         platform.wait_ready(args.ready_timeout, stopping, redis_url, redis_settings.namespace)
         if not stopping:
+            if plan.memory_capped:
+                extra = memory_capped_extra(platform, extra)
             autoscaler = start_autoscaler(platform, redis_url, redis_settings.namespace, extra)
             sys.stdout.write(f"gorgon ready: {platform.url} (Redis {redis_url})\n")
             sys.stdout.flush()

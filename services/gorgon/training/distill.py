@@ -127,6 +127,8 @@ def _plain_engine(base: BaseModel, max_batch_size: int) -> MedusaEngine:
         use_deepspeed=False,
         max_batch_size=max_batch_size,
         device="cuda" if model.device.type == "cuda" else "cpu",
+        # The recorder pairs each forward's rows with that step's events: a prompt is prefilled whole.
+        prefill_chunk_tokens=model.config.max_position_embeddings,
     )
     return MedusaEngine(loaded, None, settings)
 

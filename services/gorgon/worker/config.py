@@ -29,6 +29,12 @@ class WorkerSettings(BaseSettings):
     http_port: int = Field(
         default=8001, ge=0, le=65535, description="Port of that endpoint (0: any free port)."
     )
+    vllm_metrics: bool = Field(
+        default=False,
+        description="Also publish the worker's series under vLLM's names (`vllm:num_requests_running`, "
+        "`vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc`, token counters, ...), for dashboards and "
+        "autoscalers built for vLLM (docs/observability.md).",
+    )
     max_batch_size: int | None = Field(
         default=None, ge=1, description="Requests decoded together; unset: the engine's own maximum."
     )

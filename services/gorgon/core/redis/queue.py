@@ -32,6 +32,17 @@ async def backlog(redis: AsyncRedis, names: RedisNames, model: str) -> int:
     return int(await redis.xlen(names.request_stream(model)))
 
 
+async def undelivered(redis: AsyncRedis, names: RedisNames, model: str) -> int:
+    """Requests of `model` no worker has read yet: the backlog minus the entries the group has delivered and
+    not finished (its pending list). A missing stream or group means none."""
+    stream = names.request_stream(model)
+    try:
+        pending = await redis.xpending(stream, CONSUMER_GROUP)
+    except ResponseError:
+        return 0
+    return max(0, int(await redis.xlen(stream)) - int(pending["pending"]))
+
+
 async def enqueue(
     redis: AsyncRedis | CommandConnection, names: RedisNames, payload: RequestPayload, max_backlog: int
 ) -> str | None:

@@ -8,8 +8,7 @@ in the prompt and the tokens generated so far, and propose the tokens that follo
 The engine puts such a proposal on the tree's top-1 chain in place of the heads' drafts (the heads' own first
 choices move one rank down, into the tree's siblings), so it costs no extra tree nodes, and verification is the
 same exact step as for the heads' drafts: the output cannot change, only how many tokens a step accepts.
-Measured in the engine (docs/engine.md, "Context lookup drafts"; docs/heads.md, "Context lookup drafts beside the
-heads").
+Measured in the engine (docs/engine.md, "Drafting"; docs/heads.md, "Results").
 """
 
 from __future__ import annotations
