@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -83,16 +82,24 @@ def test_defaults_are_written_as_one_would_type_them(default: object, text: str)
     assert default_text(default) == text
 
 
-def test_up_and_worker_take_the_model_and_heads_as_the_engine_settings_do() -> None:
+def test_up_and_worker_take_the_model_and_heads_as_the_engine_settings_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     commands = dict(subcommand_parsers(build_parser()))
     for words in ("gorgon up", "gorgon worker"):
         args = commands[words].parse_args(["--model", "/models/vicuna", "--heads", "/models/vicuna-heads"])
-        assert engine_environment(args) == {
+        environment = engine_environment(args)
+        assert environment == {
             "GORGON_ENGINE_MODEL": "/models/vicuna",
             "GORGON_ENGINE_HEADS_PATH": "/models/vicuna-heads",
         }
         assert engine_environment(commands[words].parse_args([])) == {}
-    settings = EngineSettings(**{"model": "/models/vicuna", "heads_path": Path("/models/vicuna-heads")})
-    assert settings.model == "/models/vicuna"
-    worker_help = commands["gorgon worker"].format_help()
-    assert "GORGON_ENGINE_HEADS_PATH, else models/smollm2-medusa" in " ".join(worker_help.split())
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        settings = EngineSettings()
+        assert (settings.model, str(settings.heads_path)) == ("/models/vicuna", "/models/vicuna-heads")
+        monkeypatch.delenv("GORGON_ENGINE_MODEL")
+        monkeypatch.delenv("GORGON_ENGINE_HEADS_PATH")
+    worker_help = " ".join(commands["gorgon worker"].format_help().split())
+    assert "(default: GORGON_ENGINE_MODEL, else SmolLM2-135M-Instruct" in worker_help
+    assert "(default: GORGON_ENGINE_HEADS_PATH, else with the default model," in worker_help

@@ -202,9 +202,24 @@ def test_worker_image_builds_on_cuda_pytorch_of_the_pinned_version() -> None:
     assert "cuda" in base
     worker_extra = PYPROJECT["project"]["optional-dependencies"]["worker"]
     torch_pin = next(req for req in worker_extra if req.startswith("torch=="))
-    assert base.split(":")[1].startswith(torch_pin.removeprefix("torch==") + "-")
+    tag = base.split(":")[1]
+    assert re.fullmatch(re.escape(torch_pin.removeprefix("torch==")) + r"-cuda\d+\.\d+-cudnn\d+-runtime", tag)
     assert any(req.startswith("deepspeed") for req in worker_extra)
     assert '"${wheel}[worker]"' in final_stage("worker").run_text()
+
+
+def test_worker_base_tag_names_where_it_was_checked_and_the_build_proves_cuda() -> None:
+    base = build_arg_default("worker", "BASE_IMAGE")
+    text = DOCKERFILES["worker"].read_text()
+    assert "https://hub.docker.com/r/pytorch/pytorch/tags" in text
+    assert base.split(":")[1] in text.split("ARG BASE_IMAGE")[0], "the comment above the tag names it"
+    assert "assert torch.version.cuda" in final_stage("worker").run_text()
+
+
+def test_worker_image_pip_may_install_into_the_base_system_python() -> None:
+    for stage in parse_stages(DOCKERFILES["worker"])[1]:
+        env = " ".join(" ".join(c.value) for c in stage.all("ENV"))
+        assert re.search(r"PIP_BREAK_SYSTEM_PACKAGES\s*=?\s*1", env), stage.name
 
 
 def test_worker_image_default_model_wheel_is_the_one_make_installs() -> None:
@@ -225,14 +240,14 @@ def test_worker_image_bakes_a_model_only_through_a_build_arg_and_a_secret() -> N
     )
 
 
-def test_worker_image_points_the_engine_at_the_heads_it_copies() -> None:
+def test_worker_image_points_the_default_model_at_the_heads_it_copies() -> None:
     from gorgon.engine.config import EngineSettings
 
     assert EngineSettings.model_config["env_prefix"] == "GORGON_ENGINE_"
-    assert "heads_path" in EngineSettings.model_fields
+    assert "default_model_heads_path" in EngineSettings.model_fields
     stage = final_stage("worker")
     env = " ".join(" ".join(c.value) for c in stage.all("ENV"))
-    heads = re.search(r"GORGON_ENGINE_HEADS_PATH\s*=?\s*(\S+)", env)
+    heads = re.search(r"GORGON_ENGINE_DEFAULT_MODEL_HEADS_PATH\s*=?\s*(\S+)", env)
     assert heads is not None
     _, stages = parse_stages(DOCKERFILES["worker"])
     build = next(s for s in stages if s.name == "build")
@@ -241,10 +256,11 @@ def test_worker_image_points_the_engine_at_the_heads_it_copies() -> None:
     assert "--from=build" in copy.flags
     assert heads.group(1).startswith(copy.value[-1].rstrip("/") + "/")
     shipped_heads = REPO_ROOT / "models" / Path(heads.group(1)).name
-    default_heads = EngineSettings.model_fields["heads_path"].default
+    default_heads = EngineSettings.model_fields["default_model_heads_path"].default
     assert shipped_heads.name == Path(default_heads).name, (
         "the image ships the heads the engine uses by default"
     )
+    assert not re.search(r"GORGON_ENGINE_HEADS_PATH\b", env), "the shipped heads fit the default model only"
 
 
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))

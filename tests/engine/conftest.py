@@ -1,13 +1,15 @@
-"""Fixtures: a tiny random Llama, a byte-level tokenizer, and engines on them."""
+"""Fixtures: a tiny random Llama, a byte-level tokenizer, engines on them, and a tiny Vicuna-shaped model."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 from engine_tiny import CyclingSelector, byte_tokenizer, tiny_llama
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from vicuna_tiny import write_tiny_vicuna
 
 from gorgon.engine.config import EngineSettings
 from gorgon.engine.drafting.heads import MedusaHeads
@@ -62,3 +64,12 @@ def make_engine(
         return engine
 
     return build
+
+
+@pytest.fixture(scope="session")
+def vicuna_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model in Vicuna v1.3's layout, in a directory whose name says nothing of Vicuna (as a model baked
+    into an image at /opt/gorgon/model)."""
+    directory = tmp_path_factory.mktemp("baked") / "model"
+    write_tiny_vicuna(directory)
+    return directory

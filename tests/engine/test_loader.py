@@ -13,15 +13,16 @@ import torch
 from gorgon.core.errors import ConfigurationError
 from gorgon.engine import loader
 from gorgon.engine.config import DEFAULT_HEADS_PATH, EngineSettings
-from gorgon.engine.loader import check_settings, load_model_and_tokenizer, resolve_dtype, resolve_model_source
+from gorgon.engine.loader import load_model_and_tokenizer, resolve_dtype, resolve_model_source
 
 
 def test_defaults_and_environment(monkeypatch) -> None:
     monkeypatch.setenv("GORGON_ENGINE_MAX_BATCH_SIZE", "7")
     settings = EngineSettings()
     assert settings.max_batch_size == 7
-    assert settings.heads_path == DEFAULT_HEADS_PATH
-    assert settings.heads_path.parts[-2:] == ("models", "smollm2-medusa")
+    assert settings.heads_path is None  # the default model's heads, or none for another model
+    assert settings.default_model_heads_path == DEFAULT_HEADS_PATH
+    assert settings.default_model_heads_path.parts[-2:] == ("models", "smollm2-medusa")
     assert settings.use_deepspeed is True
 
 
@@ -67,17 +68,12 @@ def test_directory_without_a_model_is_a_clear_error(tmp_path) -> None:
         load_model_and_tokenizer(EngineSettings(model=str(tmp_path), use_deepspeed=False))
 
 
-def test_tensor_parallel_needs_deepspeed() -> None:
-    with pytest.raises(ConfigurationError, match="AutoTP"):
-        check_settings(EngineSettings(tensor_parallel_size=2, use_deepspeed=False))
-
-
 def test_deepspeed_wrap_keeps_logits_and_stdout_clean(tiny_model, capfd) -> None:
     from gorgon.engine.loader import _wrap_with_deepspeed
 
     input_ids = torch.tensor([[5, 6, 7, 8]])
     expected = tiny_model(input_ids=input_ids).logits
-    wrapped = _wrap_with_deepspeed(tiny_model, EngineSettings(), torch.float32)
+    wrapped = _wrap_with_deepspeed(tiny_model, torch.float32)
     torch.testing.assert_close(wrapped(input_ids=input_ids).logits, expected)
     assert capfd.readouterr().out == ""
 

@@ -369,6 +369,30 @@ def test_a_failed_prefill_fails_its_group_alone(make_engine, monkeypatch) -> Non
     assert _tokens(collected["short"]) == _tokens(_alone(make_engine, _request("short", 8)))
 
 
+def test_running_out_of_memory_in_a_prefill_fails_the_step_and_leaves_the_engine_usable(
+    make_engine, monkeypatch
+) -> None:
+    """Out of device memory is the batch's size, not a group's fault: the step raises (the worker retries its
+    requests in a smaller batch), and once they are cancelled the engine decodes as before."""
+    engine = make_engine()
+    real_prefill = engine._prefill_group
+
+    def out_of_memory_once(rows):
+        monkeypatch.setattr(engine, "_prefill_group", real_prefill)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(engine, "_prefill_group", out_of_memory_once)
+    engine.add(_request("long", 8))
+    engine.add(_request("short", 8))
+    with pytest.raises(torch.OutOfMemoryError):
+        engine.step()
+    for request_id in ("long", "short"):
+        engine.cancel(request_id)
+    assert engine.num_active == 0
+    collected = _run_batch(engine, [_request("short", 8)])
+    assert _tokens(collected["short"]) == _tokens(_alone(make_engine, _request("short", 8)))
+
+
 LONG_PROMPT = tuple(range(40, 100))  # 60 tokens: four chunks of 16
 
 

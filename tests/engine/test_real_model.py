@@ -59,7 +59,9 @@ def test_shipped_heads_in_every_shape_at_batch_4_give_the_plain_greedy_output() 
     speculative = load_engine(settings)
     assert speculative.info.speculative
     speculative.scheduler.selector = CyclingSelector(speculative.scheduler.selector.shapes)
-    plain = load_engine(settings.model_copy(update={"heads_path": settings.heads_path / "missing"}))
+    plain = load_engine(
+        settings.model_copy(update={"heads_path": str(settings.default_model_heads_path / "missing")})
+    )
     prompts = [speculative.encode([ChatMessage("user", text)]) for text in BENCH_PROMPTS[:4]]
     expected = run_engine(plain, prompts, 64).token_ids
     output = run_engine(speculative, prompts, 64)
@@ -82,7 +84,9 @@ def test_a_prompt_decodes_in_each_shape_at_batch_1_what_plain_decoding_gives() -
             return self.shapes[-1]
 
     settings = EngineSettings()
-    plain = load_engine(settings.model_copy(update={"heads_path": settings.heads_path / "missing"}))
+    plain = load_engine(
+        settings.model_copy(update={"heads_path": str(settings.default_model_heads_path / "missing")})
+    )
     prompt = [plain.encode([ChatMessage("user", BENCH_PROMPTS[0])])]
     expected = run_engine(plain, prompt, 32).token_ids
     speculative = load_engine(settings)
@@ -100,7 +104,9 @@ def test_a_prompt_prefilled_beside_a_longer_one_leaves_the_cache_it_leaves_alone
     from gorgon.bench.prompts import BENCH_PROMPTS
 
     settings = EngineSettings()
-    engine = load_engine(settings.model_copy(update={"heads_path": settings.heads_path / "missing"}))
+    engine = load_engine(
+        settings.model_copy(update={"heads_path": str(settings.default_model_heads_path / "missing")})
+    )
     longer = engine.encode([ChatMessage("user", BENCH_PROMPTS[4])])
     short = longer[:33]
 

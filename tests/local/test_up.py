@@ -1,7 +1,9 @@
-"""`gorgon up` as a user runs it: a subprocess that prints a ready line, serves, and stops cleanly on Ctrl-C."""
+"""`gorgon up` as a user runs it: a subprocess that prints a ready line, serves, and stops cleanly on Ctrl-C;
+and how many workers, with how many threads, it plans for this machine."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -15,9 +17,8 @@ import httpx
 import pytest
 import redis
 
+from gorgon.local import up
 from gorgon.local.processes import free_port
-
-pytestmark = pytest.mark.processes
 
 
 def up_command(port: int, *extra: str) -> list[str]:
@@ -38,6 +39,7 @@ def _registered_workers(redis_url: str, *, expected: int, within_s: float) -> in
     return count
 
 
+@pytest.mark.processes
 def test_up_prints_ready_serves_and_stops_everything_on_ctrl_c() -> None:
     port = free_port()
     process = subprocess.Popen(
@@ -65,6 +67,7 @@ def test_up_prints_ready_serves_and_stops_everything_on_ctrl_c() -> None:
         assert sock.connect_ex((host, int(redis_port))) != 0, "the embedded Redis is still running"
 
 
+@pytest.mark.processes
 def test_up_refuses_a_busy_port_with_one_line() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -82,6 +85,7 @@ def test_up_refuses_a_busy_port_with_one_line() -> None:
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.processes
 def test_up_adds_workers_under_backlog_through_the_local_autoscaler() -> None:
     port = free_port()
     command = up_command(port, "--workers", "1", "--max-workers", "2", "--echo-step-delay", "0.05")
@@ -107,6 +111,7 @@ def test_up_adds_workers_under_backlog_through_the_local_autoscaler() -> None:
         assert process.wait(timeout=60) == 0
 
 
+@pytest.mark.processes
 def test_up_with_no_worker_wakes_one_for_the_first_request() -> None:
     port = free_port()
     command = up_command(port, "--workers", "0", "--max-workers", "1")
@@ -127,9 +132,42 @@ def test_up_with_no_worker_wakes_one_for_the_first_request() -> None:
         assert process.wait(timeout=60) == 0
 
 
+@pytest.mark.processes
 def test_up_with_no_worker_needs_the_served_model_of_an_engine_it_cannot_name() -> None:
     env = {key: value for key, value in env_without_redis().items() if key != "GORGON_API_SERVED_MODELS"}
     command = [sys.executable, "-m", "gorgon.cli", "up", "--engine", "medusa", "--workers", "0"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert "GORGON_API_SERVED_MODELS" in result.stderr.strip().splitlines()[-1]
+
+
+def up_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    up.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.fixture
+def two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(up, "usable_cores", lambda: 2)
+    monkeypatch.delenv("GORGON_ENGINE_THREADS", raising=False)
+
+
+@pytest.mark.usefixtures("two_cores")
+def test_model_workers_are_sized_to_the_cores_by_default() -> None:
+    plan = up.plan_workers(up_args(), "medusa", policy_max=4)
+    assert plan == up.WorkerPlan(max_workers=1, threads=1, memory_capped=True)
+
+
+@pytest.mark.usefixtures("two_cores")
+def test_max_workers_and_the_thread_setting_override_the_sizing(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = up.plan_workers(up_args("--max-workers", "3"), "medusa", policy_max=4)
+    assert plan == up.WorkerPlan(max_workers=3, threads=1, memory_capped=False)
+    monkeypatch.setenv("GORGON_ENGINE_THREADS", "2")
+    assert up.plan_workers(up_args(), "medusa", policy_max=4).threads is None  # the user's setting stays
+
+
+@pytest.mark.usefixtures("two_cores")
+def test_echo_workers_follow_the_scaling_policy_alone() -> None:
+    assert up.plan_workers(up_args(), "echo", policy_max=4) == up.WorkerPlan(4, None, memory_capped=False)
+    assert up.plan_workers(up_args("--workers", "2"), "echo", policy_max=None).max_workers == 2

@@ -15,10 +15,13 @@ import promql_parser
 import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring_v1
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from gorgon.api.metrics import TTFT_BUCKETS
+from gorgon.core.vllm_metrics import MODEL_NAME
+from gorgon.worker import metrics as worker_metrics
 
 pytestmark = pytest.mark.processes
 
@@ -51,15 +54,27 @@ def exported_samples() -> dict[str, set[str]]:
 
 
 def _declared_labels(family_name: str) -> set[str]:
-    for name in (family_name, f"{family_name}_total"):
-        collector = REGISTRY._names_to_collectors.get(name)
-        if collector is None:
-            continue
-        if hasattr(collector, "_labelnames"):
-            return set(collector._labelnames)
-        described = {family.name: family for family in collector.describe()}
-        return set(getattr(described.get(family_name), "_labelnames", ()))
-    return set()
+    """The labels a family's collector declares; the worker's families are measured in a registry of their
+    own and exported with the served model's `model_name` added."""
+    collector = _collector(REGISTRY, family_name)
+    if collector is worker_metrics.SERVED_MODEL:
+        measured = _collector(worker_metrics.MEASURED, family_name)
+        return _collector_labels(measured, family_name) | {MODEL_NAME}
+    return _collector_labels(collector, family_name)
+
+
+def _collector(registry: CollectorRegistry, family_name: str) -> Collector | None:
+    names = registry._names_to_collectors
+    return names.get(family_name) or names.get(f"{family_name}_total")
+
+
+def _collector_labels(collector: Collector | None, family_name: str) -> set[str]:
+    if collector is None:
+        return set()
+    if hasattr(collector, "_labelnames"):
+        return set(collector._labelnames)
+    described = {family.name: family for family in collector.describe()}
+    return set(getattr(described.get(family_name), "_labelnames", ()))
 
 
 def render_chart() -> list[dict[str, Any]]:
@@ -160,6 +175,7 @@ def test_the_dashboard_shows_the_issue_metrics() -> None:
         "gorgon_worker_speculative_accepted_tokens_total",
         "gorgon_worker_speculative_draft_tokens_total",
         "gorgon_worker_kv_cache_usage_ratio",
+        "gorgon_worker_requests_waiting",
         "gorgon_worker_model_load_seconds",
         "gorgon_operator_desired_replicas",
         "gorgon_operator_scale_events_total",

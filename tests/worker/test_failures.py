@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import torch
+
 from gorgon.core.errors import ContextOverflowError, GorgonError
-from gorgon.worker.failures import MAX_DETAIL_CHARS, generation_error, request_error, step_error
+from gorgon.worker.failures import (
+    MAX_DETAIL_CHARS,
+    generation_error,
+    is_out_of_memory,
+    release_cached_device_memory,
+    request_error,
+    step_error,
+)
 
 
 def test_a_request_at_fault_gets_a_400_with_its_code() -> None:
@@ -28,3 +37,18 @@ def test_a_failed_step_is_a_503_the_client_may_retry() -> None:
     error = step_error(RuntimeError("device lost"))
     assert (error.status, error.code) == (503, "engine_step_failed")
     assert "retry" in error.message and "device lost" in error.message
+
+
+def test_a_step_out_of_device_memory_is_a_503_of_its_own() -> None:
+    out_of_memory = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert is_out_of_memory(out_of_memory)
+    assert not is_out_of_memory(RuntimeError("device lost"))
+    error = step_error(out_of_memory)
+    assert (error.status, error.type, error.code) == (503, "server_error", "out_of_memory")
+    assert "retry" in error.message and "2.00 GiB" in error.message
+
+
+def test_releasing_device_memory_without_cuda_does_nothing() -> None:
+    assert not torch.cuda.is_initialized()
+    release_cached_device_memory()
+    assert not torch.cuda.is_initialized()

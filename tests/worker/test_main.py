@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 import redis.asyncio as aioredis
+import torch
 
 from gorgon.core.protocol import Chunk, RequestPayload, WireSampling
 from gorgon.core.redis.names import CONSUMER_GROUP, RedisNames
@@ -437,6 +438,66 @@ async def test_a_worker_whose_engine_keeps_failing_steps_stops_to_be_replaced(
         assert chunk.error is not None and chunk.error.status == 503
     await asyncio.wait_for(task, 10)
     assert worker.broken
+
+
+class OutOfMemoryOnce(EchoEngine):
+    """The echo engine, running the device out of memory once: at its first step holding `at_rows` rows."""
+
+    def __init__(self, at_rows: int, step_delay_s: float = 0.01) -> None:
+        super().__init__(step_delay_s=step_delay_s)
+        self._at_rows = at_rows
+        self.rows_per_step: list[int] = []
+        self.raised_at: int | None = None  # index in rows_per_step
+
+    def step(self) -> list[TokenEvent]:
+        self.rows_per_step.append(len(self._rows))
+        if self.raised_at is None and len(self._rows) >= self._at_rows:
+            self.raised_at = len(self.rows_per_step) - 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().step()
+
+
+async def test_an_out_of_memory_step_retries_its_requests_in_a_smaller_batch(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    """Both requests of the step that ran out of memory finish exactly as without it, the worker admits one row
+    and then two again, and the failed step does not count toward stopping the worker."""
+    engine = OutOfMemoryOnce(at_rows=2)
+    settings = FAST.model_copy(update={"max_failed_steps_in_row": 1})
+    worker, task = await start_worker(redis_async, redis_names, settings, engine=engine)
+    streamed = await _submit(
+        redis_async, redis_names, subscriber, "streamed", max_tokens=40, stream=True, use_speculative=False
+    )
+    first = await streamed.get()
+    whole = await _submit(redis_async, redis_names, subscriber, "whole", max_tokens=20)
+    chunks = [first, *await collect(streamed)]
+    (result,) = await collect(whole)
+    assert engine.raised_at is not None
+    assert [chunk.error for chunk in chunks] == [None] * len(chunks)
+    assert "".join(chunk.text for chunk in chunks) == continuation("abc", 40)
+    assert [chunk.seq for chunk in chunks] == list(range(len(chunks)))
+    assert (chunks[-1].prompt_tokens, chunks[-1].completion_tokens) == (3, 40)
+    assert result.error is None and result.text == continuation("abc", 20)
+    assert (result.prompt_tokens, result.completion_tokens) == (3, 20)
+    after = engine.rows_per_step[engine.raised_at + 1 : engine.raised_at + 3]
+    assert after == [1, 2], "half the rows, then one more per successful step"
+    assert not worker.broken and not task.done()
+    assert await _acknowledged_everything(redis_async, redis_names)
+    await stop_worker(worker, task)
+
+
+async def test_a_request_out_of_memory_alone_gets_a_retryable_503_and_the_worker_goes_on(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    worker, task = await start_worker(redis_async, redis_names, engine=OutOfMemoryOnce(at_rows=1))
+    (chunk,) = await collect(await _submit(redis_async, redis_names, subscriber, "alone"))
+    assert chunk.error is not None
+    assert (chunk.error.status, chunk.error.code) == (503, "out_of_memory")
+    assert "retry" in chunk.error.message
+    later = await collect(await _submit(redis_async, redis_names, subscriber, "later", max_tokens=5))
+    assert later[-1].text == continuation("abc", 5)
+    assert not worker.broken and not task.done()
+    await stop_worker(worker, task)
 
 
 async def test_tokenising_a_huge_prompt_does_not_stall_the_running_streams(

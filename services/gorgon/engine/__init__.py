@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def load_engine(settings: EngineSettings | None = None) -> MedusaEngine:
-    """Load the model (and Medusa heads when `settings.heads_path` holds them) and return a ready engine."""
+    """Load the model (and the Medusa heads configured for it, engine/drafting/source.py) and return a ready engine."""
     from gorgon.engine.config import EngineSettings  # noqa: PLC0415 - keeps `import gorgon.engine` torch-free
     from gorgon.engine.drafting.checkpoint import load_heads_for  # noqa: PLC0415
     from gorgon.engine.loader import load_model_and_tokenizer  # noqa: PLC0415

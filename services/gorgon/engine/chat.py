@@ -1,4 +1,9 @@
-"""Prompts from chat messages: Vicuna v1.1 for Vicuna models, the tokenizer's own chat template otherwise."""
+"""Prompts from chat messages: the tokenizer's own chat template, or Vicuna v1.1 for a Vicuna model without one.
+
+Which conversation format a model gets depends on the model, never on the name it is served under (a model baked
+into an image at a path may be served as `vicuna-7b-v1.3`, or a Vicuna as `chat`). A model without a chat template
+gets Vicuna v1.1 when it was loaded from a Vicuna location or has a Llama sentencepiece tokenizer: Vicuna's own
+repositories ship such a tokenizer and no template, and base Llama checkpoints have no format of their own."""
 
 from __future__ import annotations
 
@@ -14,10 +19,18 @@ VICUNA_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 VICUNA_ROLES = {"user": "USER", "assistant": "ASSISTANT"}
+LLAMA_SENTENCEPIECE_TOKENIZERS = frozenset({"LlamaTokenizer", "LlamaTokenizerFast"})
 
 
-def is_vicuna(model_name: str) -> bool:
-    return "vicuna" in model_name.lower()
+def is_vicuna(name_or_path: str) -> bool:
+    return "vicuna" in name_or_path.lower()
+
+
+def speaks_vicuna(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """A model without a chat template whose tokenizer came from a Vicuna location or is Llama's sentencepiece one."""
+    if tokenizer.chat_template:
+        return False
+    return is_vicuna(tokenizer.name_or_path) or type(tokenizer).__name__ in LLAMA_SENTENCEPIECE_TOKENIZERS
 
 
 def vicuna_prompt(messages: Sequence[ChatMessage], eos_token: str = "</s>") -> str:
@@ -42,7 +55,7 @@ def encode_chat(
 ) -> list[int]:
     if not messages:
         raise GorgonError("messages must not be empty", param="messages")
-    if is_vicuna(model_name):
+    if speaks_vicuna(tokenizer):
         return list(tokenizer.encode(vicuna_prompt(messages, tokenizer.eos_token or "</s>")))
     if not tokenizer.chat_template:
         raise GorgonError(

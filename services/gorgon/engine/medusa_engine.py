@@ -185,6 +185,8 @@ class MedusaEngine:
         for group in prefill_groups([row for row in rows if row.prompt_tokens <= chunk], self.loaded.device):
             try:
                 prefilled.append((group, self._prefill_group(group)))
+            except torch.OutOfMemoryError:
+                raise  # the batch is too big, not this group at fault: the worker retries the step smaller
             except Exception as exc:
                 log.exception("prefill of %d requests failed; failing them alone", len(group))
                 failed += [_failure_event(row, f"prefill failed: {exc}") for row in group]
@@ -222,6 +224,8 @@ class MedusaEngine:
                 outcome = prefill(
                     self.parts, partial.batch.cache, pieces, [row.sampling for row in partial.rows]
                 )
+        except torch.OutOfMemoryError:
+            raise  # the batch is too big, not these rows at fault: the worker retries the step smaller
         except Exception as exc:
             log.exception("a prefill chunk of %d requests failed; failing them alone", len(partial.rows))
             self._end_partial(partial)

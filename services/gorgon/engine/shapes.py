@@ -29,6 +29,7 @@ from gorgon.core.errors import GorgonError
 from gorgon.engine.config import EngineSettings
 from gorgon.engine.drafting.checkpoint import HEADS_TREE_FILE
 from gorgon.engine.drafting.heads import MedusaHeads
+from gorgon.engine.drafting.source import heads_directory
 from gorgon.engine.tree import TREES, TreeBuffers, build_tree_buffers, chain, is_spine_tree, spine_choices
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,9 @@ def _configured_tree(settings: EngineSettings, heads: MedusaHeads, device: torch
 
     Recurrent heads draft along their own best path, so a tree is cut to the nodes that branch off it. A tree
     that only branches off its top-1 chain runs as a lookahead tree (decode.lookahead_step)."""
-    shipped = settings.heads_path / HEADS_TREE_FILE
-    if settings.medusa_choices == "auto" and shipped.is_file():
+    directory = heads_directory(settings)
+    shipped = directory / HEADS_TREE_FILE if directory is not None else None
+    if settings.medusa_choices == "auto" and shipped is not None and shipped.is_file():
         name, choices = "heads_tree", [tuple(path) for path in json.loads(shipped.read_text())]
     else:
         name = default_tree_name(device) if settings.medusa_choices == "auto" else settings.medusa_choices

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8000
 READY_TIMEOUT_S = 900.0
+MODELS_TIMEOUT_S = 30.0
 POLL_S = 0.25
 
 
@@ -175,10 +176,16 @@ class BackgroundAutoscaler:
         self.thread.join(timeout=60)
 
 
-def served_model(url: str) -> str:
+def served_model(url: str, timeout_s: float = MODELS_TIMEOUT_S) -> str:
+    """The model the API serves, once it lists one: its list is cached for GORGON_API_MODEL_CACHE_S, so right
+    after the first worker registered it may still be empty."""
     import httpx  # noqa: PLC0415
 
-    models = httpx.get(f"{url}/ready", timeout=5).json()["models"]
+    deadline = time.monotonic() + timeout_s
+    while not (models := httpx.get(f"{url}/ready", timeout=5).json()["models"]):
+        if time.monotonic() > deadline:
+            raise GorgonError(f"the API listed no served model within {timeout_s:.0f} s")
+        time.sleep(POLL_S)
     return str(models[0])
 
 

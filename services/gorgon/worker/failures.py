@@ -4,6 +4,8 @@ failed here would fail there too; only a worker's death leads to redelivery."""
 
 from __future__ import annotations
 
+import sys
+
 from gorgon.core.errors import GorgonError
 from gorgon.core.protocol import WireError
 
@@ -32,6 +34,14 @@ def generation_error(reason: str) -> WireError:
 
 def step_error(exc: Exception) -> WireError:
     """A request whose batch's engine step failed as a whole: nothing points at it, so the client may retry."""
+    if is_out_of_memory(exc):
+        return WireError(
+            f"the engine ran out of device memory on this request alone ({_detail(exc)}); retry the request "
+            "when the worker is less busy",
+            "server_error",
+            "out_of_memory",
+            503,
+        )
     return WireError(
         f"the engine failed a step of the batch this request was in ({_detail(exc)}); retry the request",
         "server_error",
@@ -42,3 +52,18 @@ def step_error(exc: Exception) -> WireError:
 
 def _detail(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:MAX_DETAIL_CHARS]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether the device ran out of memory. torch is looked up, not imported: an engine that never imported it
+    (echo) cannot have raised its error, and the worker stays importable without it."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+
+
+def release_cached_device_memory() -> None:
+    """Return the CUDA caching allocator's free blocks after an out-of-memory step, so that the next step (and
+    other processes on the GPU) can use them."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

@@ -22,6 +22,13 @@ A request fails alone (worker/failures.py): whatever its preparation, admission,
 ends it with an error the client receives, its entry acknowledged, while the batch goes on. A step that fails as a
 whole fails the requests the engine held (503, the client may retry) and the worker goes on; after
 `max_failed_steps_in_row` such steps it stops, so that it is replaced.
+
+A step that runs the device out of memory is not a broken engine but too big a batch: the cached memory is
+released and the step's requests go back to the head of the admission queue, each keeping what it generated
+(resumed like a redelivery, from its prompt plus its tokens so far). Admission is then capped at half the rows
+that failed, and the cap rises by one row per step that succeeds until it reaches the batch size again. Such a
+step neither counts as failed nor as succeeded; one that held a single row fails that request with a 503
+`out_of_memory` (it cannot fit even alone) and counts as failed. The model is never reloaded for it.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
@@ -60,7 +67,13 @@ from gorgon.engine.interface import (
 )
 from gorgon.worker import metrics
 from gorgon.worker.config import WorkerSettings
-from gorgon.worker.failures import generation_error, request_error, step_error
+from gorgon.worker.failures import (
+    generation_error,
+    is_out_of_memory,
+    release_cached_device_memory,
+    request_error,
+    step_error,
+)
 from gorgon.worker.preparation import Preparation
 from gorgon.worker.telemetry import RequestObserver
 
@@ -83,6 +96,7 @@ class InFlight:
     text: str = ""
     prior_token_ids: tuple[int, ...] = ()
     request: GenerationRequest | None = None  # once prepared
+    generated_ids: tuple[int, ...] = ()  # what the engine generated for `request` so far
 
     @property
     def request_id(self) -> str:
@@ -100,6 +114,16 @@ class InFlight:
         )
         return GenerationRequest(self.request_id, tuple(prompt_ids) + self.prior_token_ids, params)
 
+    def restart(self) -> None:
+        """Start the request over in the engine from where it stands: its tokens so far join the prompt."""
+        request, generated = self.request, self.generated_ids
+        if request is None:
+            raise RuntimeError(f"request {self.request_id} restarted before it was prepared")
+        params = replace(request.params, max_new_tokens=request.params.max_new_tokens - len(generated))
+        self.request = replace(request, prompt_ids=request.prompt_ids + generated, params=params)
+        self.prior_token_ids += generated
+        self.generated_ids = ()
+
     def engine_prompt(self) -> str | list[ChatMessage]:
         if self.payload.messages is not None:
             return [ChatMessage(role, content) for role, content in self.payload.messages]
@@ -114,6 +138,7 @@ class TickResult:
     stepped: bool = False  # the engine ran a step, and it did not fail as a whole
     step_failure: Exception | None = None
     failed_step_ids: list[str] = field(default_factory=list)  # what the engine held when its step failed
+    out_of_memory_ids: list[str] = field(default_factory=list)  # handed back after an out-of-memory step
 
 
 class Worker:
@@ -143,6 +168,7 @@ class Worker:
         self._rejected: list[tuple[InFlight, WireError]] = []
         self._in_engine: set[str] = set()  # touched on the engine thread only
         self._failed_steps_in_row = 0
+        self._row_cap: int | None = None  # rows admitted to the engine since an out-of-memory step
         self.broken = False  # the engine failed max_failed_steps_in_row steps in a row
         self._pending_drops: list[str] = []
         self._acks: list[str] = []
@@ -296,7 +322,7 @@ class Worker:
             started = time.perf_counter()
             result = await self._run_tick(admissions, drops)
             metrics.observe_step(time.perf_counter() - started, len(self._active))
-        self._pending_admissions = result.deferred + self._pending_admissions
+        self._pending_admissions = self._restarted(result) + result.deferred + self._pending_admissions
         self._count_step(result)
         publications = self._settle(result, cancelled, expired)
         if publications or self._acks or self._unsent or (self._active and self._sync_due()):
@@ -356,10 +382,28 @@ class Worker:
             if (item := self._active.get(request_id)) is not None
         ]
 
+    def _restarted(self, result: TickResult) -> list[InFlight]:
+        """The requests of an out-of-memory step, ready to go back into the engine."""
+        items = [item for request_id in result.out_of_memory_ids if (item := self._active.get(request_id))]
+        for item in items:
+            item.restart()
+        return items
+
     def _count_step(self, result: TickResult) -> None:
-        """Stop the worker (to be replaced) once its engine has failed too many steps in a row."""
+        """Stop the worker (to be replaced) once its engine has failed too many steps in a row; after an
+        out-of-memory step, cap the rows admitted and lift the cap again one row per successful step."""
+        if result.out_of_memory_ids:
+            self._row_cap = max(1, len(result.out_of_memory_ids) // 2)
+            metrics.FAILED_STEPS.inc()
+            log.warning(
+                "out of device memory at %d rows: retrying them with at most %d rows in the batch",
+                len(result.out_of_memory_ids),
+                self._row_cap,
+            )
         if result.stepped:
             self._failed_steps_in_row = 0
+            if self._row_cap is not None:
+                self._row_cap = self._row_cap + 1 if self._row_cap + 1 < self._max_batch else None
         if result.step_failure is None:
             return
         metrics.FAILED_STEPS.inc()
@@ -454,6 +498,8 @@ class Worker:
         request = item.request
         if request is None:
             raise RuntimeError(f"request {item.request_id} reached the engine unprepared")
+        if self._row_cap is not None and self.engine.num_active >= self._row_cap:
+            return False
         if not self.engine.admits(request, self._settings.max_batch_tokens):
             return False
         self.engine.add(request)
@@ -466,17 +512,28 @@ class Worker:
         try:
             result.events = self.engine.step()
         except Exception as exc:  # the worker outlives its engine's step
-            log.exception("an engine step failed; failing the %d requests it held", len(self._in_engine))
-            result.step_failure = exc
-            result.failed_step_ids = sorted(self._in_engine)
-            for request_id in result.failed_step_ids:
-                self.engine.cancel(request_id)
-            self._in_engine.clear()
+            self._fail_step(result, exc)
             return
         result.stepped = True
         self._in_engine.difference_update(
             event.request_id for event in result.events if event.finish_reason or event.error
         )
+
+    def _fail_step(self, result: TickResult, exc: Exception) -> None:
+        """Empty the engine after a step that failed as a whole: an out-of-memory step of several rows hands its
+        requests back (module docstring), any other failure fails them."""
+        held = sorted(self._in_engine)
+        for request_id in held:
+            self.engine.cancel(request_id)
+        self._in_engine.clear()
+        if is_out_of_memory(exc):
+            release_cached_device_memory()
+            if len(held) > 1:
+                result.out_of_memory_ids = held
+                return
+        log.exception("an engine step failed; failing the %d requests it held", len(held), exc_info=exc)
+        result.step_failure = exc
+        result.failed_step_ids = held
 
     def _expired_requests(self) -> set[str]:
         now = time.time()
@@ -487,6 +544,7 @@ class Worker:
     def _publication(self, item: InFlight, event: TokenEvent) -> Publication | None:
         final = event.finish_reason is not None
         item.text += event.text
+        item.generated_ids += event.token_ids
         self._observer.token_event(event)
         if not item.payload.stream and not final:
             return None

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Metric
 from prometheus_client.core import GaugeMetricFamily
@@ -221,7 +221,7 @@ class ServedModelExport(Collector):
         self.model_name: str | None = None
         self.vllm_names = False
 
-    def describe(self) -> Iterator[Metric]:
+    def describe(self) -> Iterable[Metric]:
         return self.measured.collect()
 
     def collect(self) -> Iterator[Metric]:

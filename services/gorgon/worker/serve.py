@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import uuid
-from pathlib import Path
 
 from gorgon.core.config import get_redis_settings
 from gorgon.core.redis.connection import open_redis
@@ -63,11 +62,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="model of the medusa engine: an HF model directory, a hub id or a .gguf file (default: "
         f"{setting_default(EngineSettings, 'model', unset=default_model)})",
     )
+    default_heads = f"with the default model, {setting_default(EngineSettings, 'default_model_heads_path')}; with another, none"
     parser.add_argument(
         "--heads",
-        type=Path,
-        help="Medusa heads directory of that model; without heads speculation is off (default: "
-        f"{setting_default(EngineSettings, 'heads_path')})",
+        help="Medusa heads of that model, a directory or a hub id; without heads speculation is off (default: "
+        f"{setting_default(EngineSettings, 'heads_path', unset=default_heads)})",
     )
 
 

@@ -15,6 +15,7 @@ from gorgon.core.redis.queue import (
     ensure_group,
     heartbeat_entries,
     read_entries,
+    undelivered,
 )
 
 
@@ -30,6 +31,21 @@ async def test_backlog_counts_undelivered_and_pending_until_deleted(
     await redis_async.xack(stream, CONSUMER_GROUP, ids[0])
     await redis_async.xdel(stream, ids[0])
     assert await backlog(redis_async, redis_names, "m") == 2
+
+
+async def test_undelivered_counts_what_no_consumer_has_read(
+    redis_async: aioredis.Redis, redis_names: RedisNames
+) -> None:
+    stream = redis_names.request_stream("m")
+    assert await undelivered(redis_async, redis_names, "m") == 0, "no stream, no group: none"
+    await redis_async.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+    ids = [await redis_async.xadd(stream, {"n": str(i)}) for i in range(3)]
+    assert await undelivered(redis_async, redis_names, "m") == 3
+    await redis_async.xreadgroup(CONSUMER_GROUP, "c1", {stream: ">"}, count=2)
+    assert await undelivered(redis_async, redis_names, "m") == 1
+    await redis_async.xack(stream, CONSUMER_GROUP, ids[0])
+    await redis_async.xdel(stream, ids[0])
+    assert await undelivered(redis_async, redis_names, "m") == 1
 
 
 async def test_enqueue_refuses_past_the_backlog_limit(

@@ -26,6 +26,7 @@ from torch import nn
 from gorgon.core.errors import ConfigurationError
 from gorgon.engine.config import EngineSettings
 from gorgon.engine.drafting.heads import DraftVocabulary, MedusaHeads
+from gorgon.engine.drafting.source import heads_directory
 from gorgon.engine.loader import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -198,18 +199,24 @@ def load_medusa_heads(
 
 
 def load_heads_for(loaded: LoadedModel, settings: EngineSettings) -> MedusaHeads | None:
-    """The Medusa heads in settings.heads_path checked against the model, or None (speculation off, logged)."""
+    """The Medusa heads configured for the model (fetched first when given as a hub id) checked against it, or
+    None (speculation off, logged)."""
     if not settings.speculation:
         log.info("speculation disabled by settings: plain decoding")
         return None
-    if not has_medusa_heads(settings.heads_path):
-        log.info("no Medusa heads in %s: speculation off, plain decoding", settings.heads_path)
+    directory = heads_directory(settings, fetch=True)
+    if directory is None:
+        log.info("no Medusa heads configured for %s: speculation off, plain decoding", loaded.name)
         return None
-    heads = load_medusa_heads(settings.heads_path, dtype=loaded.dtype, device=loaded.device)
+    if not has_medusa_heads(directory):
+        log.info("no Medusa heads in %s: speculation off, plain decoding", directory)
+        return None
+    heads = load_medusa_heads(directory, dtype=loaded.dtype, device=loaded.device)
     vocab, hidden = loaded.model.get_output_embeddings().get_parameter("weight").shape
     if heads.hidden_size != hidden or (heads.own_lm_heads and heads.vocab_size != vocab):
+        source = f"{settings.heads_path} ({directory})" if settings.heads_path else str(directory)
         raise ConfigurationError(
-            f"Medusa heads in {settings.heads_path} were built for hidden size {heads.hidden_size} / vocabulary "
+            f"Medusa heads {source} were built for hidden size {heads.hidden_size} / vocabulary "
             f"{heads.vocab_size}, but {loaded.name} has {hidden} / {vocab}"
         )
     return heads
@@ -219,8 +226,11 @@ def load_draft_vocabulary(
     settings: EngineSettings, heads: MedusaHeads | None, lm_head: nn.Module
 ) -> DraftVocabulary | None:
     """The draft vocabulary shipped beside heads that share the lm_head, cut to settings.draft_vocab_size."""
-    path = settings.heads_path / DRAFT_VOCABULARY_FILE
-    if heads is None or heads.own_lm_heads or settings.draft_vocab_size == 0 or not path.is_file():
+    if heads is None or heads.own_lm_heads or settings.draft_vocab_size == 0:
+        return None
+    directory = heads_directory(settings)
+    path = directory / DRAFT_VOCABULARY_FILE if directory is not None else None
+    if path is None or not path.is_file():
         return None
     token_ids = json.loads(path.read_text())[: settings.draft_vocab_size]
     vocab = lm_head.get_parameter("weight").shape[0]
