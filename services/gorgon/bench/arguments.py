@@ -24,7 +24,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", default=None, help="HF dir, hub id or .gguf (default: SmolLM2-135M-Instruct)"
     )
     parser.add_argument(
-        "--heads", default=None, help="Medusa heads directory (default: the engine's heads_path)"
+        "--heads",
+        default=None,
+        help="Medusa heads: a directory or a hub id (default: the engine's heads, the shipped ones for the default model)",
     )
 
 

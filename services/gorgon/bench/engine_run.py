@@ -198,9 +198,7 @@ def run_benchmark(
     loaded = load_model_and_tokenizer(settings)
     heads = load_heads_for(loaded, settings)
     if heads is None:
-        log.warning(
-            "no Medusa heads at %s: benchmarking untrained heads (they accept little)", settings.heads_path
-        )
+        log.warning("no Medusa heads for %s: benchmarking untrained heads (they accept little)", loaded.name)
         heads = untrained_heads(loaded)
     plain_engine = MedusaEngine(loaded, None, settings)
     medusa_engine = MedusaEngine(loaded, heads, settings)
