@@ -24,8 +24,8 @@ from pathlib import Path
 RESERVED_CORES = 1
 """Cores left to the API, Redis and a local load generator: a worker thread placed there waits for them."""
 CORES_PER_MODEL_WORKER = 4
-"""A further worker only when each gets this many cores: up to a few threads a step speeds up with cores, and a
-worker of its own costs another pass over the weights per step and another copy of the model."""
+"""A further worker only where each gets this many cores: a step keeps gaining from threads up to a few cores,
+while every worker costs another pass over the weights per step and another copy of the model."""
 MEMORY_HEADROOM = 0.8
 """Share of the available memory further workers may fill (a worker's KV cache grows with its batch)."""
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
