@@ -40,6 +40,7 @@ from gorgon.core.redis.queue import (
     hand_back,
     heartbeat_entries,
     read_entries,
+    undelivered,
 )
 from gorgon.core.redis.rate_limit import count_request
 from gorgon.core.redis.registry import live_workers, register_worker, unregister_worker
@@ -85,6 +86,8 @@ EXERCISED = {
         "queue.hand_back",
         "queue.heartbeat_entries",
         "queue.read_entries",
+        "queue.undelivered",
+        "registry.live_workers",
         "registry.register_worker",
         "registry.unregister_worker",
     },
@@ -321,6 +324,8 @@ async def test_the_worker_user_can_do_what_the_worker_does(as_user: dict[str, ai
             first_id,
             second_id,
         ]
+        assert await undelivered(worker, NAMES, MODEL) == 2  # the waiting gauge: 4 queued, 2 read
+        assert [record["model"] for record in await live_workers(worker, NAMES, MODEL)] == [MODEL]
         await request_cancel(api, NAMES, "r2", 30)
         stream = NAMES.request_stream(MODEL)
         final = Publication(Chunk("r1", attempt=1, seq=0, final=True), True, Chunk("r1", 1, 0), 30, channel)

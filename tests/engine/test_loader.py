@@ -152,3 +152,12 @@ def test_a_gguf_model_is_dequantized_once_then_loaded_from_the_cache(
 def test_an_empty_cache_setting_turns_the_cache_off(monkeypatch) -> None:
     monkeypatch.setenv("GORGON_ENGINE_DEQUANTIZED_CACHE_DIR", "")
     assert EngineSettings().dequantized_cache_dir is None
+
+
+def test_a_dequantized_gguf_model_converts_dtype_as_deepspeed_asks(tiny_model) -> None:
+    """transformers flags a GGUF model quantized at load and refuses `.float()`, which init_inference calls."""
+    tiny_model.is_quantized = True
+    with pytest.raises(ValueError, match="quantized"):
+        tiny_model.float()
+    loader._mark_dequantized(tiny_model)
+    assert tiny_model.float().dtype == torch.float32

@@ -217,7 +217,7 @@ runs each component's code under its user. */}}
 {{- $ns := .Values.redisNamespace -}}
 default ~* &* +@all
 api -@all +ping +info +evalsha +script|load +xlen +xadd +xrange +set +get +lrange +incrby +expire +smembers +srem +exists +mget +scan +subscribe {{ printf "~%s:requests:* ~%s:cancel:* ~%s:ratelimit:* ~%s:worker-index ~%s:workers:* %%R~%s:result:* %%R~%s:progress:* %%R~%s:held:* &%s:replies:*" $ns $ns $ns $ns $ns $ns $ns $ns $ns }}
-worker -@all +ping +evalsha +script|load +xgroup|create +xreadgroup +xack +xdel +xclaim +xautoclaim +xadd +get +set +rpush +expire +pexpire +exists +lrange +mget +sadd +srem +del +publish {{ printf "~%s:requests:* ~%s:dead:* ~%s:attempt:* ~%s:progress:* ~%s:result:* ~%s:cancel:* ~%s:held:* ~%s:workers:* ~%s:worker-index &%s:replies:*" $ns $ns $ns $ns $ns $ns $ns $ns $ns $ns }}
+worker -@all +ping +evalsha +script|load +xgroup|create +xreadgroup +xack +xdel +xclaim +xautoclaim +xadd +xlen +xpending +get +set +rpush +expire +pexpire +exists +lrange +mget +sadd +smembers +scan +srem +del +publish {{ printf "~%s:requests:* ~%s:dead:* ~%s:attempt:* ~%s:progress:* ~%s:result:* ~%s:cancel:* ~%s:held:* ~%s:workers:* ~%s:worker-index &%s:replies:*" $ns $ns $ns $ns $ns $ns $ns $ns $ns $ns }}
 {{- if include "gorgon.operator.enabled" . }}
 operator -@all +ping +xlen {{ printf "%%R~%s:requests:*" $ns }}
 {{- end }}

@@ -172,6 +172,10 @@ def _mark_dequantized(model: PreTrainedModel) -> None:
         del model.hf_quantizer
     if hasattr(model.config, "quantization_config"):  # saved with the model, it would flag reloads again
         del model.config.quantization_config
+    if hasattr(model, "quantization_method"):
+        del model.quantization_method
+    # The flag `.half()` / `.float()` read is an instance attribute set at load, apart from the quantizer.
+    model.is_quantized = False  # type: ignore[assignment]  # nn.Module types every attribute as a tensor or module
 
 
 @contextlib.contextmanager
