@@ -86,6 +86,7 @@ loader._save_dequantized(tiny_llama(), byte_tokenizer(), loader.Path(sys.argv[1]
 """
 
 
+@pytest.mark.processes
 def test_filling_the_dequantized_cache_keeps_stdout_clean(tmp_path) -> None:
     """The first `gorgon bench engine --json` on a machine fills the cache; accelerate imports DeepSpeed inside
     save_pretrained, and DeepSpeed's import logs a warning to stdout (a fresh process, so the import happens)."""

@@ -13,6 +13,8 @@ from loadtest_server import SseServer
 from gorgon.cli import main
 from gorgon_loadtest.cli import parse_sweep
 
+pytestmark = pytest.mark.processes
+
 SUMMARY_FIELDS = (
     "requests",
     "errors",

@@ -19,6 +19,8 @@ from gorgon.core.redis.requests import read_result
 from gorgon_operator.local import LocalWorkers, run_local_autoscaler
 from gorgon_operator.policy import ScalingPolicy
 
+pytestmark = pytest.mark.processes
+
 MODEL = "echo"
 MAX_TOKENS = 40
 

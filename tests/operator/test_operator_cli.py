@@ -17,6 +17,8 @@ from gorgon.cli import main
 from gorgon_operator import k8s
 from gorgon_operator.cli import build_reconciler
 
+pytestmark = pytest.mark.processes
+
 
 def test_without_cluster_credentials_the_operator_fails_with_one_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]

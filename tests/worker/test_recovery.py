@@ -17,6 +17,8 @@ from gorgon.engine.echo import continuation
 from gorgon.local.processes import LocalServices
 from gorgon_testing import services_in_fresh_namespace
 
+pytestmark = pytest.mark.processes
+
 LEASE = {"lease_s": "1.0", "heartbeat_interval_s": "0.25", "registration_ttl_s": "3", "read_block_ms": "20"}
 
 
