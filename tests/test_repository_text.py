@@ -1,8 +1,8 @@
 """The repository speaks of the product only: no tracked text tells the circumstances of its writing.
 
 A comment says why the code is as it is; figures live in docs/benchmarks.md with the command that measures them;
-history lives in git. So tracked files carry no working-session numbers, no scratch-script references, no
-"not run here" notes, and code comments, docstrings and docs carry no dates of runs.
+history lives in git. So tracked files carry no numbered working sessions, no references to throwaway scripts,
+no notes about where something was or was not run, and code comments, docstrings and docs carry no dates of runs.
 """
 
 from __future__ import annotations
@@ -18,11 +18,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 THIS_FILE = Path(__file__).resolve().relative_to(ROOT).as_posix()
 
+# Spelled with character classes so that this file does not itself contain the phrases it forbids.
 CIRCUMSTANCE_WORDS = re.compile(
-    r"\bsession \d+|\b(?:this|last|next|previous) session\b|/tmp script|\bscratch script|"
-    r"\bnot run here\b|\buntested here\b|\bnot measured here\b",
+    r"\bsessio[n] \d+|\b(?:this|last|next|previous) sessio[n]\b|/tm[p] scrip[t]|\bscratc[h] scrip[t]|"
+    r"\bnot ru[n] here\b|\buntested her[e]\b|\bnot measured her[e]\b",
     re.IGNORECASE,
 )
+
+
+def _phrase(*words: str) -> str:
+    """A sample sentence assembled at run time, for the same reason."""
+    return " ".join(words)
+
+
 DATE = re.compile(r"\b20\d\d-[01]\d-[0-3]\d\b")
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".sh", ".toml", ".txt", ".json", ".tpl", ".lua", ".cfg"}
 TEXT_NAMES = {"Makefile", "Dockerfile.api", "Dockerfile.worker", "run", ".gitignore", ".dockerignore"}
@@ -82,9 +90,9 @@ def test_tracked_files_are_listed() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("measured in session 12 on a Zen 4", True),
-        ("a /tmp script alternated both", True),
-        ("the GPU path, not run here", True),
+        (_phrase("measured in", "session", "12", "on a Zen 4"), True),
+        (_phrase("a", "/tmp", "script", "alternated both"), True),
+        (_phrase("the GPU path,", "not", "run", "here"), True),
         ("the session's token", False),
         ("a sessionless client", False),
     ],
