@@ -87,7 +87,7 @@ def test_the_trigger_reads_the_length_of_the_stream_the_workers_consume(
     trigger = _trigger(keda_manifests)
     assert trigger["type"] == "redis-streams"
     metadata = trigger["metadata"]
-    model = _worker_env(keda_manifests)["GORGON_ENGINE_MODEL_NAME"]
+    model = _worker_env(keda_manifests)["GORGON_ENGINE_SERVED_MODEL_NAME"]
     assert model == "HuggingFaceTB/SmolLM2-360M-Instruct"
     assert metadata["stream"] == RedisNames(VALUES["redisNamespace"]).request_stream(model)
     assert "consumerGroup" not in metadata, (
@@ -103,7 +103,7 @@ def test_the_trigger_reads_the_length_of_the_stream_the_workers_consume(
 
 def test_without_a_model_the_workers_and_keda_agree_on_the_engine_default() -> None:
     manifests = render_chart(set_values={"autoscaling.mode": "keda"})
-    assert _worker_env(manifests)["GORGON_ENGINE_MODEL_NAME"] == DEFAULT_MODEL_DISPLAY_NAME
+    assert _worker_env(manifests)["GORGON_ENGINE_SERVED_MODEL_NAME"] == DEFAULT_MODEL_DISPLAY_NAME
     assert _trigger(manifests)["metadata"]["stream"] == RedisNames().request_stream(
         DEFAULT_MODEL_DISPLAY_NAME
     )

@@ -17,6 +17,7 @@ from chart_render import (
     pod_labels,
     pod_spec,
     render_chart,
+    run_helm,
     selector_matches,
     workloads,
 )
@@ -47,10 +48,41 @@ def test_worker_asks_for_one_gpu_by_default(default_manifests: list[Manifest]) -
 def test_gpu_scenario_sets_gpus_tolerations_node_selector_and_runtime_class() -> None:
     worker = _worker(_render("gpu"))
     spec = pod_spec(worker)
-    assert container(worker, "worker")["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert container(worker, "worker")["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert spec["runtimeClassName"] == "nvidia"
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+
+
+def test_a_worker_takes_at_most_one_gpu() -> None:
+    """A worker is one process on one GPU: two GPUs in one pod would sit idle, so the schema refuses them."""
+    result = run_helm("template", "gorgon", str(CHART_DIR), "--set", "worker.gpus=2")
+    assert result.returncode != 0
+    assert "gpus" in result.stderr
+
+
+def test_vicuna_scenario_serves_vicuna_with_its_heads_on_one_gpu() -> None:
+    worker = _worker(_render("vicuna-medusa"))
+    env = {item["name"]: item.get("value") for item in container(worker, "worker")["env"]}
+    assert env["GORGON_ENGINE_MODEL"] == "lmsys/vicuna-7b-v1.3"
+    assert env["GORGON_ENGINE_HEADS_PATH"] == "FasterDecoding/medusa-vicuna-7b-v1.3"
+    assert env["GORGON_ENGINE_SERVED_MODEL_NAME"] == "vicuna-7b-v1.3"
+    assert env["GORGON_ENGINE_DEVICE"] == "cuda"
+    assert container(worker, "worker")["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+@pytest.mark.parametrize(
+    ("set_values", "heads"),
+    [
+        ({"worker.model.heads": "org/heads"}, "org/heads"),
+        ({"worker.model.headsPath": "/models/heads"}, "/models/heads"),
+        ({"worker.model.heads": "org/heads", "worker.model.headsPath": "/models/heads"}, "org/heads"),
+    ],
+)
+def test_heads_come_from_heads_or_its_older_name(set_values: dict[str, str], heads: str) -> None:
+    worker = _worker(render_chart(set_values=set_values))
+    env = {item["name"]: item.get("value") for item in container(worker, "worker")["env"]}
+    assert env["GORGON_ENGINE_HEADS_PATH"] == heads
 
 
 def test_cpu_only_worker_has_no_gpu_limit() -> None:
@@ -101,7 +133,7 @@ def test_workerpool_startup_grace_is_the_worker_startup_budget(default_manifests
 def test_workers_and_operator_agree_on_the_model_stream(set_values: dict[str, str], served: str) -> None:
     manifests = render_chart(set_values={**set_values, "operator.workerPool.minReplicas": "1"})
     worker_env = {item["name"]: item.get("value") for item in container(_worker(manifests), "worker")["env"]}
-    assert worker_env["GORGON_ENGINE_MODEL_NAME"] == served
+    assert worker_env["GORGON_ENGINE_SERVED_MODEL_NAME"] == served
     assert find(manifests, "WorkerPool")["spec"]["model"] == served
 
 

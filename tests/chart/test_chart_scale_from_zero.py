@@ -47,7 +47,7 @@ def _pool_minimums(manifests: list[Manifest]) -> list[int]:
 
 
 def _workers_model(manifests: list[Manifest]) -> str:
-    return _env(manifests, "worker").get("GORGON_ENGINE_MODEL_NAME") or DEFAULT_MODEL_DISPLAY_NAME
+    return _env(manifests, "worker").get("GORGON_ENGINE_SERVED_MODEL_NAME") or DEFAULT_MODEL_DISPLAY_NAME
 
 
 def _default_model_context_length() -> int:

@@ -364,7 +364,7 @@ both against the code and the model file. */}}
 {{- default (include "gorgon.defaultModel" . | fromJson).name (include "gorgon.worker.servedModel" .) }}
 {{- end }}
 
-{{/* The name the workers queue under, as the chart sets it (GORGON_ENGINE_MODEL_NAME). KEDA needs a stream name
+{{/* The name the workers queue under, as the chart sets it (GORGON_ENGINE_SERVED_MODEL_NAME). KEDA needs a stream name
 even when no model is set: then it is the engine's default model name, given to the workers too, so the stream
 KEDA reads is always the one they consume. */}}
 {{- define "gorgon.worker.queuedModel" -}}
