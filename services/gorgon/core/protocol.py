@@ -33,6 +33,27 @@ class WireSampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     use_speculative: bool = True
+    logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+    response_format: str | None = None
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> WireSampling:
+        """From its decoded JSON object: JSON arrays back to the tuples the fields hold."""
+        return cls(
+            **{
+                **body,
+                "stop": tuple(body.get("stop", ())),
+                "logit_bias": tuple((int(token), float(bias)) for token, bias in body.get("logit_bias", ())),
+                "stop_token_ids": tuple(body.get("stop_token_ids", ())),
+            }
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +84,8 @@ class RequestPayload:
         body = _load_versioned(raw)
         try:
             raw_sampling = body.pop("sampling")
-            sampling = WireSampling(**{**raw_sampling, "stop": tuple(raw_sampling.get("stop", ()))})
-        except (KeyError, TypeError, AttributeError) as exc:
+            sampling = WireSampling.from_body(raw_sampling)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"bad sampling parameters: {exc}") from exc
         messages = body.pop("messages", None)
         try:

@@ -47,6 +47,23 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     use_speculative: bool = True
+    logprobs: int | None = None
+    """Log-probabilities of each emitted token plus this many top alternatives (0..MAX_LOGPROBS); None: none."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    """vLLM's: logits of tokens in the prompt or the output divided by it where positive, multiplied where not."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias added to its logit) pairs."""
+    min_tokens: int = 0
+    """EOS and stop_token_ids are masked until this many tokens have been generated."""
+    ignore_eos: bool = False
+    """EOS does not end the request (it runs to max_new_tokens, a stop sequence or a stop token)."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Tokens that end the request like EOS does (finish_reason stop; the token itself is not in the text)."""
+    response_format: str | None = None
+    """Structured output: the request's `response_format` object as JSON text ({"type": "json_object"} or
+    {"type": "json_schema", "json_schema": {...}}); None: free text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +71,27 @@ class GenerationRequest:
     request_id: str
     prompt_ids: tuple[int, ...]
     params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    """One alternative at a position: its text (the token as the tokenizer spells it, decoded to text), its
+    log-probability, and the UTF-8 bytes of that text (what OpenAI's `bytes` carries)."""
+
+    token: str
+    logprob: float
+    token_bytes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """An emitted token's log-probability under the model (log-softmax of its raw logits at that position, before
+    penalties, bias, grammar or temperature) and the `top` most likely alternatives, most likely first."""
+
+    token: str
+    logprob: float
+    token_bytes: tuple[int, ...]
+    top: tuple[TopLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +115,8 @@ class TokenEvent:
     drafted_tokens: int = 0
     accepted_tokens: int = 0
     error: str | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    """With SamplingParams.logprobs set: one entry per token in `token_ids`, in order."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,6 +111,15 @@ class InFlight:
             seed=sampling.seed,
             stop=sampling.stop,
             use_speculative=sampling.use_speculative,
+            logprobs=sampling.logprobs,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            repetition_penalty=sampling.repetition_penalty,
+            logit_bias=sampling.logit_bias,
+            min_tokens=sampling.min_tokens,
+            ignore_eos=sampling.ignore_eos,
+            stop_token_ids=sampling.stop_token_ids,
+            response_format=sampling.response_format,
         )
         return GenerationRequest(self.request_id, tuple(prompt_ids) + self.prior_token_ids, params)
 
