@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from gorgon.engine.attention import _sdpa_virtual_rows, row_attention
+from gorgon.engine.attention import VerificationAttention, row_attention, verification_attention
+from gorgon.engine.forward import _attention_inputs
+from gorgon.engine.tree import MC_SIM_7B_63, build_tree_buffers, sorted_choices
 
 HEADS, KV_HEADS, DIM, WINDOW, VISIBLE = 9, 3, 64, 64, 40
 TRIALS = 200
@@ -124,10 +126,55 @@ def test_exact_queries_and_leaves_compute_attention(dtype: torch.dtype) -> None:
         assert torch.allclose(got.double(), expected, atol=tolerance), exact
 
 
-def test_the_sdpa_path_of_other_devices_computes_the_same_attention() -> None:
-    """Off CPU (CUDA) the exact queries run through SDPA as virtual rows; checked here on CPU tensors, since
-    no GPU is at hand, against the same float64 reference."""
-    generator = torch.Generator().manual_seed(5)
-    query, key, value, mask = _draw(generator, 3, 4, torch.float32)
-    got = _sdpa_virtual_rows(query, key, value, mask, DIM**-0.5)
-    assert torch.allclose(got.double(), _reference(query, key, value, mask), atol=1e-5)
+def test_the_verification_attention_is_chosen_by_device() -> None:
+    assert verification_attention(torch.device("cpu")) is VerificationAttention.VIRTUAL_ROWS
+    assert verification_attention(torch.device("cuda")) is VerificationAttention.MASKED_CALL
+
+
+def _paths_visibility(choices, lengths: list[int], window: int) -> torch.Tensor:
+    """[B, 1, T, W] bool from a tree's paths alone: node i of row b sees the row's accepted slots and the slot
+    (lengths[b] + node index) of every node on its root path, itself included."""
+    paths = [(), *sorted_choices(choices)]
+    node_of = {path: node for node, path in enumerate(paths)}
+    visible = torch.zeros(len(lengths), 1, len(paths), window, dtype=torch.bool)
+    for row, length in enumerate(lengths):
+        visible[row, :, :, :length] = True
+        for node, path in enumerate(paths):
+            for depth in range(len(path) + 1):
+                visible[row, 0, node, length + node_of[path[:depth]]] = True
+    return visible
+
+
+TREE_TOLERANCES = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 4e-5}
+
+
+@pytest.mark.parametrize("verification", list(VerificationAttention))
+@pytest.mark.parametrize("dtype", list(TREE_TOLERANCES))
+def test_a_branching_tree_step_computes_attention_over_each_nodes_path(
+    verification: VerificationAttention, dtype: torch.dtype
+) -> None:
+    """The 64 nodes of mc_sim_7b_63 over three rows of different lengths, with the mask and options each
+    verification attention passes (MASKED_CALL: one SDPA call under the slot-order tree mask; VIRTUAL_ROWS: keys
+    gathered per node), against float64 attention over each node's accepted slots and root path. Tolerances are
+    absolute on outputs of scale 1 (values drawn with standard deviation 1, scores up to about 40): 2e-2 in
+    bfloat16 (8 significant bits), 4e-3 in float16 (11), 4e-5 in float32 (24), each 2 to 5 times the largest
+    deviation of either path; a chain's mask in place of the tree's moves outputs by more than 5."""
+    generator = torch.Generator().manual_seed(6)
+    tree = build_tree_buffers(MC_SIM_7B_63)
+    lengths, window = [40, 7, 64], 128
+    mask, options = _attention_inputs(
+        verification,
+        torch.tensor(lengths),
+        tree.attention_mask,
+        tree.depths,
+        window,
+        ancestors=tree.ancestors,
+        exact_queries=tree.num_nodes,
+    )
+    query = (torch.randn(3, HEADS, tree.num_nodes, DIM, generator=generator) * 3.0).to(dtype)
+    key = (torch.randn(3, KV_HEADS, window, DIM, generator=generator) * 3.0).to(dtype)
+    value = torch.randn(3, KV_HEADS, window, DIM, generator=generator).to(dtype)
+    got = _attend(query, key, value, mask, **options)
+    expected = _reference(query, key, value, _paths_visibility(MC_SIM_7B_63, lengths, window))
+    assert got.dtype == dtype
+    assert torch.allclose(got.double(), expected, atol=TREE_TOLERANCES[dtype])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from engine_tiny import as_the_cpu_engine_runs_it
 
-from gorgon.engine.forward import row_logits
+from gorgon.engine.attention import node_key_slots
+from gorgon.engine.forward import attention_mask, row_logits
+from gorgon.engine.tree import CPU_TREE_12, MC_SIM_7B_63, build_tree_buffers
 
 
 def test_single_row_logits_match_the_row_inside_a_batch() -> None:
@@ -25,3 +28,20 @@ def test_single_row_logits_match_the_row_inside_a_batch() -> None:
         lm_head = as_the_cpu_engine_runs_it(linear, torch.bfloat16)
         in_batch = lm_head(rows)[:1]
         assert torch.equal(row_logits(lm_head, rows[:1]), in_batch)
+
+
+@pytest.mark.parametrize("choices", [CPU_TREE_12, MC_SIM_7B_63])
+def test_the_slot_order_mask_shows_each_node_the_keys_its_gathered_path_holds(choices) -> None:
+    """The two verification attentions see the same keys: MASKED_CALL's mask in slot order (attention_mask) and
+    the slots VIRTUAL_ROWS gathers per node in plain-decoding order (node_key_slots), over rows of different
+    lengths."""
+    tree = build_tree_buffers(choices)
+    lengths, window = torch.tensor([0, 5, 30]), 96
+    slot_order = attention_mask(lengths, tree.attention_mask, window)[:, 0]  # [B, T, W]
+    key_slots, gathered = node_key_slots(lengths, tree.ancestors, tree.depths, window)
+    gathered = gathered.reshape(3, tree.num_nodes, window)
+    for row in range(3):
+        for node in range(tree.num_nodes):
+            path_slots = key_slots[row, node][gathered[row, node]]
+            assert path_slots.tolist() == sorted(path_slots.tolist())
+            assert slot_order[row, node].nonzero()[:, 0].tolist() == path_slots.tolist()

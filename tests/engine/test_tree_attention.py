@@ -1,9 +1,10 @@
-"""Tree attention rounds like plain decoding: a tree node's hidden state is bit-identical to the plain step's
-at the same position, in bf16, whichever sibling it is (engine/attention.py).
+"""Tree attention on CPU (VIRTUAL_ROWS) rounds like plain decoding: a tree node's hidden state is bit-identical to
+the plain step's at the same position, in bf16, whichever sibling it is (engine/attention.py).
 
-With one masked window instead, the real model's attention rounded differently for 5 of 2,040 node outputs
-(captured tree steps, SmolLM2 bf16) — too rare for a random model to show in a fast test, so the tests here check
-that the per-node key order reproduces the plain computation bit for bit, and the slot bookkeeping."""
+With one masked window instead (MASKED_CALL, the CUDA path), the real model's attention rounded differently for 5
+of 2,040 node outputs (captured tree steps, SmolLM2 bf16) — too rare for a random model to show in a fast test, so
+the tests here check that the per-node key order reproduces the plain computation bit for bit, the slot
+bookkeeping, and that either attention computes each node's text as float64 does."""
 
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ import torch
 from engine_tiny import VOCAB, as_the_cpu_engine_runs_it, empty_cache, smollm2_shaped_llama
 from transformers import LlamaForCausalLM
 
-from gorgon.engine.attention import gather_per_node, node_key_slots, use_row_attention
+from gorgon.engine.attention import (
+    VerificationAttention,
+    gather_per_node,
+    node_key_slots,
+    use_row_attention,
+)
 from gorgon.engine.forward import forward_tokens
 from gorgon.engine.kv import RowKVCache
 from gorgon.engine.parts import ModelParts
-from gorgon.engine.tree import build_tree_buffers
+from gorgon.engine.tree import CPU_TREE_12, build_tree_buffers, sorted_choices
 
 SIBLINGS_TREE = ((0,), (1,), (2,), (0, 0), (1, 0))  # nodes: root, (0,), (1,), (2,), (0, 0), (1, 0)
 NODE_OF_SECOND_SIBLING = 2
@@ -112,3 +118,45 @@ def test_node_key_slots_follow_each_nodes_path() -> None:
     states = torch.arange(2 * 12, dtype=torch.float32).reshape(2, 1, 12, 1)
     gathered = gather_per_node(states, key_slots).reshape(2, 6, 12)
     assert gathered[1, 3, :3].tolist() == [12.0, 13.0, 16.0]
+
+
+def _prefilled(parts: ModelParts, model, text: list[int]) -> RowKVCache:
+    """A one-row cache holding `text`, prefilled as the engine prefills a prompt."""
+    cache = empty_cache(model, 1, 128)
+    causal = torch.ones(len(text), len(text), dtype=torch.bool).tril()
+    forward_tokens(parts, cache, torch.tensor([text]), torch.arange(len(text)), causal)
+    cache.advance(len(text))
+    return cache
+
+
+@pytest.mark.parametrize("verification", list(VerificationAttention))
+def test_tree_nodes_compute_the_hidden_state_of_their_text_in_float64(verification) -> None:
+    """Either verification attention gives every node of a branching tree, in rows of different lengths, the
+    hidden state of its row's text followed by its root path, as transformers computes that text in float64 with
+    the same weights, without a cache. The model runs in float32: tolerance 1e-4 absolute on hidden states of
+    scale 1 (after the final norm)."""
+    model = smollm2_shaped_llama(torch.float32)
+    reference = smollm2_shaped_llama(torch.float64)
+    parts = ModelParts(model.get_decoder(), model.get_output_embeddings(), None)
+    generator = torch.Generator().manual_seed(7)
+    texts = [torch.randint(0, VOCAB, (length,), generator=generator).tolist() for length in (30, 17)]
+    cache = RowKVCache.concatenate([_prefilled(parts, model, text) for text in texts])
+    tree = build_tree_buffers(CPU_TREE_12)
+    tokens = torch.randint(0, VOCAB, (2, tree.num_nodes), generator=generator)
+    hidden = forward_tokens(
+        parts,
+        cache,
+        tokens,
+        tree.depths,
+        tree.attention_mask,
+        ancestors=tree.ancestors,
+        exact_queries=tree.num_nodes,
+        verification=verification,
+    )
+    paths = [(), *sorted_choices(CPU_TREE_12)]
+    node_of = {path: node for node, path in enumerate(paths)}
+    for row, text in enumerate(texts):
+        for node, path in enumerate(paths):
+            path_tokens = [int(tokens[row, node_of[path[:depth]]]) for depth in range(len(path) + 1)]
+            expected = reference.model(torch.tensor([text + path_tokens])).last_hidden_state[0, -1]
+            assert torch.allclose(hidden[row, node].double(), expected, atol=1e-4), (row, node)

@@ -1,5 +1,5 @@
-"""The decode step's attention: tree attention that rounds exactly like plain decoding, its kernel chosen by
-device.
+"""The decode step's attention, chosen by device: on CPU tree attention that rounds exactly like plain decoding,
+elsewhere one masked call per layer whose memory grows with window + nodes.
 
 A tree forward writes its nodes at consecutive slots past a row's accepted tokens, so a node's root path is not
 contiguous in the cache: node (1,) of a tree sits at slot L + 2 although it is the token at position L + 1. Masking
@@ -10,18 +10,25 @@ decoding stores them (the row's accepted slots, then the node's ancestors, then 
 computes what the plain step computes at its position.
 
 A query's output can also depend on what shares its call (other queries, other rows). So every query a decode step
-may emit (`exact_queries`) is computed as a virtual row of one query: on CPU by the float32 kernels of
-engine/kernels/cpu_attention.py, on other devices by SDPA over per-row copies of the keys (`_sdpa_virtual_rows`,
-checked on CPU tensors against a float64 reference). A plain step passes `exact_queries` = its query count, a
-chain its nodes, a lookahead tree its chain (its leaves, never emitted, share one faster product), a branching
-tree its nodes as virtual rows over gathered keys.
+may emit (`exact_queries`) is computed as a virtual row of one query by the float32 kernels of
+engine/kernels/cpu_attention.py. A plain step passes `exact_queries` = its query count, a chain its nodes, a
+lookahead tree its chain (its leaves, never emitted, share one faster product), a branching tree its nodes as
+virtual rows over gathered keys.
+
+That is `VerificationAttention.VIRTUAL_ROWS`, the CPU's choice (`verification_attention`): there its kernels cost
+less than SDPA at decode sizes. Its gathered keys and values are one copy of the window per node: for the 64 nodes
+of `mc_sim_7b_63` on Vicuna-7B about 1 MiB per row, slot of the window and layer. Other devices (CUDA) take
+`MASKED_CALL`: one SDPA call per layer over [cache + tree] with the tree mask in slot order
+(engine/forward.attention_mask), the same attention without copies of the window, its rounding left to the kernel.
 
 `ModelParts` switches the model to this attention function (`use_row_attention`); without `key_slots` or
-`exact_queries` it is transformers' SDPA attention unchanged, so HF `generate` on the same model computes as before.
+`exact_queries` it is transformers' SDPA attention unchanged, so HF `generate` on the same model computes as before,
+and a `MASKED_CALL` step passes neither.
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -32,6 +39,23 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from gorgon.engine.kernels.cpu_attention import exact_queries_attention, grouped_attention
 
 ROW_ATTENTION = "gorgon_row_attention"
+
+
+class VerificationAttention(Enum):
+    """How a decode step's queries attend over [cache + tree] (see the module docstring)."""
+
+    # emitted queries one per virtual row in float32, a branching tree's keys gathered per node
+    VIRTUAL_ROWS = "virtual_rows"
+    # one SDPA call per layer over the window, the tree mask in slot order
+    MASKED_CALL = "masked_call"
+
+
+def verification_attention(device: torch.device) -> VerificationAttention:
+    """VIRTUAL_ROWS on CPU, where its float32 kernels are exact and cheaper than SDPA; MASKED_CALL elsewhere, where
+    copies of the window per node would take memory growing with window x nodes."""
+    if device.type == "cpu":
+        return VerificationAttention.VIRTUAL_ROWS
+    return VerificationAttention.MASKED_CALL
 
 
 def row_attention(
@@ -46,9 +70,10 @@ def row_attention(
     exact_queries: int = 0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """SDPA attention; with key_slots [B, T, W], query t of row b attends to the slots key_slots[b, t] in order;
-    else the first `exact_queries` queries as virtual rows of one query (see the module docstring). `kwargs` are
-    what transformers passes its attention functions.
+    """With key_slots [B, T, W], query t of row b attends to the slots key_slots[b, t] in order; else with
+    `exact_queries` the first of them as virtual rows of one query (VIRTUAL_ROWS, see the module docstring); else
+    transformers' SDPA attention in one call (MASKED_CALL). `kwargs` are what transformers passes its attention
+    functions.
 
     query: [B, H, T, D], key / value: [B, KV, W, D]; with key_slots the mask is per virtual row, [B * T, 1, 1, W].
     Returns the attention output [B, T, H, D].
@@ -82,61 +107,15 @@ def _exact_queries_as_rows(
 ) -> tuple[torch.Tensor, None]:
     """Queries 0 .. exact_queries - 1 each as a virtual row of one query over its row's keys, the rest (if any,
     never emitted: lookahead leaves) together in one product whose rounding may depend on their number; outputs
-    [B, T, H, D]. On CPU in float32 over keys converted once (engine/kernels/cpu_attention.py); elsewhere by
-    SDPA (_sdpa_virtual_rows, _sdpa)."""
+    [B, T, H, D]. In float32 over keys converted once (engine/kernels/cpu_attention.py)."""
     nodes = query.shape[2]
     alone = min(exact_queries, nodes)
-    on_cpu = query.device.type == "cpu"
-    if on_cpu:
-        key, value = key.float(), value.float()
-    exact = exact_queries_attention if on_cpu else _sdpa_virtual_rows
-    output = exact(query[:, :, :alone], key, value, _query_rows(mask, 0, alone), scale)
+    key, value = key.float(), value.float()
+    output = exact_queries_attention(query[:, :, :alone], key, value, _query_rows(mask, 0, alone), scale)
     if alone == nodes:
         return output, None
-    together = grouped_attention if on_cpu else _sdpa
-    leaves = together(query[:, :, alone:], key, value, _query_rows(mask, alone, nodes), scale)
+    leaves = grouped_attention(query[:, :, alone:], key, value, _query_rows(mask, alone, nodes), scale)
     return torch.cat((output, leaves), dim=1), None
-
-
-def _sdpa(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    mask: torch.Tensor | None,
-    scale: float | None,
-) -> torch.Tensor:
-    """SDPA with keys shared across each group of query heads: [N, H, Q, D] -> [N, Q, H, D]."""
-    output = nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, scale=scale, enable_gqa=key.shape[1] != query.shape[1]
-    )
-    return output.transpose(1, 2)
-
-
-def _sdpa_virtual_rows(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    mask: torch.Tensor | None,
-    scale: float | None,
-) -> torch.Tensor:
-    """exact_queries_attention by SDPA (other devices): the queries in one call as virtual rows of one query over
-    per-row copies of the keys. query [B, H, Q, D], mask [B, 1, Q or 1, W] -> [B, Q, H, D]."""
-    batch, heads, queries, dim = query.shape
-    if mask is not None:
-        mask = mask.expand(batch, 1, queries, -1).reshape(batch * queries, 1, 1, -1)
-    return _sdpa(
-        query.transpose(1, 2).reshape(batch * queries, heads, 1, dim),
-        _per_virtual_row(key, queries),
-        _per_virtual_row(value, queries),
-        mask,
-        scale,
-    ).reshape(batch, queries, heads, dim)
-
-
-def _per_virtual_row(states: torch.Tensor, queries: int) -> torch.Tensor:
-    """states [B, KV, W, D] -> [B * queries, KV, W, D], row b repeated `queries` times (a view for one query)."""
-    batch, kv_heads, window, dim = states.shape
-    return states[:, None].expand(batch, queries, kv_heads, window, dim).reshape(-1, kv_heads, window, dim)
 
 
 def _query_rows(mask: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:

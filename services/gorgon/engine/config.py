@@ -27,6 +27,9 @@ DEFAULT_TYPICAL_ALPHA = 0.3
 DEFAULT_CPU_PREFILL_CHUNK_TOKENS = 64
 DEFAULT_CUDA_PREFILL_CHUNK_TOKENS = 1024
 
+# vLLM's default share of a GPU: the rest absorbs what the budget's estimates miss (allocator fragmentation).
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+
 DtypeName = Literal["auto", "bfloat16", "float16", "float32"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
@@ -109,6 +112,16 @@ class EngineSettings(BaseSettings):
     )
     context_length: int | None = Field(
         default=None, ge=8, description="Context window; default the model's max_position_embeddings."
+    )
+    gpu_memory_utilization: float = Field(
+        default=DEFAULT_GPU_MEMORY_UTILIZATION,
+        gt=0,
+        le=1,
+        description="Share of memory the engine may fill, which sets at start the KV-cache token budget rows are "
+        "admitted by (a request that does not fit waits in the queue; engine/memory_budget.py). CUDA: share of "
+        "the GPU's total memory for weights, KV cache and step activations, memory already in use (weights, other "
+        "processes) counted against it, as vLLM's option. CPU: share of the RAM available once the weights are "
+        "loaded (within the container's memory limit) for the KV cache and step activations.",
     )
     prepack_weights: bool = Field(
         default=True,

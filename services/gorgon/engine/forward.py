@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gorgon.engine.attention import node_key_slots
+from gorgon.engine.attention import VerificationAttention, node_key_slots, verification_attention
 from gorgon.engine.kv import RowKVCache
 from gorgon.engine.parts import ModelParts
 
@@ -36,13 +36,15 @@ def forward_tokens(
     *,
     ancestors: torch.Tensor | None = None,
     exact_queries: int = 0,
+    verification: VerificationAttention | None = None,
 ) -> torch.Tensor:
     """Run input_ids [B, T] written at slots lengths + arange(T), positions lengths + depths. -> hidden [B, T, H].
 
-    With `ancestors` (a branching tree, see TreeBuffers) every node attends to its path in plain-decoding order
-    (engine/attention.py), so accepted nodes round exactly as plain steps do; without, one masked window, whose
-    first `exact_queries` tokens (those that may be emitted) attend as virtual rows of one query so that they round
-    as a plain step's token does (engine/attention.py).
+    How the tokens attend is `verification`, by default the one of input_ids' device (engine/attention.py). With
+    VIRTUAL_ROWS and `ancestors` (a branching tree, see TreeBuffers) every node attends to its path in
+    plain-decoding order, so accepted nodes round exactly as plain steps do; without, one masked window, whose first
+    `exact_queries` tokens (those that may be emitted) attend as virtual rows of one query so that they round as a
+    plain step's token does. With MASKED_CALL every layer attends in one call under the tree mask in slot order.
     """
     num_nodes = input_ids.shape[1]
     longest = int(cache.lengths.max()) + num_nodes
@@ -50,13 +52,17 @@ def forward_tokens(
     offsets = torch.arange(num_nodes, device=input_ids.device).expand(input_ids.shape[0], -1)
     cache.plan_forward(offsets, window)
     window = cache.plan.window
-    attention_options: dict[str, torch.Tensor | int] = {}
-    if ancestors is None:
-        mask = attention_mask(cache.lengths, tree_mask, window)
-    else:
-        attention_options["key_slots"], mask = node_key_slots(cache.lengths, ancestors, depths, window)
-    if exact_queries:
-        attention_options["exact_queries"] = exact_queries
+    if verification is None:
+        verification = verification_attention(input_ids.device)
+    mask, attention_options = _attention_inputs(
+        verification,
+        cache.lengths,
+        tree_mask,
+        depths,
+        window,
+        ancestors=ancestors,
+        exact_queries=exact_queries,
+    )
     positions = cache.lengths[:, None] + depths[None, :]
     output = parts.decoder(
         input_ids=input_ids,
@@ -67,6 +73,30 @@ def forward_tokens(
         **attention_options,
     )
     return output.last_hidden_state
+
+
+def _attention_inputs(
+    verification: VerificationAttention,
+    lengths: torch.Tensor,
+    tree_mask: torch.Tensor,
+    depths: torch.Tensor,
+    window: int,
+    *,
+    ancestors: torch.Tensor | None,
+    exact_queries: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | int]]:
+    """The mask and row_attention's options of a forward (see forward_tokens): MASKED_CALL passes the window's
+    mask alone; VIRTUAL_ROWS a branching tree's key slots and per-node mask, or the window's mask, and the count
+    of exact queries."""
+    options: dict[str, torch.Tensor | int] = {}
+    if verification is VerificationAttention.MASKED_CALL:
+        return attention_mask(lengths, tree_mask, window), options
+    if exact_queries:
+        options["exact_queries"] = exact_queries
+    if ancestors is None:
+        return attention_mask(lengths, tree_mask, window), options
+    options["key_slots"], mask = node_key_slots(lengths, ancestors, depths, window)
+    return mask, options
 
 
 def row_logits(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
