@@ -315,6 +315,30 @@ async def test_a_request_over_the_token_budget_waits_for_room(
     assert "".join(chunk.text for chunk in second) == continuation("abc", 30)
 
 
+async def test_while_the_engine_defers_a_request_the_rest_stay_in_the_stream(
+    redis_async: aioredis.Redis, redis_names: RedisNames, subscriber: TokenSubscriber
+) -> None:
+    """Requests over the budget wait in the stream, where another worker can take them, not in this worker."""
+    settings = FAST.model_copy(update={"max_batch_tokens": 50})
+    worker, task = await start_worker(redis_async, redis_names, settings, step_delay_s=0.02)
+    queues = {request_id: subscriber.register(request_id) for request_id in ("first", "second", "third")}
+    for request_id in ("first", "second"):  # 3 prompt + 30 new tokens each: only one fits in 50
+        request = payload(subscriber.channel, request_id, max_tokens=30, stream=True, use_speculative=False)
+        await enqueue(redis_async, redis_names, request, 0)
+    await queues["first"].get()  # the first runs
+    async with asyncio.timeout(5):
+        while not worker._engine_full:  # the second is deferred
+            await asyncio.sleep(0.005)
+    third = payload(subscriber.channel, "third", max_tokens=30, stream=True, use_speculative=False)
+    await enqueue(redis_async, redis_names, third, 0)
+    await asyncio.sleep(0.3)  # several steps and syncs of the worker
+    pending = await redis_async.xpending(redis_names.request_stream("echo"), CONSUMER_GROUP)
+    assert pending["pending"] == 2
+    third_chunks = await collect(queues["third"], timeout=20)
+    await stop_worker(worker, task)
+    assert "".join(chunk.text for chunk in third_chunks) == continuation("abc", 30)
+
+
 # --- one request fails alone ----------------------------------------------------------------------------------
 
 SLOW_ENCODE_S = 1.0

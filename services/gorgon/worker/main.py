@@ -174,6 +174,7 @@ class Worker:
             self._prepare, self._prepared
         )
         self._pending_admissions: list[InFlight] = []
+        self._engine_full = False  # the last tick deferred a request the engine could not admit
         self._rejected: list[tuple[InFlight, WireError]] = []
         self._in_engine: set[str] = set()  # touched on the engine thread only
         self._failed_steps_in_row = 0
@@ -332,6 +333,7 @@ class Worker:
             result = await self._run_tick(admissions, drops)
             metrics.observe_step(time.perf_counter() - started, len(self._active))
         self._pending_admissions = self._restarted(result) + result.deferred + self._pending_admissions
+        self._engine_full = bool(result.deferred)
         self._count_step(result)
         publications = self._settle(result, cancelled, expired)
         if publications or self._acks or self._unsent or (self._active and self._sync_due()):
@@ -431,7 +433,10 @@ class Worker:
         chunk is skipped)."""
         publications = self._unsent + publications
         self._unsent = publications
-        room = 0 if self._stopping.is_set() else self._max_batch - len(self._active) - len(self._claimed)
+        # While the engine defers a request (its token or memory budget is spent), read nothing more: the rest
+        # wait in the stream, where another worker can take them.
+        full = self._stopping.is_set() or self._engine_full
+        room = 0 if full else self._max_batch - len(self._active) - len(self._claimed)
         work = StepWork(
             publications=[publication for _, publication in publications],
             ack_ids=self._acks,
