@@ -154,7 +154,8 @@ class Engine(Protocol):
 
     def admits(self, request: GenerationRequest, token_budget: int | None) -> bool:
         """Whether `request` may join the batch now: its prompt + max_new_tokens fit `token_budget` beside the
-        requests admitted and not finished (an empty batch always takes one); None: no budget."""
+        requests admitted and not finished (an empty batch always takes one); None: no budget. An engine may
+        also refuse by its own limits (the Medusa engine's KV memory budget, engine/memory_budget.py)."""
         ...
 
     def add(self, request: GenerationRequest) -> None:

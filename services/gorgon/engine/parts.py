@@ -40,7 +40,7 @@ class ModelParts:
     )
 
     def __post_init__(self) -> None:
-        use_row_attention(self.decoder)  # tree forwards need per-node key order (engine/attention.py)
+        use_row_attention(self.decoder)  # on CPU tree forwards need per-node key order (engine/attention.py)
 
     @property
     def vocab_size(self) -> int:
