@@ -34,6 +34,11 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "gorgon.bench.step_cost",
         "time one decoding step by tree size (for the tree search)",
     ),
+    (
+        ("bench", "gpu-check"),
+        "gorgon.bench.gpu_check",
+        "check a GPU: versions, load, engine bench, step cost and serving under load, as one JSON summary",
+    ),
     (("bench", "platform"), "gorgon.bench.platform", "benchmark the API + queue overhead on the echo engine"),
     (("bench", "telemetry"), "gorgon.bench.telemetry", "cost of the API's per-request metrics and spans"),
     (("train-heads",), "gorgon.training.cli", "train Medusa heads by self-distillation"),
