@@ -152,12 +152,12 @@ def test_seed_curl_examples_work_verbatim(api: str, stream: bool) -> None:
         ({"prompt": ""}, 400, "prompt"),
         ({"prompt": 5}, 400, "prompt"),
         ({"max_tokens": 5}, 400, "prompt"),
-        ({"prompt": "hi", "n": 2}, 400, "n"),
+        ({"prompt": "hi", "n": 9}, 400, "n"),
         ({"prompt": "hi", "model": "no-such-model"}, 404, "model_not_found"),
         ({"prompt": "x" * 4000, "max_tokens": 500}, 400, "context_length_exceeded"),
         ({"prompt": "hi", "max_tokens": 4095}, 400, "context_length_exceeded"),
-        ({"prompt": "hi", "presence_penalty": 0.5}, 400, "presence_penalty"),
-        ({"prompt": "hi", "logit_bias": {"1": 5}}, 400, "logit_bias"),
+        ({"prompt": "hi", "presence_penalty": 2.5}, 400, "presence_penalty"),
+        ({"prompt": "hi", "logit_bias": {"one": 5}}, 400, "logit_bias"),
         ({"prompt": "hi", "suffix": "!"}, 400, "suffix"),
         ({"prompt": "hi", "stream_options": {"include_usage": True}}, 400, "stream_options"),
     ],
@@ -177,8 +177,8 @@ def test_bad_requests_get_openai_style_errors(api: str, body: dict, status: int,
         ("response_format", {"type": "json_object"}),
         ("tool_choice", "auto"),
         ("functions", [{"name": "f", "parameters": {}}]),
-        ("top_logprobs", 2),
-        ("frequency_penalty", -1),
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("function_call", "auto"),
     ],
 )
 def test_chat_parameters_gorgon_does_not_implement_are_refused_by_name(
@@ -189,7 +189,13 @@ def test_chat_parameters_gorgon_does_not_implement_are_refused_by_name(
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == param
     assert reply.json()["error"]["code"] == "unsupported_parameter"
-    neutral = {"response_format": {"type": "text"}, "tool_choice": "none", "functions": []}
+    neutral = {
+        "response_format": {"type": "text"},
+        "tool_choice": "none",
+        "functions": [],
+        "tools": [],
+        "function_call": "none",
+    }
     if param in neutral:
         accepted = httpx.post(f"{api}/v1/chat/completions", json={**body, param: neutral[param]}, timeout=10)
         assert accepted.status_code == 200, accepted.text

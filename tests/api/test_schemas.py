@@ -1,5 +1,5 @@
 """Every parameter is honoured or refused: a parameter gorgon does not implement is accepted at its neutral value
-and refused with a 400 naming it at any other."""
+and refused with a 400 naming it at any other; one it implements is range-checked, a 400 naming it otherwise."""
 
 from __future__ import annotations
 
@@ -9,8 +9,21 @@ from typing import Any
 import pytest
 
 from gorgon.api.errors import OpenAIError
-from gorgon.api.schemas import NOT_IMPLEMENTED, ChatCompletionRequest, CompletionRequest, parse_body
-from gorgon.core.limits import MAX_STOP_SEQUENCE_CHARS
+from gorgon.api.schemas import (
+    MAX_CHOICES,
+    MAX_PROMPTS,
+    NOT_IMPLEMENTED,
+    ChatCompletionRequest,
+    CompletionRequest,
+    parse_body,
+)
+from gorgon.core.limits import (
+    MAX_COMPLETION_LOGPROBS,
+    MAX_LOGIT_BIAS_ENTRIES,
+    MAX_LOGPROBS,
+    MAX_STOP_SEQUENCE_CHARS,
+    MAX_STOP_TOKEN_IDS,
+)
 
 Request = type[CompletionRequest] | type[ChatCompletionRequest]
 Case = tuple[Request, dict[str, Any], str, Any]
@@ -21,33 +34,18 @@ CHAT: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
 REFUSED: list[Case] = [
     (ChatCompletionRequest, CHAT, "response_format", {"type": "json_object"}),
     (ChatCompletionRequest, CHAT, "response_format", {"type": "json_schema", "json_schema": {"name": "x"}}),
-    (CompletionRequest, COMPLETION, "logit_bias", {"50256": -100}),
-    (ChatCompletionRequest, CHAT, "logit_bias", {"1": 5.0}),
-    (CompletionRequest, COMPLETION, "presence_penalty", 0.5),
-    (ChatCompletionRequest, CHAT, "presence_penalty", -2),
-    (CompletionRequest, COMPLETION, "frequency_penalty", 1e-9),
-    (ChatCompletionRequest, CHAT, "frequency_penalty", 2.0),
     (CompletionRequest, COMPLETION, "suffix", " and so on"),
     (ChatCompletionRequest, CHAT, "tool_choice", "auto"),
     (ChatCompletionRequest, CHAT, "tool_choice", {"type": "function", "function": {"name": "f"}}),
     (ChatCompletionRequest, CHAT, "functions", [{"name": "f", "parameters": {}}]),
     (ChatCompletionRequest, CHAT, "function_call", "auto"),
-    (ChatCompletionRequest, CHAT, "top_logprobs", 3),
     (ChatCompletionRequest, CHAT, "tools", [{"type": "function", "function": {"name": "f"}}]),
     (CompletionRequest, COMPLETION, "echo", True),
-    (CompletionRequest, COMPLETION, "best_of", 3),
-    (CompletionRequest, COMPLETION, "logprobs", 2),
-    (CompletionRequest, COMPLETION, "n", 2),
 ]
 
 NEUTRAL: list[Case] = [
     (ChatCompletionRequest, CHAT, "response_format", {"type": "text"}),
     (ChatCompletionRequest, CHAT, "response_format", None),
-    (CompletionRequest, COMPLETION, "logit_bias", {}),
-    (CompletionRequest, COMPLETION, "logit_bias", None),
-    (CompletionRequest, COMPLETION, "presence_penalty", 0),
-    (ChatCompletionRequest, CHAT, "presence_penalty", 0.0),
-    (CompletionRequest, COMPLETION, "frequency_penalty", 0),
     (CompletionRequest, COMPLETION, "suffix", ""),
     (CompletionRequest, COMPLETION, "suffix", None),
     (ChatCompletionRequest, CHAT, "tool_choice", "none"),
@@ -55,9 +53,55 @@ NEUTRAL: list[Case] = [
     (ChatCompletionRequest, CHAT, "functions", []),
     (ChatCompletionRequest, CHAT, "functions", None),
     (ChatCompletionRequest, CHAT, "function_call", "none"),
-    (ChatCompletionRequest, CHAT, "top_logprobs", 0),
-    (ChatCompletionRequest, CHAT, "top_logprobs", None),
     (ChatCompletionRequest, CHAT, "tools", []),
+    (CompletionRequest, COMPLETION, "echo", False),
+]
+
+ACCEPTED: list[Case] = [
+    (CompletionRequest, COMPLETION, "logprobs", 0),
+    (CompletionRequest, COMPLETION, "logprobs", MAX_COMPLETION_LOGPROBS),
+    (ChatCompletionRequest, CHAT, "logprobs", True),
+    (ChatCompletionRequest, CHAT, "top_logprobs", 0),
+    (ChatCompletionRequest, CHAT, "presence_penalty", -2.0),
+    (CompletionRequest, COMPLETION, "frequency_penalty", 2),
+    (CompletionRequest, COMPLETION, "logit_bias", {"50256": -100, "0": 100}),
+    (ChatCompletionRequest, CHAT, "repetition_penalty", 1.3),
+    (CompletionRequest, COMPLETION, "min_tokens", 0),
+    (ChatCompletionRequest, CHAT, "ignore_eos", True),
+    (CompletionRequest, COMPLETION, "stop_token_ids", [2, 0]),
+    (ChatCompletionRequest, CHAT, "n", MAX_CHOICES),
+    (CompletionRequest, COMPLETION, "best_of", 1),
+    (CompletionRequest, COMPLETION, "prompt", ["a", "b"]),
+]
+
+INVALID: list[Case] = [
+    (CompletionRequest, COMPLETION, "logprobs", MAX_COMPLETION_LOGPROBS + 1),
+    (CompletionRequest, COMPLETION, "logprobs", -1),
+    (CompletionRequest, COMPLETION, "logprobs", True),
+    (ChatCompletionRequest, CHAT, "logprobs", 2),
+    (ChatCompletionRequest, CHAT, "top_logprobs", MAX_LOGPROBS + 1),
+    (ChatCompletionRequest, CHAT, "presence_penalty", 2.5),
+    (CompletionRequest, COMPLETION, "frequency_penalty", -2.01),
+    (CompletionRequest, COMPLETION, "logit_bias", {"fifty": 1}),
+    (CompletionRequest, COMPLETION, "logit_bias", {"-1": 1}),
+    (CompletionRequest, COMPLETION, "logit_bias", {"1": 100.5}),
+    (
+        CompletionRequest,
+        COMPLETION,
+        "logit_bias",
+        {str(token): 1 for token in range(MAX_LOGIT_BIAS_ENTRIES + 1)},
+    ),
+    (ChatCompletionRequest, CHAT, "repetition_penalty", 0),
+    (CompletionRequest, COMPLETION, "min_tokens", -1),
+    (ChatCompletionRequest, CHAT, "ignore_eos", "sometimes"),
+    (CompletionRequest, COMPLETION, "stop_token_ids", [-3]),
+    (CompletionRequest, COMPLETION, "stop_token_ids", list(range(MAX_STOP_TOKEN_IDS + 1))),
+    (ChatCompletionRequest, CHAT, "n", MAX_CHOICES + 1),
+    (CompletionRequest, COMPLETION, "n", 0),
+    (CompletionRequest, COMPLETION, "best_of", MAX_CHOICES + 1),
+    (CompletionRequest, COMPLETION, "prompt", []),
+    (CompletionRequest, COMPLETION, "prompt", ["a", ""]),
+    (CompletionRequest, COMPLETION, "prompt", ["p"] * (MAX_PROMPTS + 1)),
 ]
 
 
@@ -89,8 +133,68 @@ def test_a_parameter_at_its_neutral_value_is_accepted(
 def test_every_refused_parameter_is_tried_at_a_refused_and_a_neutral_value() -> None:
     refused = {param for _, _, param, _ in REFUSED}
     neutral = {param for _, _, param, _ in NEUTRAL}
-    assert refused == set(NOT_IMPLEMENTED)
-    assert set(NOT_IMPLEMENTED) - neutral <= {"n", "logprobs", "echo", "best_of"}
+    assert refused == set(NOT_IMPLEMENTED) == neutral
+
+
+@pytest.mark.parametrize(("model", "base", "param", "value"), ACCEPTED)
+def test_an_implemented_parameter_within_its_range_is_accepted(
+    model: Request, base: dict[str, Any], param: str, value: Any
+) -> None:
+    assert getattr(_parse(model, {**base, param: value}), param) == value
+
+
+@pytest.mark.parametrize(("model", "base", "param", "value"), INVALID)
+def test_an_implemented_parameter_out_of_its_range_is_a_400_naming_it(
+    model: Request, base: dict[str, Any], param: str, value: Any
+) -> None:
+    with pytest.raises(OpenAIError) as refused:
+        _parse(model, {**base, param: value})
+    assert refused.value.status == 400
+    assert str(refused.value.param).split(".")[0] == param
+    assert refused.value.code == "invalid_value"
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "param", "code"),
+    [
+        (ChatCompletionRequest, {**CHAT, "top_logprobs": 2}, "top_logprobs", "invalid_value"),
+        (
+            ChatCompletionRequest,
+            {**CHAT, "logprobs": False, "top_logprobs": 2},
+            "top_logprobs",
+            "invalid_value",
+        ),
+        (CompletionRequest, {**COMPLETION, "n": 3, "best_of": 2}, "best_of", "invalid_value"),
+        (CompletionRequest, {**COMPLETION, "best_of": 2, "stream": True}, "best_of", "invalid_value"),
+        (CompletionRequest, {"prompt": [1, 2, 3]}, "prompt", "unsupported_parameter"),
+        (CompletionRequest, {"prompt": [[1, 2], [3]]}, "prompt", "unsupported_parameter"),
+        (
+            CompletionRequest,
+            {**COMPLETION, "presence_penalty": float("inf")},
+            "presence_penalty",
+            "invalid_value",
+        ),
+    ],
+)
+def test_checks_across_fields_name_the_parameter_at_fault(
+    model: Request, body: dict[str, Any], param: str, code: str
+) -> None:
+    with pytest.raises(OpenAIError) as refused:
+        _parse(model, body)
+    assert (refused.value.status, refused.value.param, refused.value.code) == (400, param, code)
+
+
+def test_choices_and_logprobs_asked_are_what_the_workers_are_asked_for() -> None:
+    completion = _parse(CompletionRequest, {**COMPLETION, "n": 2, "best_of": 5, "logprobs": 3})
+    assert (completion.candidates_per_prompt(), completion.logprobs_asked()) == (5, 3)
+    assert _parse(CompletionRequest, {"prompt": ["a", "b"]}).prompts() == ("a", "b")
+    chat = _parse(ChatCompletionRequest, {**CHAT, "n": 3, "logprobs": True})
+    assert (chat.candidates_per_prompt(), chat.logprobs_asked()) == (3, 0)
+    assert _parse(ChatCompletionRequest, {**CHAT, "logprobs": True, "top_logprobs": 4}).logprobs_asked() == 4
+    assert _parse(ChatCompletionRequest, {**CHAT, "top_logprobs": 0}).logprobs_asked() is None
+    assert _parse(CompletionRequest, {**COMPLETION, "logit_bias": {"7": -1.5}}).logit_bias_pairs() == (
+        (7, -1.5),
+    )
 
 
 @pytest.mark.parametrize("model", [CompletionRequest, ChatCompletionRequest])

@@ -69,7 +69,10 @@ def validation_error(exc: RequestValidationError | ValidationError) -> OpenAIErr
     first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": (), "type": ""}
     if first.get("type") == "json_invalid":
         return OpenAIError(400, "the request body is not valid JSON", code="invalid_json")
-    param = _field_path(first.get("loc", ()))
+    # a check across fields (a model validator) names its parameter in the error's context
+    context = first.get("ctx")
+    named = context.get("param") if isinstance(context, dict) else None
+    param = str(named) if named else _field_path(first.get("loc", ()))
     message = str(first.get("msg", "invalid request"))
     if param:
         message = f"{param}: {message}"

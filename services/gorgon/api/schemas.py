@@ -1,15 +1,17 @@
 """OpenAI request bodies (what a client may send). Unknown fields are ignored, as OpenAI clients send many;
-known fields are type-checked, and features gorgon does not implement are refused, never silently ignored: a
-request that sets one to anything but its neutral value gets a 400 naming it (`NOT_IMPLEMENTED`)."""
+known fields are type-checked and range-checked (OpenAI's ranges, vLLM's for its extras), a 400 naming the field
+otherwise, and features gorgon does not implement are refused, never silently ignored: a request that sets one to
+anything but its neutral value gets a 400 naming it (`NOT_IMPLEMENTED`)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -18,18 +20,28 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from gorgon.api.errors import UNSUPPORTED_PARAMETER, validation_error
-from gorgon.core.limits import GREEDY_BELOW_TEMPERATURE, MAX_STOP_SEQUENCE_CHARS, MAX_STOP_SEQUENCES
+from gorgon.core.limits import (
+    GREEDY_BELOW_TEMPERATURE,
+    LOGIT_BIAS_RANGE,
+    MAX_COMPLETION_LOGPROBS,
+    MAX_LOGIT_BIAS_ENTRIES,
+    MAX_LOGPROBS,
+    MAX_STOP_SEQUENCE_CHARS,
+    MAX_STOP_SEQUENCES,
+    MAX_STOP_TOKEN_IDS,
+    PENALTY_RANGE,
+)
+
+MAX_CHOICES = 8
+"""Most choices per prompt (`n`, and `best_of` candidates): each is a request of its own in the queue."""
+MAX_PROMPTS = 16
+"""Most prompts in one completions request (a list of prompts)."""
+MAX_TOKEN_ID = 2**31 - 1
+"""Token ids (logit_bias keys, stop_token_ids) beyond any vocabulary; the engine checks its own vocabulary."""
 
 NOT_IMPLEMENTED: dict[str, tuple[tuple[Any, ...], str]] = {
-    "n": ((1,), "1"),
-    "logprobs": ((None, False), "false or null"),
-    "top_logprobs": ((None, 0), "0 or null"),
     "response_format": ((None, {"type": "text"}), '{"type": "text"} or null'),
-    "logit_bias": ((None, {}), "{} or null"),
-    "presence_penalty": ((None, 0), "0 or null"),
-    "frequency_penalty": ((None, 0), "0 or null"),
     "echo": ((False,), "false"),
-    "best_of": ((None, 1), "1 or null"),
     "suffix": ((None, ""), '"" or null'),
     "tools": ((None, []), "[] or null"),
     "tool_choice": ((None, "none"), '"none" or null'),
@@ -53,10 +65,16 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
-    """Fields common to /v1/completions and /v1/chat/completions."""
+Penalty = Annotated[float, Field(ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])]
+TokenId = Annotated[int, Strict(), Field(ge=0, le=MAX_TOKEN_ID)]
 
-    model_config = ConfigDict(extra="ignore")
+
+class SamplingFields(BaseModel):
+    """Fields common to /v1/completions and /v1/chat/completions. Optional fields accept null for their
+    neutral value, as OpenAI's do. Infinities and NaN are refused (JSON has no spelling for them, and the
+    queue's messages must be JSON)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str | None = Field(default=None, min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -67,32 +85,51 @@ class SamplingFields(BaseModel):
         description=f"Sampling temperature; below {GREEDY_BELOW_TEMPERATURE:g} (0 included) decoding is greedy.",
     )
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     user: str | None = None
     use_speculative: bool = True
-    logprobs: Any = None
-    top_logprobs: int | None = None
     response_format: dict[str, Any] | None = None
-    logit_bias: dict[str, float] | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-
-    @field_validator(
-        "n",
-        "logprobs",
-        "top_logprobs",
-        "response_format",
-        "logit_bias",
-        "presence_penalty",
-        "frequency_penalty",
+    logit_bias: dict[str, float] | None = Field(
+        default=None, description="Token id (as a string) → bias added to its logit, in [-100, 100]."
     )
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    repetition_penalty: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="vLLM's: > 1 discourages tokens already in the prompt or the output.",
+    )
+    min_tokens: int | None = Field(
+        default=None, ge=0, description="vLLM's: EOS and stop_token_ids cannot end the reply before this."
+    )
+    ignore_eos: bool = Field(default=False, description="vLLM's: generate past EOS.")
+    stop_token_ids: list[TokenId] | None = Field(
+        default=None, max_length=MAX_STOP_TOKEN_IDS, description="vLLM's: token ids that end the reply."
+    )
+
+    @field_validator("response_format")
     @classmethod
     def _not_implemented(cls, value: Any, info: ValidationInfo) -> Any:
         return neutral_only(value, info)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_id_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        """As OpenAI: keys are token ids written as strings, values in [-100, 100]."""
+        if not value:
+            return value
+        if len(value) > MAX_LOGIT_BIAS_ENTRIES:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS_ENTRIES} entries")
+        for key, bias in value.items():
+            if not key.isascii() or not key.isdigit() or int(key) > MAX_TOKEN_ID:
+                raise ValueError(f"keys must be token ids (non-negative integers as strings), not {key!r}")
+            if not LOGIT_BIAS_RANGE[0] <= bias <= LOGIT_BIAS_RANGE[1]:
+                raise ValueError(f"biases must lie in [{LOGIT_BIAS_RANGE[0]:g}, {LOGIT_BIAS_RANGE[1]:g}]")
+        return value
 
     @field_validator("stream_options")
     @classmethod
@@ -122,30 +159,76 @@ class SamplingFields(BaseModel):
     def wants_usage_chunk(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def logprobs_asked(self) -> int | None:
+        """How many top alternatives per token the client asked for (0: only the chosen token's); None: no
+        logprobs."""
+        return None
+
+    def candidates_per_prompt(self) -> int:
+        """How many sequences to generate per prompt (more than `n` with `best_of`)."""
+        return self.n
+
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items())
+
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str]
+    logprobs: Annotated[int, Strict()] | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    best_of: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
     echo: bool = False
-    best_of: int | None = None
     suffix: str | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_prompts(cls, value: Any) -> Any:
+        """Token-id prompts (`[1, 2]`, `[[1, 2]]`) are refused by name: the workers take prompt text."""
+        if isinstance(value, list) and any(
+            isinstance(item, int) or (isinstance(item, list) and item and isinstance(item[0], int))
+            for item in value
+        ):
+            raise PydanticCustomError(UNSUPPORTED_PARAMETER, "token-id prompts are not supported: send text")
+        return value
 
     @field_validator("prompt")
     @classmethod
-    def _one_nonempty_prompt(cls, value: str | list[str]) -> str | list[str]:
+    def _nonempty_prompts(cls, value: str | list[str]) -> str | list[str]:
         prompts = [value] if isinstance(value, str) else value
-        if len(prompts) != 1:
-            raise ValueError("exactly one prompt is supported per request")
-        if not prompts[0]:
-            raise ValueError("the prompt must not be empty")
+        if not prompts:
+            raise ValueError("at least one prompt is needed")
+        if len(prompts) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
+        if not all(prompts):
+            raise ValueError("a prompt must not be empty")
         return value
 
-    @field_validator("echo", "best_of", "suffix")
+    @field_validator("echo", "suffix")
     @classmethod
     def _not_implemented_here(cls, value: Any, info: ValidationInfo) -> Any:
         return neutral_only(value, info)
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    @model_validator(mode="after")
+    def _best_of(self) -> CompletionRequest:
+        """As OpenAI: best_of at least n, and not streamed (the best are known only at the end)."""
+        if self.best_of is None:
+            return self
+        if self.best_of < self.n:
+            raise PydanticCustomError("best_of_below_n", "must be at least n", {"param": "best_of"})
+        if self.stream and self.best_of > 1:
+            raise PydanticCustomError("best_of_streamed", "cannot be streamed", {"param": "best_of"})
+        return self
+
+    def prompts(self) -> tuple[str, ...]:
+        return (self.prompt,) if isinstance(self.prompt, str) else tuple(self.prompt)
+
+    def logprobs_asked(self) -> int | None:
+        return self.logprobs
+
+    def candidates_per_prompt(self) -> int:
+        return max(self.n, self.best_of or 1)
 
 
 class TextPart(BaseModel):
@@ -166,6 +249,8 @@ class ChatMessageIn(BaseModel):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: Annotated[bool, Strict()] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
     functions: list[Any] | None = None
@@ -180,10 +265,17 @@ class ChatCompletionRequest(SamplingFields):
     def _checks(self) -> ChatCompletionRequest:
         if not any(message.text() for message in self.messages):
             raise ValueError("the messages must not all be empty")
+        if self.top_logprobs and not self.logprobs:
+            raise PydanticCustomError(
+                "top_logprobs_without_logprobs", "needs logprobs: true", {"param": "top_logprobs"}
+            )
         return self
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def logprobs_asked(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 Body = TypeVar("Body", bound=BaseModel)

@@ -7,6 +7,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -14,10 +15,11 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from gorgon.api import metrics
+from gorgon.api.choices import Candidate, all_or_none, chosen, fan_out, indexed, merged, usage_of
 from gorgon.api.deps import ApiState
 from gorgon.api.errors import OpenAIError
 from gorgon.api.generation import Waiting
-from gorgon.api.openai_format import Kind, ReplyShape
+from gorgon.api.openai_format import ChoiceResult, Kind, ReplyShape
 from gorgon.api.registry import ServedModel
 from gorgon.api.schemas import SamplingFields
 from gorgon.api.telemetry import request_identified
@@ -42,32 +44,38 @@ async def serve_generation(
     body: SamplingFields,
     kind: Kind,
     *,
-    max_tokens: int | None,
-    prompt: str | None = None,
+    prompts: tuple[str, ...] | None = None,
     messages: tuple[tuple[str, str], ...] | None = None,
 ) -> Response:
+    """Serve a completion (`prompts`) or a chat (`messages`): its choices enqueued, relayed and merged."""
     settings = state.settings
     model = await state.registry.resolve(body.model, settings.retry_after_s)
     metrics.serve_model_of(request.scope, model.name)
-    payload = RequestPayload(
+    max_tokens = _checked_max_tokens(body.requested_max_tokens() or settings.default_max_tokens, model, state)
+    base = RequestPayload(
         request_id=f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}",
         model=model.name,
-        sampling=_sampling(
-            body, _checked_max_tokens(max_tokens or settings.default_max_tokens, model, state)
-        ),
+        sampling=wire_sampling(body, max_tokens),
         deadline=time.time() + settings.request_timeout_s,
         stream=body.stream,
         reply_to=state.gateway.reply_channel,
-        prompt=prompt,
+        prompt=prompts[0] if prompts else None,
         messages=messages,
         traceparent=tracing.current_traceparent() or request.headers.get("traceparent"),
     )
-    request_identified(payload)
-    shape = ReplyShape.new(kind, payload.request_id, model.name)
+    request_identified(base)
+    candidates = fan_out(base, prompts, body.candidates_per_prompt())
+    shape = ReplyShape.new(
+        kind,
+        base.request_id,
+        model.name,
+        logprobs=body.logprobs_asked() is not None,
+        usage_in_chunks=body.wants_usage_chunk(),
+    )
     try:
         if body.stream:
-            return await _streaming_reply(request, state, payload, shape, body)
-        return await _whole_reply(request, state, payload, shape)
+            return await _streaming_reply(request, state, candidates, shape)
+        return await _whole_reply(request, state, candidates, shape, body.n)
     except ClientDisconnectedError:
         return Response(status_code=CLIENT_CLOSED_STATUS)
 
@@ -90,7 +98,23 @@ def _checked_max_tokens(max_tokens: int, model: ServedModel, state: ApiState) ->
     return max_tokens
 
 
-def _sampling(body: SamplingFields, max_tokens: int) -> WireSampling:
+def _checked_min_tokens(min_tokens: int | None, max_tokens: int) -> int:
+    if min_tokens is not None and min_tokens > max_tokens:
+        raise OpenAIError(
+            400,
+            f"min_tokens ({min_tokens}) must not exceed max_tokens ({max_tokens})",
+            param="min_tokens",
+            code="invalid_value",
+        )
+    return min_tokens or 0
+
+
+def wire_sampling(body: SamplingFields, max_tokens: int) -> WireSampling:
+    """The sampling parameters every candidate of the request shares (`fan_out` varies the seed). With more
+    candidates than choices (`best_of`), the chosen tokens' logprobs rank them, so they are asked for."""
+    logprobs = body.logprobs_asked()
+    if logprobs is None and body.candidates_per_prompt() > body.n:
+        logprobs = 0
     return WireSampling(
         max_tokens=max_tokens,
         temperature=body.temperature,
@@ -98,14 +122,29 @@ def _sampling(body: SamplingFields, max_tokens: int) -> WireSampling:
         seed=body.seed,
         stop=body.stop_sequences(),
         use_speculative=body.use_speculative,
+        logprobs=logprobs,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        logit_bias=body.logit_bias_pairs(),
+        min_tokens=_checked_min_tokens(body.min_tokens, max_tokens),
+        ignore_eos=body.ignore_eos,
+        stop_token_ids=tuple(body.stop_token_ids or ()),
     )
 
 
 async def _whole_reply(
-    request: Request, state: ApiState, payload: RequestPayload, shape: ReplyShape
+    request: Request, state: ApiState, candidates: list[Candidate], shape: ReplyShape, n: int
 ) -> Response:
-    final = await until_disconnected(request, _final_chunk(state.gateway.generate(payload)))
-    reply = shape.whole(final.text, final.finish_reason, final.prompt_tokens, final.completion_tokens)
+    finals = await until_disconnected(
+        request,
+        all_or_none([_final_chunk(state.gateway.generate(candidate.payload)) for candidate in candidates]),
+    )
+    choices = [
+        ChoiceResult(index, final.text, final.finish_reason, final.logprobs)
+        for index, final in chosen(candidates, finals, n)
+    ]
+    reply = shape.whole(choices, *usage_of(candidates, finals))
     return Response(orjson.dumps(reply), media_type="application/json")
 
 
@@ -122,51 +161,77 @@ async def _final_chunk(chunks: AsyncGenerator[Chunk, None]) -> Chunk:
 
 
 async def _streaming_reply(
-    request: Request,
-    state: ApiState,
-    payload: RequestPayload,
-    shape: ReplyShape,
-    body: SamplingFields,
+    request: Request, state: ApiState, candidates: list[Candidate], shape: ReplyShape
 ) -> Response:
-    """Server-sent events, their head sent as soon as the request is queued (a refusal is still an HTTP error
-    of its own); whatever fails later is an error event in the stream."""
-    events = metrics.observed_stream(state.gateway.events(payload), request.scope)
+    """Server-sent events, their head sent as soon as every candidate is queued (a refusal is still an HTTP
+    error of its own); whatever fails later is an error event in the stream. The first candidate's stream
+    gives the time-to-first-token and inter-token metrics."""
+    streams = [state.gateway.events(candidate.payload) for candidate in candidates]
+    streams[0] = metrics.observed_stream(streams[0], request.scope)
     try:
-        queued = await until_disconnected(request, anext(events))
+        # each stream's first item says its request is queued
+        await until_disconnected(request, all_or_none([anext(stream) for stream in streams]))
     except BaseException:
-        await events.aclose()
+        for stream in streams:
+            await stream.aclose()
         raise
-    sse = _sse_events(queued, events, shape, body.wants_usage_chunk(), state.settings.expose_timing)
+    events = merged(streams) if len(streams) > 1 else indexed(streams[0])
+    sse = _sse_events(events, candidates, shape, state.settings.expose_timing)
     return StreamingResponse(sse, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
+@dataclass
+class _StreamedChoice:
+    """What a stream has sent of one choice."""
+
+    opened: bool = False
+    text_sent: int = 0
+    final: Chunk | None = None
+
+    def event(self, shape: ReplyShape, index: int, chunk: Chunk) -> dict[str, Any] | None:
+        """The choice's event for `chunk`, None when it has nothing to say: no text, not final, and no logprobs
+        asked. Tokens whose text is held back (it may begin a stop sequence) still get an event of empty text
+        when their logprobs were asked, as vLLM sends them, so the logprobs cover every token."""
+        if chunk.final:
+            self.final = chunk
+        if not (chunk.text or chunk.final or (shape.logprobs and chunk.logprobs)):
+            return None
+        data = shape.delta(
+            index,
+            chunk.text,
+            chunk.finish_reason if chunk.final else None,
+            first=not self.opened,
+            logprobs=chunk.logprobs,
+            text_offset=self.text_sent,
+        )
+        self.opened = True
+        self.text_sent += len(chunk.text)
+        return data
+
+
 async def _sse_events(
-    first: Chunk | Waiting,
-    events: AsyncGenerator[Chunk | Waiting, None],
+    events: AsyncGenerator[tuple[int, Chunk | Waiting], None],
+    candidates: list[Candidate],
     shape: ReplyShape,
-    include_usage: bool,
     expose_timing: bool,
 ) -> AsyncGenerator[bytes, None]:
-    """The stream's events: a delta per chunk with text, a keep-alive comment per `Waiting` marker but the
-    first (which says the request is queued: the response's head says as much)."""
-    item, opening, after_first = first, True, False
+    """The stream's events: a delta per chunk with something to say (choice index = candidate position: a
+    stream has no `best_of`), a keep-alive comment per `Waiting` marker; after every choice's final chunk, the
+    usage chunk if asked for."""
+    choices = [_StreamedChoice() for _ in candidates]
     try:
-        while True:
-            if isinstance(item, Chunk):
-                if item.text or item.final:
-                    data = shape.delta(item.text, item.finish_reason if item.final else None, first=opening)
-                    if expose_timing:
-                        data["gorgon_published_at"] = item.published_at
-                    yield _sse(data)
-                    opening = False
-                if item.final:
-                    break
-            elif after_first:
+        async for index, item in events:
+            if isinstance(item, Waiting):
                 yield KEEPALIVE_COMMENT
-            after_first = True
-            item = await anext(events)
-        if include_usage:
-            yield _sse(shape.usage_chunk(item.prompt_tokens, item.completion_tokens))
+                continue
+            data = choices[index].event(shape, index, item)
+            if data is not None:
+                if expose_timing:
+                    data["gorgon_published_at"] = item.published_at
+                yield _sse(data)
+        finals = [choice.final for choice in choices]
+        if shape.usage_in_chunks and all(finals):
+            yield _sse(shape.usage_chunk(*usage_of(candidates, [final for final in finals if final])))
     except OpenAIError as exc:
         yield _sse(exc.body())
     finally:

@@ -108,6 +108,40 @@ class WireError:
     status: int
 
 
+LOGPROB_FLOOR = -9999.0
+"""The least log-probability a chunk carries: -inf (a token masked out) has no JSON spelling, and OpenAI and vLLM
+report it as this."""
+
+
+@dataclass(frozen=True, slots=True)
+class WireTopLogprob:
+    """One likely alternative at a position: its text, log-probability and UTF-8 bytes."""
+
+    token: str
+    logprob: float
+    token_bytes: tuple[int, ...]
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> WireTopLogprob:
+        return cls(body["token"], float(body["logprob"]), tuple(body["token_bytes"]))
+
+
+@dataclass(frozen=True, slots=True)
+class WireLogprob:
+    """An emitted token's log-probability, with the `top` most likely alternatives at its position (most likely
+    first); mirrors engine.interface.TokenLogprob."""
+
+    token: str
+    logprob: float
+    token_bytes: tuple[int, ...]
+    top: tuple[WireTopLogprob, ...] = ()
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> WireLogprob:
+        top = tuple(WireTopLogprob.from_body(alternative) for alternative in body.get("top", ()))
+        return cls(body["token"], float(body["logprob"]), tuple(body["token_bytes"]), top)
+
+
 @dataclass(frozen=True, slots=True)
 class Chunk:
     """What a worker publishes for one request.
@@ -116,6 +150,8 @@ class Chunk:
     the worker's publish script refuses chunks from a superseded attempt. `seq` numbers chunks from 0 across
     attempts (a resumed attempt continues the count). The last chunk has `final` set; for a non-streaming
     request it is the only chunk and carries the whole text. `published_at` is the worker's Unix time.
+    `logprobs` (when the request asked for them) has one entry per token of `token_ids`, or, in the final chunk of
+    a non-streaming request, one per token generated; None when the request asked for none.
     """
 
     request_id: str
@@ -129,6 +165,7 @@ class Chunk:
     completion_tokens: int = 0
     error: WireError | None = None
     published_at: float = 0.0
+    logprobs: tuple[WireLogprob, ...] | None = None
     v: int = PROTOCOL_VERSION
 
     def encode(self) -> bytes:
@@ -142,13 +179,17 @@ class Chunk:
     def from_body(cls, body: dict[str, Any]) -> Chunk:
         """A chunk from its decoded JSON object (version already checked and removed)."""
         error = body.pop("error", None)
+        logprobs = body.pop("logprobs", None)
         try:
             return cls(
                 error=WireError(**error) if error else None,
                 token_ids=tuple(body.pop("token_ids", ())),
+                logprobs=None
+                if logprobs is None
+                else tuple(WireLogprob.from_body(entry) for entry in logprobs),
                 **body,
             )
-        except TypeError as exc:
+        except (TypeError, ValueError, KeyError) as exc:
             raise ProtocolError(f"bad chunk: {exc}") from exc
 
 

@@ -43,7 +43,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from gorgon.core.errors import GorgonError
-from gorgon.core.protocol import Chunk, RequestPayload, WireError
+from gorgon.core.protocol import LOGPROB_FLOOR, Chunk, RequestPayload, WireError, WireLogprob, WireTopLogprob
 from gorgon.core.redis.fencing import claim_attempt
 from gorgon.core.redis.names import RedisNames
 from gorgon.core.redis.publisher import EntryRef, Publication, Publisher, StepWork
@@ -64,6 +64,7 @@ from gorgon.engine.interface import (
     GenerationRequest,
     SamplingParams,
     TokenEvent,
+    TokenLogprob,
 )
 from gorgon.worker import metrics
 from gorgon.worker.config import WorkerSettings
@@ -97,6 +98,7 @@ class InFlight:
     prior_token_ids: tuple[int, ...] = ()
     request: GenerationRequest | None = None  # once prepared
     generated_ids: tuple[int, ...] = ()  # what the engine generated for `request` so far
+    logprobs: tuple[WireLogprob, ...] = ()  # of the tokens generated, when the request asked for them
 
     @property
     def request_id(self) -> str:
@@ -559,6 +561,8 @@ class Worker:
         final = event.finish_reason is not None
         item.text += event.text
         item.generated_ids += event.token_ids
+        logprobs = wire_logprobs(event.logprobs)
+        item.logprobs += logprobs
         self._observer.token_event(event)
         if not item.payload.stream and not final:
             return None
@@ -574,9 +578,10 @@ class Worker:
             prompt_tokens=event.prompt_tokens - prior,
             completion_tokens=event.completion_tokens + prior,
             published_at=time.time(),
+            logprobs=_asked(item, logprobs if item.payload.stream else item.logprobs),
         )
         item.next_seq += 1
-        result = _whole_text_result(chunk, item.text) if final else None
+        result = _whole_text_result(chunk, item.text, _asked(item, item.logprobs)) if final else None
         finishes = EntryRef(self._stream, item.entry_id) if final else None
         return Publication(
             chunk, item.payload.stream, result, self._ttl_for(item.payload), item.payload.reply_to, finishes
@@ -686,7 +691,28 @@ class Worker:
         self._active.clear()
 
 
-def _whole_text_result(chunk: Chunk, text: str) -> Chunk:
+def wire_logprobs(logprobs: tuple[TokenLogprob, ...] | None) -> tuple[WireLogprob, ...]:
+    """An event's logprobs as a chunk carries them (-inf raised to LOGPROB_FLOOR)."""
+    return tuple(
+        WireLogprob(
+            entry.token,
+            max(entry.logprob, LOGPROB_FLOOR),
+            entry.token_bytes,
+            tuple(
+                WireTopLogprob(top.token, max(top.logprob, LOGPROB_FLOOR), top.token_bytes)
+                for top in entry.top
+            ),
+        )
+        for entry in logprobs or ()
+    )
+
+
+def _asked(item: InFlight, logprobs: tuple[WireLogprob, ...]) -> tuple[WireLogprob, ...] | None:
+    """`logprobs` if the request asked for them, else None (what the chunk says when none were asked)."""
+    return logprobs if item.payload.sampling.logprobs is not None else None
+
+
+def _whole_text_result(chunk: Chunk, text: str, logprobs: tuple[WireLogprob, ...] | None) -> Chunk:
     return Chunk(
         request_id=chunk.request_id,
         attempt=chunk.attempt,
@@ -697,4 +723,5 @@ def _whole_text_result(chunk: Chunk, text: str) -> Chunk:
         prompt_tokens=chunk.prompt_tokens,
         completion_tokens=chunk.completion_tokens,
         published_at=chunk.published_at,
+        logprobs=logprobs,
     )

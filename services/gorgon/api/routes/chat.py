@@ -18,6 +18,4 @@ async def create_chat_completion(request: Request) -> Response:
     await authorize(request, state)
     body = parse_body(ChatCompletionRequest, await request.body())
     messages = tuple((message.role, message.text()) for message in body.messages)
-    return await serve_generation(
-        request, state, body, "chat", max_tokens=body.requested_max_tokens(), messages=messages
-    )
+    return await serve_generation(request, state, body, "chat", messages=messages)

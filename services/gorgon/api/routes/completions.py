@@ -17,6 +17,4 @@ async def create_completion(request: Request) -> Response:
     state = get_state(request)
     await authorize(request, state)
     body = parse_body(CompletionRequest, await request.body())
-    return await serve_generation(
-        request, state, body, "completion", max_tokens=body.max_tokens, prompt=body.prompt_text()
-    )
+    return await serve_generation(request, state, body, "completion", prompts=body.prompts())
