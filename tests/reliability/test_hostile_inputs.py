@@ -150,7 +150,7 @@ def test_garbage_in_the_request_stream_is_dead_lettered_and_serving_goes_on(
         for fields in (
             {b"p": b"\xff\xfe not json"},
             {b"p": b'{"v": 99, "request_id": "x"}'},
-            {b"p": b'{"v": 1}'},
+            {b"p": b'{"v": 2}'},
             {b"p": b"[]"},
             {b"other": b"field"},
         ):

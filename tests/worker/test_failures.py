@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from gorgon.api.errors import OpenAIError
 from gorgon.core.errors import ContextOverflowError, GorgonError
 from gorgon.worker.failures import (
     MAX_DETAIL_CHARS,
@@ -24,6 +25,12 @@ def test_a_request_at_fault_gets_a_400_with_its_code() -> None:
         "too long",
     )
     assert request_error(GorgonError("no")).code == "invalid_request_error"
+
+
+def test_the_parameter_at_fault_reaches_the_client() -> None:
+    error = request_error(GorgonError("token 70000 is outside the vocabulary", param="stop_token_ids"))
+    assert (error.status, error.param) == (400, "stop_token_ids")
+    assert OpenAIError.from_wire(error).body()["error"]["param"] == "stop_token_ids"
 
 
 def test_other_failures_are_500s_with_the_cause_cut_short() -> None:

@@ -46,7 +46,7 @@ class OpenAIError(Exception):
 
     @classmethod
     def from_wire(cls, error: WireError) -> OpenAIError:
-        return cls(error.status, error.message, type_=error.type, code=error.code)
+        return cls(error.status, error.message, type_=error.type, code=error.code, param=error.param)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 PAYLOAD_FIELD = b"p"
 
 
@@ -106,6 +106,8 @@ class WireError:
     type: str
     code: str
     status: int
+    param: str | None = None
+    """The request parameter at fault, as OpenAI's `param` names it."""
 
 
 LOGPROB_FLOOR = -9999.0

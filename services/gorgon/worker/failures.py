@@ -16,7 +16,7 @@ MAX_DETAIL_CHARS = 300
 def request_error(exc: Exception) -> WireError:
     """A request that could not be prepared or admitted: 400 when it asks for what cannot be done, else 500."""
     if isinstance(exc, GorgonError):
-        return WireError(str(exc), "invalid_request_error", exc.code, 400)
+        return WireError(str(exc), "invalid_request_error", exc.code, 400, param=exc.param)
     return WireError(
         f"the worker could not start this request ({_detail(exc)})", "server_error", "request_failed", 500
     )
