@@ -8,6 +8,7 @@ from engine_tiny import VOCAB, empty_cache, random_heads
 from gorgon.engine.decode import prefill, speculative_step
 from gorgon.engine.drafting.heads import DRAFT_TOPK
 from gorgon.engine.kv import RowKVCache
+from gorgon.engine.logits_processing import LogitBias
 from gorgon.engine.parts import ModelParts
 from gorgon.engine.sampling import RowSampling, TypicalAcceptance
 from gorgon.engine.tree import build_tree_buffers, chain
@@ -212,3 +213,35 @@ def test_a_sampled_row_in_a_lookahead_tree_accepts_by_typical_acceptance(tiny_mo
     assert outcome.accepted_drafts == [2]
     assert outcome.emitted == [greedy[1:4]]
     assert cache.lengths.tolist() == [len(prompt) + 3]
+
+
+def test_a_sampled_row_accepts_drafts_by_typical_acceptance_on_its_processed_logits(tiny_model) -> None:
+    """A bias of 100 makes one token certain: drafts of it pass the typical test, and the row samples it after
+    them; without the bias the same drafts are rejected."""
+    parts = _parts(tiny_model)
+    prompt = [2, 7, 1, 8, 2, 8]
+    forced = 42
+    drafts = torch.full((1, NUM_HEADS, DRAFT_TOPK), forced, dtype=torch.long)
+    outcomes = {}
+    for name, processors in (
+        ("biased", (LogitBias([(forced, 100.0)], VOCAB, torch.device("cpu")),)),
+        ("raw", ()),
+    ):
+        rows = [
+            RowSampling(temperature=1.0, generator=torch.Generator().manual_seed(0), processors=processors)
+        ]
+        cache = _cache(tiny_model, 1)
+        prefill(parts, cache, [prompt], rows)
+        root = torch.tensor([forced])  # the same last token for both rows
+        outcomes[name] = speculative_step(
+            parts,
+            cache,
+            root,
+            drafts,
+            build_tree_buffers(chain(NUM_HEADS)),
+            rows,
+            TypicalAcceptance(),
+            want_drafts=False,
+        )
+    assert outcomes["biased"].emitted == [[forced] * (NUM_HEADS + 1)]
+    assert outcomes["raw"].accepted_drafts == [0]

@@ -4,7 +4,7 @@ import pytest
 
 from gorgon.core.errors import ContextOverflowError, GorgonError
 from gorgon.core.limits import MAX_STOP_SEQUENCE_CHARS
-from gorgon.engine.echo import EchoEngine, continuation
+from gorgon.engine.echo import ECHO_IMPOSSIBLE_LOGPROB, EchoEngine, continuation
 from gorgon.engine.interface import Engine, FinishReason, GenerationRequest, SamplingParams
 
 
@@ -87,3 +87,26 @@ def test_a_stop_sequence_spanning_speculative_steps_cuts_the_text() -> None:
     events = run_to_end(engine, request("abc", engine, max_new_tokens=30, stop=("ghijk",)))
     assert "".join(event.text for event in events) == "def"
     assert events[-1].finish_reason == FinishReason.STOP
+
+
+def test_logprobs_are_certain_with_the_cycles_next_characters_as_alternatives() -> None:
+    engine = EchoEngine()
+    events = run_to_end(engine, request("xy", engine, max_new_tokens=4, logprobs=3))
+    entries = [entry for event in events for entry in event.logprobs]
+    assert [len(event.logprobs) for event in events] == [len(event.token_ids) for event in events]
+    assert [entry.token for entry in entries] == list("z ab")
+    assert all(entry.logprob == 0.0 and entry.token_bytes == tuple(entry.token.encode()) for entry in entries)
+    first = entries[0].top
+    assert [top.token for top in first] == ["z", " ", "a"]
+    assert [top.logprob for top in first] == [0.0, ECHO_IMPOSSIBLE_LOGPROB, ECHO_IMPOSSIBLE_LOGPROB]
+    no_top = run_to_end(engine, request("xy", engine, max_new_tokens=2, logprobs=0))
+    assert all(entry.top == () for event in no_top for entry in event.logprobs)
+    plain = run_to_end(engine, request("xy", engine, max_new_tokens=2))
+    assert all(event.logprobs is None for event in plain)
+
+
+def test_stop_token_ids_outside_the_byte_vocabulary_are_refused() -> None:
+    engine = EchoEngine()
+    with pytest.raises(GorgonError) as raised:
+        engine.add(request("abc", engine, stop_token_ids=(256,)))
+    assert raised.value.param == "stop_token_ids"

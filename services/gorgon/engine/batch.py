@@ -41,6 +41,8 @@ class ActiveRequest:
     lookup: ContextLookup | None = None  # prompt + generated, for lookup drafts (engine/drafting/lookup.py)
     drafted_tokens: int = 0
     accepted_tokens: int = 0
+    # the tokens that end the row: EOS unless ignore_eos, and its stop_token_ids
+    ending_tokens: frozenset[int] = frozenset()
 
     @property
     def request_id(self) -> str:

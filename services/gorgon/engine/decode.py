@@ -5,7 +5,14 @@
 Plain decoding is the same step with a one-node tree (the root only), so there is a single code path for plain,
 chain and tree shapes. Greedy rows accept a drafted token when it equals the base model's argmax (output identical
 to plain greedy); sampled rows use typical acceptance and sample the bonus token with temperature / top_p
-(engine/sampling.py). The step ends by drafting for the next one (engine/drafting/heads.py) when asked to.
+(engine/sampling.py). A row's logits processors (engine/logits_processing.py) adjust its logits at every node
+before acceptance and choice, each node seeing the drafted tokens on its path as its continuation, so greedy rows
+with processors too emit what plain decoding with them emits. Rows that ask for log-probabilities get them from
+the raw logits at the positions that emitted their tokens (engine/logprobs.py). The step ends by drafting for the
+next one (engine/drafting/heads.py) when asked to.
+
+Prompts that are identical token for token in one prefill (a request's n choices) are forwarded once; the other
+rows take a copy of their KV cache.
 """
 
 from __future__ import annotations
@@ -19,13 +26,17 @@ import torch
 from gorgon.engine.drafting.heads import DRAFT_TOPK, draft
 from gorgon.engine.forward import forward_one_token_as_two, forward_tokens, row_logits
 from gorgon.engine.kv import RowKVCache
+from gorgon.engine.logprobs import EmittedLogprobs, emitted_logprobs
 from gorgon.engine.parts import ModelParts
 from gorgon.engine.sampling import (
+    Continuations,
     RowSampling,
     TypicalAcceptance,
     choose_next_tokens,
     greedy_tokens,
     node_acceptance,
+    processed_logits,
+    right_after_committed,
 )
 from gorgon.engine.tree import TreeBuffers
 
@@ -33,7 +44,8 @@ from gorgon.engine.tree import TreeBuffers
 @dataclass(slots=True)
 class StepOutcome:
     """Per row: the accepted drafted tokens plus the new next token, and the heads' drafts for the next step.
-    `failed_rows`: rows whose token choice failed (row -> why); their tokens are placeholders to drop."""
+    `failed_rows`: rows whose token choice failed (row -> why); their tokens are placeholders to drop.
+    `logprobs`: for the rows that ask for them, their emitted tokens' log-probabilities."""
 
     emitted: list[list[int]]  # per row, 1..depth+1 tokens
     accepted_drafts: list[int]  # per row
@@ -42,6 +54,7 @@ class StepOutcome:
     plain_draft_seconds: float = 0.0  # a plain step's drafting for a speculative next step (not a plain cost)
     first_draft_by_model: torch.Tensor | None = None  # [B] bool: draft_topk[b, 0] from the model
     failed_rows: dict[int, str] = field(default_factory=dict)
+    logprobs: dict[int, EmittedLogprobs] = field(default_factory=dict)
 
 
 def generate_candidates(
@@ -133,8 +146,9 @@ def speculative_step(
         )
     candidates = generate_candidates(next_tokens, draft_topk, tree)  # [B, T]
     hidden, logits = tree_forward(parts, cache, candidates, tree)  # [B, T, H], [B, T, V]
-    best, accepted = evaluate(logits, candidates, tree, rows, rule)
-    kept_nodes, last_nodes, new_next, failed = accept(logits, tree, best, accepted, rows)
+    chosen, unprocessed = processed_logits(logits, tree_continuations(candidates, tree), rows)
+    best, accepted = evaluate(chosen, candidates, tree, rows, rule)
+    kept_nodes, last_nodes, new_next, failed = accept(chosen, tree, best, accepted, rows)
     cache.compact(kept_nodes, accepted + 1)  # step 5: update KV
     batch_index = torch.arange(candidates.shape[0], device=candidates.device)
     new_drafts = draft(parts, hidden[batch_index, last_nodes], new_next) if want_drafts else None
@@ -144,7 +158,52 @@ def speculative_step(
     emitted = [
         [*drafted_tokens[row][: accepted_list[row]], next_list[row]] for row in range(candidates.shape[0])
     ]
-    return StepOutcome(emitted, accepted_list, new_next, new_drafts, failed_rows=failed)
+    return StepOutcome(
+        emitted,
+        accepted_list,
+        new_next,
+        new_drafts,
+        failed_rows=unprocessed | failed,
+        logprobs=rows_logprobs(logits, emitted, rows, kept_nodes),
+    )
+
+
+def tree_continuations(
+    candidates: torch.Tensor, tree: TreeBuffers, nodes: int | None = None
+) -> Continuations:
+    """The continuation of each of the first `nodes` tree nodes (all by default) in a row: its path's drafted
+    tokens, depth 1 to its own (the root's is empty: its token was emitted last step). Read from the tree only
+    when a row with processors asks."""
+    paths: list[list[int]] = []
+
+    def of_row(row: int) -> list[list[int]]:
+        if not paths:
+            paths.extend([node for node in path[1:] if node >= 0] for path in tree.ancestors[:nodes].tolist())
+        tokens = candidates[row].tolist()
+        return [[tokens[node] for node in path] for path in paths]
+
+    return of_row
+
+
+def rows_logprobs(
+    logits: torch.Tensor,
+    emitted: Sequence[Sequence[int]],
+    rows: Sequence[RowSampling],
+    positions: torch.Tensor | None = None,
+) -> dict[int, EmittedLogprobs]:
+    """For the rows that ask: the log-probabilities of emitted[row] from the raw logits [B, N, V] at
+    positions[row] [B, >= len(emitted[row])], the nodes that chose them in order (None: positions 0, 1, ...)."""
+    return {
+        index: emitted_logprobs(
+            logits[index, : len(emitted[index])]
+            if positions is None
+            else logits[index, positions[index, : len(emitted[index])]],
+            emitted[index],
+            row.logprobs,
+        )
+        for index, row in enumerate(rows)
+        if row.logprobs is not None
+    }
 
 
 def lookahead_step(
@@ -175,10 +234,13 @@ def lookahead_step(
     )  # [B, T, H]
     logits = parts.lm_head(hidden)  # [B, T, V]
     chain_parents = tree.parents[:spine]
-    node_ok = node_acceptance(logits[:, :spine], candidates[:, :spine], chain_parents, rows, rule)
+    chain_logits, unprocessed = processed_logits(
+        logits[:, :spine], tree_continuations(candidates, tree, spine), rows
+    )  # [B, spine, V]
+    node_ok = node_acceptance(chain_logits, candidates[:, :spine], chain_parents, rows, rule)
     accepted = node_ok[:, 1:].long().cumprod(-1).sum(-1)  # [B]; chain node d is node d
     batch_index = torch.arange(candidates.shape[0], device=candidates.device)
-    new_next, failed = choose_next_tokens(logits[batch_index, accepted], rows)
+    new_next, failed = choose_next_tokens(chain_logits[batch_index, accepted], rows)
     cache.compact(tree.depths[:spine].expand(candidates.shape[0], -1), accepted + 1)
     new_drafts = first_by_model = None
     if want_drafts:
@@ -196,7 +258,8 @@ def lookahead_step(
         new_next,
         new_drafts,
         first_draft_by_model=first_by_model,
-        failed_rows=failed,
+        failed_rows=unprocessed | failed,
+        logprobs=rows_logprobs(logits, emitted, rows),  # chain node d emitted token d
     )
 
 
@@ -245,29 +308,38 @@ def plain_step(
         hidden = forward_tokens(
             parts, cache, next_tokens[:, None], root_only, root_only, exact_queries=1
         )  # [B, 1, H]
-    new_next, failed = choose_next_tokens(row_logits(parts.lm_head, hidden[:, 0]), rows)
+    logits = row_logits(parts.lm_head, hidden[:, 0])[:, None]  # [B, 1, V]
+    new_next, failed = choose_first_tokens(logits, rows)
     cache.advance(1)
     started = time.perf_counter()
     new_drafts = draft(parts, hidden[:, 0], new_next) if want_drafts else None
+    emitted = [[token] for token in new_next.tolist()]
     return StepOutcome(
-        [[token] for token in new_next.tolist()],
+        emitted,
         [0] * len(rows),
         new_next,
         new_drafts,
         plain_draft_seconds=time.perf_counter() - started if want_drafts else 0.0,
         failed_rows=failed,
+        logprobs=rows_logprobs(logits, emitted, rows),
     )
+
+
+def choose_first_tokens(
+    logits: torch.Tensor, rows: Sequence[RowSampling]
+) -> tuple[torch.Tensor, dict[int, str]]:
+    """logits [B, 1, V] at the position right after each row's committed output -> the next token per row [B]
+    (through the rows' processors), and the rows whose processing or sampling failed."""
+    chosen, unprocessed = processed_logits(logits, right_after_committed, rows)
+    new_next, failed = choose_next_tokens(chosen[:, 0], rows)
+    return new_next, unprocessed | failed
 
 
 def prefill_chunk(parts: ModelParts, cache: RowKVCache, chunks: Sequence[Sequence[int]]) -> None:
     """Write the next piece of each row's prompt (pieces of one length) into `cache` and choose nothing: a long
     prompt is written a chunk per step, `prefill` writing its last piece."""
-    device = cache.lengths.device
-    input_ids = torch.tensor([list(chunk) for chunk in chunks], dtype=torch.long, device=device)  # [B, C]
-    length = input_ids.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-    forward_tokens(parts, cache, input_ids, torch.arange(length, device=device), causal)
-    cache.advance(length)
+    forward_prompts(parts, cache, chunks)
+    cache.advance(len(chunks[0]))
 
 
 def prefill(
@@ -275,23 +347,59 @@ def prefill(
 ) -> StepOutcome:
     """Write every prompt (or its last piece, after what `prefill_chunk` wrote) into its row of `cache`; choose
     each row's first token and drafts."""
-    longest = max(len(prompt) for prompt in prompts)
+    hidden = forward_prompts(parts, cache, prompts)  # [B, S, H]
     device = cache.lengths.device
-    input_ids = torch.zeros(len(prompts), longest, dtype=torch.long, device=device)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
-    causal = torch.ones(longest, longest, dtype=torch.bool, device=device).tril()
-    depths = torch.arange(longest, device=device)
-    hidden = forward_tokens(parts, cache, input_ids, depths, causal)  # [B, S, H]
     last = torch.tensor([len(prompt) - 1 for prompt in prompts], device=device)
     batch_index = torch.arange(len(prompts), device=device)
     last_hidden = hidden[batch_index, last]  # [B, H]
-    next_tokens, failed = choose_next_tokens(row_logits(parts.lm_head, last_hidden), rows)
+    logits = row_logits(parts.lm_head, last_hidden)[:, None]  # [B, 1, V]
+    next_tokens, failed = choose_first_tokens(logits, rows)
+    depths = torch.arange(hidden.shape[1], device=device)
     cache.compact(depths.expand(len(prompts), -1), last + 1)
+    emitted = [[token] for token in next_tokens.tolist()]
     return StepOutcome(
-        [[token] for token in next_tokens.tolist()],
+        emitted,
         [0] * len(prompts),
         next_tokens,
         draft(parts, last_hidden, next_tokens),
         failed_rows=failed,
+        logprobs=rows_logprobs(logits, emitted, rows),
     )
+
+
+def forward_prompts(parts: ModelParts, cache: RowKVCache, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Run `prompts` (zero-padded to the longest) at each row's next slots -> hidden [B, S, H], writing their KV.
+    A prompt that several rows hold is forwarded once: the others take a copy of its row's KV and hidden states."""
+    firsts, sources = distinct_prompts(prompts)
+    if len(firsts) == len(prompts):
+        return _forward_padded(parts, cache, prompts)
+    device = cache.lengths.device
+    shared = cache.select_rows(torch.tensor(firsts, device=device))
+    hidden = _forward_padded(parts, shared, [prompts[row] for row in firsts])
+    copies = torch.tensor(sources, device=device)
+    cache.copy_rows(shared, copies)
+    return hidden.index_select(0, copies)
+
+
+def distinct_prompts(prompts: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+    """The first row holding each distinct prompt, and for every row the index of its prompt among those."""
+    index_of: dict[tuple[int, ...], int] = {}
+    firsts: list[int] = []
+    sources: list[int] = []
+    for row, prompt in enumerate(prompts):
+        key = tuple(prompt)
+        if key not in index_of:
+            index_of[key] = len(firsts)
+            firsts.append(row)
+        sources.append(index_of[key])
+    return firsts, sources
+
+
+def _forward_padded(parts: ModelParts, cache: RowKVCache, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+    longest = max(len(prompt) for prompt in prompts)
+    device = cache.lengths.device
+    input_ids = torch.zeros(len(prompts), longest, dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, : len(prompt)] = torch.tensor(list(prompt), dtype=torch.long)
+    causal = torch.ones(longest, longest, dtype=torch.bool, device=device).tril()
+    return forward_tokens(parts, cache, input_ids, torch.arange(longest, device=device), causal)  # [B, S, H]

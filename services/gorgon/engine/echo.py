@@ -7,6 +7,12 @@ prompt ending in "x" continues "yz abc...". The next token depends only on the t
 request resumed from its published tokens continue exactly as the first attempt would have.
 With `use_speculative` a step yields up to SPECULATIVE_TOKENS_PER_STEP tokens (like an accepted Medusa draft),
 otherwise one. `step_delay_s` sleeps once per step so cancellation and crash tests have time to act.
+
+It has no end-of-sequence token, so ignore_eos, min_tokens and stop_token_ids change nothing (they are validated,
+stop token ids against its byte vocabulary); penalties and logit_bias change nothing either, its next character
+being fixed. Its log-probabilities say what it is, certain of every token: each token has logprob 0.0, and the
+top alternatives are the token itself (0.0) followed by the characters after it in the cycle at
+ECHO_IMPOSSIBLE_LOGPROB, so clients see as many alternatives as they asked for, most likely first.
 """
 
 from __future__ import annotations
@@ -24,15 +30,21 @@ from gorgon.engine.interface import (
     KVCacheUsage,
     ModelInfo,
     TokenEvent,
+    TokenLogprob,
+    TopLogprob,
 )
 from gorgon.engine.scheduler import fits_token_budget
-from gorgon.engine.validation import check_request
+from gorgon.engine.validation import check_request, check_token_ids
 
 ECHO_MODEL_NAME = "echo"
 ECHO_CONTEXT_LENGTH = 4096
 ECHO_MAX_BATCH_SIZE = 64
 CYCLE = "abcdefghijklmnopqrstuvwxyz "
 SPECULATIVE_TOKENS_PER_STEP = 3
+BYTE_VOCABULARY = 256
+ECHO_IMPOSSIBLE_LOGPROB = -9999.0
+"""The log-probability of a token the echo engine never emits there: a finite stand-in for -inf (which JSON cannot
+carry), the value vLLM's OpenAI server reports for such tokens."""
 
 
 def next_character(text: str) -> str:
@@ -49,6 +61,31 @@ def continuation(text: str, count: int) -> str:
     for _ in range(count):
         generated += next_character(text + generated)
     return generated
+
+
+def echo_logprobs(text: str, top: int) -> tuple[TokenLogprob, ...]:
+    """The log-probabilities of the tokens of `text` (ASCII, one token per character) with `top` alternatives."""
+    return tuple(
+        TokenLogprob(
+            token=character,
+            logprob=0.0,
+            token_bytes=tuple(character.encode()),
+            top=_alternatives(character, top),
+        )
+        for character in text
+    )
+
+
+def _alternatives(character: str, top: int) -> tuple[TopLogprob, ...]:
+    ranked = (character + continuation(character, top - 1))[:top]  # distinct: MAX_LOGPROBS < len(CYCLE)
+    return tuple(
+        TopLogprob(
+            token=other,
+            logprob=0.0 if rank == 0 else ECHO_IMPOSSIBLE_LOGPROB,
+            token_bytes=tuple(other.encode()),
+        )
+        for rank, other in enumerate(ranked)
+    )
 
 
 def chat_prompt(messages: Sequence[ChatMessage]) -> str:
@@ -95,9 +132,10 @@ class EchoEngine:
 
     def add(self, request: GenerationRequest) -> None:
         check_request(request, self.info.context_length)
+        check_token_ids(request.params, BYTE_VOCABULARY)
         if len(self._rows) >= self.info.max_batch_size:
             raise GorgonError(f"the batch is full ({self.info.max_batch_size} requests)", code="batch_full")
-        if not all(0 <= token < 256 for token in request.prompt_ids):
+        if not all(0 <= token < BYTE_VOCABULARY for token in request.prompt_ids):
             raise GorgonError("echo token ids are bytes: each must lie in [0, 256)", param="prompt")
         text = bytes(request.prompt_ids[-4:]).decode(errors="replace")  # a character has at most 4 bytes
         self._rows[request.request_id] = _Row(request, StopSequenceFilter(request.params.stop), text[-1:])
@@ -143,4 +181,5 @@ class EchoEngine:
             completion_tokens=row.generated,
             drafted_tokens=count - 1 if params.use_speculative else 0,
             accepted_tokens=count - 1 if params.use_speculative else 0,
+            logprobs=echo_logprobs(new, params.logprobs) if params.logprobs is not None else None,
         )

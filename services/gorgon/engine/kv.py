@@ -158,6 +158,13 @@ class RowKVCache(Cache):
         """A cache holding only `rows` (in that order)."""
         return RowKVCache(self.storage.index_select(1, rows), self.lengths.index_select(0, rows))
 
+    def copy_rows(self, source: RowKVCache, rows: torch.Tensor) -> None:
+        """Row b becomes a copy of source's row rows[b] (its slots and length), in place: the layers' views stay
+        valid. `source` has this cache's capacity (a select_rows of it)."""
+        torch.index_select(source.storage, 1, rows, out=self.storage)
+        self.lengths = source.lengths.index_select(0, rows)
+        self.plan.write_slots = None
+
     @classmethod
     def concatenate(cls, caches: list[RowKVCache]) -> RowKVCache:
         """Rows of all caches in order; capacity = the largest (buffers zero-padded)."""

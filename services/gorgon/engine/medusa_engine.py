@@ -3,10 +3,15 @@
 The scheduler (engine/scheduler.py) decides what a step does: prefill newly admitted requests (their first token
 comes out), write the next chunk of a long prompt, or advance every running row by one speculative step
 (engine/decode.py) in the shape it picked. The engine runs that step and turns its tokens into events: detokenised
-text, stop sequences, finish reasons.
+text, stop sequences, finish reasons, log-probabilities.
 
-A row that fails on its own (a prefill forward of its prompt group, its sampling, its detokenising) ends with an
-error event and leaves the batch; the other rows' step goes on.
+A row ends at EOS or at one of its stop_token_ids (finish reason stop; the token counts as generated and carries
+its log-probability, but adds no text). Under ignore_eos an EOS is a token like any other, and like every special
+token it adds no text (vLLM decodes with skip_special_tokens). A request's parameters become its row's logits
+processors (engine/logits_processing.py, engine/grammar.py), which decode.py applies wherever a token is chosen.
+
+A row that fails on its own (a prefill forward of its prompt group, its logits processors, its sampling, its
+detokenising) ends with an error event and leaves the batch; the other rows' step goes on.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from gorgon.engine.batch import (
     Batch,
     CacheLayout,
     PartialPrefill,
+    cache_capacity,
     groups_by_length,
     prefill_groups,
 )
@@ -37,6 +43,7 @@ from gorgon.engine.decode import StepOutcome, prefill, prefill_chunk, speculativ
 from gorgon.engine.detok import IncrementalDetokenizer, StopSequenceFilter
 from gorgon.engine.drafting.heads import MedusaHeads
 from gorgon.engine.drafting.lookup import ContextLookup, with_lookup_drafts
+from gorgon.engine.grammar import grammar_processors
 from gorgon.engine.interface import (
     ChatMessage,
     FinishReason,
@@ -46,11 +53,22 @@ from gorgon.engine.interface import (
     TokenEvent,
 )
 from gorgon.engine.loader import LoadedModel
+from gorgon.engine.logits_processing import LogitsProcessor, commit_tokens, sampling_processors
+from gorgon.engine.logprobs import EmittedLogprobs, TokenTexts
+from gorgon.engine.memory_budget import (
+    MemorySource,
+    ModelGeometry,
+    StepShape,
+    device_memory,
+    fits_kv_budget,
+    kv_budget,
+    verification_window_copies,
+)
 from gorgon.engine.parts import build_parts
 from gorgon.engine.sampling import RowSampling, TypicalAcceptance, is_greedy, row_generator
-from gorgon.engine.scheduler import Decode, Prefill, PrefillChunk, Scheduler
+from gorgon.engine.scheduler import Decode, Prefill, PrefillChunk, Scheduler, budget_tokens
 from gorgon.engine.shapes import ShapeSelector, build_shapes
-from gorgon.engine.validation import check_request
+from gorgon.engine.validation import check_request, check_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +78,22 @@ class MedusaEngine:
 
     runs_inline = False  # a step runs the model: the worker calls it on its engine thread
 
-    def __init__(self, loaded: LoadedModel, heads: MedusaHeads | None, settings: EngineSettings) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        heads: MedusaHeads | None,
+        settings: EngineSettings,
+        *,
+        read_memory: MemorySource = device_memory,
+    ) -> None:
+        """`read_memory`: the device's memory at start, which sets the KV token budget (engine/memory_budget.py)."""
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         # `encode` runs on the worker's preparation thread while steps detokenise: each thread has its own copy
         self.prompt_tokenizer = copy.deepcopy(loaded.tokenizer)
         self.settings = settings
         config = loaded.model.config
+        geometry = ModelGeometry.from_config(config, loaded.dtype)
         self.parts = build_parts(loaded, heads, settings)
         self.scheduler = Scheduler(
             ShapeSelector(build_shapes(settings, heads, loaded.device)),
@@ -76,13 +103,14 @@ class MedusaEngine:
         self.rule = TypicalAcceptance(settings.typical_epsilon, settings.typical_alpha)
         self.layout = CacheLayout(
             num_layers=config.num_hidden_layers,
-            kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
-            head_dim=getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+            kv_heads=geometry.kv_heads,
+            head_dim=geometry.head_dim,
             dtype=loaded.dtype,
             device=loaded.device,
             spare_slots=max(shape.num_nodes for shape in self.scheduler.selector.shapes) + 1,
         )
         self.eos_token_ids = _eos_token_ids(loaded)
+        self.token_texts = TokenTexts(loaded.tokenizer)  # logprobs' token texts, decoded on the step thread
         self.info = ModelInfo(
             name=loaded.name,
             context_length=settings.context_length or int(getattr(config, "max_position_embeddings", 2048)),
@@ -94,6 +122,22 @@ class MedusaEngine:
             if loaded.device.type == "cpu"
             else DEFAULT_CUDA_PREFILL_CHUNK_TOKENS
         )
+        shapes = self.scheduler.selector.shapes
+        largest_step = StepShape(
+            rows=settings.max_batch_size,
+            tree_nodes=max(shape.num_nodes for shape in shapes),
+            prefill_tokens=self.prefill_chunk_tokens,
+            window_copies=verification_window_copies(shapes, loaded.device),
+        )
+        self.kv_budget = kv_budget(
+            geometry,
+            largest_step,
+            loaded.device,
+            settings.gpu_memory_utilization,
+            minimum_tokens=cache_capacity(self.info.context_length, self.layout.spare_slots),
+            read_memory=read_memory,
+        )
+        log.info("KV cache budget: %s", self.kv_budget.describe())
         self.batch: Batch | None = None
         self.partial: list[PartialPrefill] = []  # long prompts being prefilled a chunk per step, oldest first
         self.forward_passes = 0
@@ -118,7 +162,12 @@ class MedusaEngine:
         return encode_chat(self.prompt_tokenizer, self.info.name, prompt)
 
     def admits(self, request: GenerationRequest, token_budget: int | None) -> bool:
-        return self.scheduler.admits(request, self.batch, token_budget)
+        """The worker's `token_budget` and the engine's KV memory budget (engine/memory_budget.py) must both hold."""
+        request_capacity = cache_capacity(budget_tokens(request), self.layout.spare_slots)
+        fits_memory = fits_kv_budget(
+            self.num_active, self._held_capacity(), request_capacity, self.kv_budget.tokens
+        )
+        return fits_memory and self.scheduler.admits(request, self.batch, token_budget)
 
     def add(self, request: GenerationRequest) -> None:
         self._validate(request)
@@ -129,7 +178,10 @@ class MedusaEngine:
             top_p=params.top_p,
             speculative=params.use_speculative and self.info.speculative,
             generator=None if greedy else row_generator(params.seed, self.layout.device),
+            processors=tuple(self._row_processors(request)),
+            logprobs=params.logprobs,
         )
+        eos = frozenset() if params.ignore_eos else self.eos_token_ids
         self.scheduler.enqueue(
             ActiveRequest(
                 request,
@@ -137,6 +189,7 @@ class MedusaEngine:
                 IncrementalDetokenizer(self.tokenizer),
                 StopSequenceFilter(params.stop),
                 lookup=self._context_lookup(request) if sampling.speculative else None,
+                ending_tokens=eos | frozenset(params.stop_token_ids),
             )
         )
 
@@ -168,6 +221,16 @@ class MedusaEngine:
     def kv_cache_usage(self) -> KVCacheUsage | None:
         batch = self.batch
         return batch.cache.usage() if batch is not None else None
+
+    def _held_capacity(self) -> int:
+        """KV slots per row the held rows will be padded to: the running and partial batches' capacities and the
+        waiting rows' own (a filtered batch keeps its capacity after its longest row left)."""
+        batches = ([self.batch] if self.batch is not None else []) + [
+            partial.batch for partial in self.partial
+        ]
+        spare = self.layout.spare_slots
+        waiting = [cache_capacity(budget_tokens(row.request), spare) for row in self.scheduler.waiting]
+        return max([batch.cache.capacity for batch in batches] + waiting, default=0)
 
     # --- steps ---------------------------------------------------------------------------------------------
 
@@ -270,6 +333,23 @@ class MedusaEngine:
         batch.first_draft_by_model = outcome.first_draft_by_model
         return self._emit(outcome, drafted=shape.max_depth, rows=list(batch.rows))
 
+    def _row_processors(self, request: GenerationRequest) -> list[LogitsProcessor]:
+        """The logits processors of a new row (engine/logits_processing.py); none for default parameters. The
+        grammar of a response_format comes last: it has the last word. GorgonError for a response_format the
+        grammar engine refuses."""
+        params, vocab = request.params, self.parts.vocab_size
+        sampling = sampling_processors(
+            params,
+            request.prompt_ids,
+            eos_token_ids=self.eos_token_ids,
+            vocab_size=vocab,
+            device=self.layout.device,
+        )
+        grammar = grammar_processors(
+            params, self.tokenizer, eos_token_ids=self.eos_token_ids, vocab_size=vocab
+        )
+        return sampling + grammar
+
     def _context_lookup(self, request: GenerationRequest) -> ContextLookup | None:
         """The row's lookup index; None with lookup drafts off (then no step looks anything up)."""
         settings = self.settings
@@ -290,7 +370,8 @@ class MedusaEngine:
             failure = outcome.failed_rows.get(index)
             if failure is None:
                 row_drafted = drafted if row.sampling.speculative else 0
-                events.append(self._advance_row_alone(row, tokens, row_drafted, accepted))
+                logprobs = outcome.logprobs.get(index)
+                events.append(self._advance_row_alone(row, tokens, row_drafted, accepted, logprobs))
             else:
                 log.error("request %s failed: %s", row.request_id, failure)
                 events.append(_failure_event(row, failure))
@@ -300,29 +381,44 @@ class MedusaEngine:
         return events
 
     def _advance_row_alone(
-        self, row: ActiveRequest, tokens: list[int], drafted: int, accepted: int
+        self,
+        row: ActiveRequest,
+        tokens: list[int],
+        drafted: int,
+        accepted: int,
+        logprobs: EmittedLogprobs | None,
     ) -> TokenEvent:
-        """The row's event; an error event when turning its tokens into text fails."""
+        """The row's event; an error event when its processors refuse its tokens or turning them into text fails."""
+        kept, finish = _kept_tokens(row, tokens)
         try:
-            return self._advance_row(row, tokens, drafted, accepted)
+            commit_tokens(row.sampling.processors, kept)
+        except Exception as exc:
+            log.exception("request %s failed in committing its tokens to its processors", row.request_id)
+            return _failure_event(row, f"logits processing failed: {exc}")
+        try:
+            return self._advance_row(row, kept, finish, drafted, accepted, logprobs)
         except Exception as exc:
             log.exception("request %s failed in detokenising", row.request_id)
             return _failure_event(row, f"detokenising failed: {exc}")
 
-    def _advance_row(self, row: ActiveRequest, tokens: list[int], drafted: int, accepted: int) -> TokenEvent:
-        kept: list[int] = []
-        finish: FinishReason | None = None
-        for token in tokens[: row.remaining_tokens]:
-            kept.append(token)
-            if token in self.eos_token_ids:
-                finish = FinishReason.STOP
-                break
+    def _advance_row(
+        self,
+        row: ActiveRequest,
+        kept: list[int],
+        finish: FinishReason | None,
+        drafted: int,
+        accepted: int,
+        logprobs: EmittedLogprobs | None,
+    ) -> TokenEvent:
+        """The row's event for the tokens it keeps: their text (never that of a token that ended it), their
+        log-probabilities when it asked for them; its lookup index learns them."""
+        shown = kept[:-1] if finish is FinishReason.STOP else kept
         row.generated.extend(kept)
         if row.lookup is not None:
             row.lookup.extend(kept)
         if finish is None and row.remaining_tokens <= 0:
             finish = FinishReason.LENGTH
-        text, hit_stop = row.stop_filter.push(row.detokenizer.add(kept))
+        text, hit_stop = row.stop_filter.push(row.detokenizer.add(shown))
         if hit_stop:
             finish = FinishReason.STOP
         elif finish is not None:
@@ -338,6 +434,7 @@ class MedusaEngine:
             completion_tokens=len(row.generated),
             drafted_tokens=drafted,
             accepted_tokens=min(accepted, len(kept)),
+            logprobs=self.token_texts.token_logprobs(logprobs, kept) if logprobs is not None else None,
         )
 
     def _validate(self, request: GenerationRequest) -> None:
@@ -345,6 +442,20 @@ class MedusaEngine:
         vocab = self.parts.vocab_size
         if max(request.prompt_ids) >= vocab or min(request.prompt_ids) < 0:
             raise GorgonError(f"prompt token ids must lie in [0, {vocab})", param="prompt")
+        check_token_ids(request.params, vocab)
+
+
+def _kept_tokens(row: ActiveRequest, tokens: list[int]) -> tuple[list[int], FinishReason | None]:
+    """The tokens of `tokens` the row keeps: up to its max_tokens, and up to and including a token that ends it
+    (EOS unless ignore_eos, a stop token id), with FinishReason.STOP then. min_tokens needs no rule here: the row's
+    processors mask the ending tokens until then, and where a grammar allows nothing but EOS (a complete reply)
+    the grammar wins and EOS ends the row."""
+    kept: list[int] = []
+    for token in tokens[: row.remaining_tokens]:
+        kept.append(token)
+        if token in row.ending_tokens:
+            return kept, FinishReason.STOP
+    return kept, None
 
 
 def _failure_event(row: ActiveRequest, reason: str) -> TokenEvent:

@@ -1,5 +1,7 @@
 """How a row picks tokens and accepts drafts: greedy (the argmax; a draft is accepted when it is the argmax) or
 sampled (temperature and top_p from a per-request generator; a draft is accepted by typical acceptance).
+Both read the row's processed logits (engine/logits_processing.py): a row with processors chooses and accepts on
+its adjusted logits, a row without on the model's own.
 
 Every value the API admits works: temperatures below GREEDY_BELOW_TEMPERATURE decode greedily (as vLLM does),
 any top_p in (0, 1] keeps at least the most likely token, and every int64 seed maps to a generator seed. A row
@@ -9,13 +11,14 @@ request alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from gorgon.core.limits import GREEDY_BELOW_TEMPERATURE
 from gorgon.engine.config import DEFAULT_TYPICAL_ALPHA, DEFAULT_TYPICAL_EPSILON
+from gorgon.engine.logits_processing import LogitsProcessor, adjust_logits
 
 GENERATOR_SEED_RANGE = 2**64
 """torch.Generator.manual_seed takes seeds in [0, 2^64)."""
@@ -43,12 +46,16 @@ def row_generator(seed: int | None, device: torch.device) -> torch.Generator:
 
 @dataclass(frozen=True, slots=True)
 class RowSampling:
-    """How one row picks tokens. A temperature below GREEDY_BELOW_TEMPERATURE (0 included) is greedy."""
+    """How one row picks tokens. A temperature below GREEDY_BELOW_TEMPERATURE (0 included) is greedy.
+    `processors` adjust its logits before any choice (none: the model's logits as they are); `logprobs`: how many
+    top alternatives its emitted tokens report with their log-probabilities (None: no log-probabilities)."""
 
     temperature: float = 0.0
     top_p: float = 1.0
     speculative: bool = True
     generator: torch.Generator | None = None
+    processors: tuple[LogitsProcessor, ...] = ()
+    logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -84,6 +91,37 @@ def filtered_probabilities(logits: torch.Tensor, sampling: RowSampling) -> torch
     outside = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p
     sorted_probs[outside] = 0.0
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs) / sorted_probs.sum()
+
+
+Continuations = Callable[[int], Sequence[Sequence[int]]]
+"""Row index -> the continuation of each of the row's N positions (see LogitsProcessor.adjust)."""
+
+
+def right_after_committed(row: int) -> Sequence[Sequence[int]]:
+    """The continuations of a single position right after a row's committed output (prefill, plain steps)."""
+    return ((),)
+
+
+def processed_logits(
+    logits: torch.Tensor, continuations: Continuations, rows: Sequence[RowSampling]
+) -> tuple[torch.Tensor, dict[int, str]]:
+    """logits [B, N, V] -> the same tensor when no row has processors; else a float32 copy in which every row with
+    processors has its N positions adjusted (rows without keep their values exactly: float32 holds every bf16
+    value and greedy, sampled and typical choices all read float32). Also the rows whose processors failed
+    (row -> why): their logits stay raw, placeholders the engine never emits."""
+    if not any(row.processors for row in rows):
+        return logits, {}
+    adjusted = logits.to(torch.float32, copy=True)
+    failures: dict[int, str] = {}
+    for index, row in enumerate(rows):
+        if not row.processors:
+            continue
+        try:
+            adjusted[index] = adjust_logits(row.processors, adjusted[index], continuations(index))
+        except Exception as exc:  # one row's failure must not end the other rows' step
+            failures[index] = f"logits processing failed: {exc}"
+            adjusted[index] = logits[index]
+    return adjusted, failures
 
 
 def choose_next_tokens(
