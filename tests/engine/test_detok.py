@@ -79,3 +79,17 @@ def test_undecodable_tokens_are_released_after_a_few_steps(tokenizer) -> None:
     released = "".join(deltas)
     assert set(released) == {"\ufffd"} and len(released) >= 40 - MAX_UNDECIDED_TOKENS
     assert len(detokenizer.token_ids) - detokenizer.prefix_offset <= 2 * (MAX_UNDECIDED_TOKENS + 1)
+
+
+def test_the_end_releases_what_was_held_back(tokenizer) -> None:
+    """Complete text and an incomplete character arriving in one step are held back together; the end of
+    generation releases both (the incomplete bytes as U+FFFD)."""
+    partial = tokenizer.encode("日")[:2]  # its first two bytes only
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    assert detokenizer.add(tokenizer.encode("ok ")) == "ok "
+    assert detokenizer.add(partial) == ""
+    assert set(detokenizer.flush()) == {"\ufffd"}
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    assert detokenizer.add([*tokenizer.encode(" more"), *partial]) == ""
+    released = detokenizer.flush()
+    assert released.startswith(" more") and set(released[len(" more") :]) == {"\ufffd"}

@@ -51,6 +51,14 @@ class IncrementalDetokenizer:
         self.read_offset = len(self.token_ids)
         return full_text[len(prefix_text) :]
 
+    def flush(self) -> str:
+        """At the end of generation: the text still held back, as the tokenizer decodes it (an incomplete
+        character as U+FFFD), so that nothing generated is lost."""
+        prefix_text = self._decode(self.token_ids[self.prefix_offset : self.read_offset])
+        full_text = self._decode(self.token_ids[self.prefix_offset :])
+        self.prefix_offset = self.read_offset = len(self.token_ids)
+        return full_text[len(prefix_text) :]
+
 
 class StopSequenceFilter:
     """Holds back text that could be the start of a stop sequence; reports when one is complete.

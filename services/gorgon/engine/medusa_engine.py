@@ -418,7 +418,10 @@ class MedusaEngine:
             row.lookup.extend(kept)
         if finish is None and row.remaining_tokens <= 0:
             finish = FinishReason.LENGTH
-        text, hit_stop = row.stop_filter.push(row.detokenizer.add(shown))
+        delta = row.detokenizer.add(shown)
+        if finish is not None:
+            delta += row.detokenizer.flush()
+        text, hit_stop = row.stop_filter.push(delta)
         if hit_stop:
             finish = FinishReason.STOP
         elif finish is not None:

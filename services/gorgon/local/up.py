@@ -119,7 +119,8 @@ class LocalPlatform:
         log.info("started the API (pid %d) and %d worker(s)", self.api.pid, self.workers)
 
     def wait_ready(self, timeout_s: float, stopping: list[bool], redis_url: str, namespace: str) -> None:
-        """Until the API answers /ready and, with always-running workers, the first of them is registered."""
+        """Until the API answers /ready and, with always-running workers, the first of them is registered and
+        the API lists its model (its list is cached: a client's first /v1/models must name the model)."""
         from gorgon.local.progress import waiting  # noqa: PLC0415
 
         deadline = time.monotonic() + timeout_s
@@ -127,7 +128,7 @@ class LocalPlatform:
         with waiting(f"waiting for {what}") as tick:
             while not stopping:
                 self._check_api_alive()
-                if self._api_ready() and (not self.workers or registered_workers(redis_url, namespace) > 0):
+                if self._api_ready() and (not self.workers or self._api_lists_a_model(redis_url, namespace)):
                     return
                 if time.monotonic() > deadline:
                     raise GorgonError(
@@ -142,6 +143,16 @@ class LocalPlatform:
         try:
             return httpx.get(f"{self.url}/ready", timeout=2).status_code == 200
         except httpx.HTTPError:
+            return False
+
+    def _api_lists_a_model(self, redis_url: str, namespace: str) -> bool:
+        import httpx  # noqa: PLC0415
+
+        if registered_workers(redis_url, namespace) == 0:
+            return False
+        try:
+            return bool(httpx.get(f"{self.url}/ready", timeout=2).json().get("models"))
+        except (httpx.HTTPError, ValueError):
             return False
 
     def supervise(self, stopping: list[bool]) -> None:
