@@ -469,3 +469,24 @@ def test_a_row_whose_processors_refuse_its_tokens_ends_alone(make_engine, monkey
     assert failed.error == "logits processing failed: the reply left its grammar" and failed.token_ids == ()
     alone = _run(make_engine(), _requests({"b": batch["b"]}))["b"]
     assert _tokens(collected["b"]) == _tokens(alone)
+
+
+@pytest.mark.parametrize("params_name", ["presence-frequency", "min-tokens", "everything"])
+def test_a_resumed_request_continues_as_if_never_interrupted(make_engine, params_name: str) -> None:
+    """A request resumed after a failure carries its earlier output at the end of its prompt: the processors
+    count it as output (penalties, min_tokens), so the continuation is the uninterrupted run's."""
+    model = looping_llama()
+    params = dataclasses.replace(PROCESSED_PARAMS[params_name], max_new_tokens=24)
+    whole = _tokens(_run(make_engine(model=model), _requests({"a": params}))["a"])
+    done = 5
+    resumed = GenerationRequest(
+        "a",
+        tuple(ENGINE_PROMPTS["a"]) + tuple(whole[:done]),
+        dataclasses.replace(params, max_new_tokens=params.max_new_tokens - done),
+        resumed_tokens=done,
+    )
+    assert _tokens(_run(make_engine(model=model), [resumed])["a"]) == whole[done:]
+    as_prompt = dataclasses.replace(
+        resumed, resumed_tokens=0, params=dataclasses.replace(resumed.params, min_tokens=0)
+    )
+    assert _tokens(_run(make_engine(model=model), [as_prompt])["a"]) != whole[done:]

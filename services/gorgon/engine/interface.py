@@ -71,6 +71,17 @@ class GenerationRequest:
     request_id: str
     prompt_ids: tuple[int, ...]
     params: SamplingParams = field(default_factory=SamplingParams)
+    resumed_tokens: int = 0
+    """The last `resumed_tokens` of prompt_ids are output an earlier attempt generated (a request resumed after
+    a failure): penalties, min_tokens and a response_format grammar count them as output, not prompt."""
+
+    @property
+    def original_prompt_ids(self) -> tuple[int, ...]:
+        return self.prompt_ids[: len(self.prompt_ids) - self.resumed_tokens]
+
+    @property
+    def resumed_ids(self) -> tuple[int, ...]:
+        return self.prompt_ids[len(self.prompt_ids) - self.resumed_tokens :]
 
 
 @dataclass(frozen=True, slots=True)

@@ -340,7 +340,7 @@ class MedusaEngine:
         params, vocab = request.params, self.parts.vocab_size
         sampling = sampling_processors(
             params,
-            request.prompt_ids,
+            request.original_prompt_ids,
             eos_token_ids=self.eos_token_ids,
             vocab_size=vocab,
             device=self.layout.device,
@@ -348,7 +348,11 @@ class MedusaEngine:
         grammar = grammar_processors(
             params, self.tokenizer, eos_token_ids=self.eos_token_ids, vocab_size=vocab
         )
-        return sampling + grammar
+        processors = sampling + grammar
+        if request.resumed_tokens:  # a resumed request's earlier output is output to them
+            for processor in processors:
+                processor.commit(request.resumed_ids)
+        return processors
 
     def _context_lookup(self, request: GenerationRequest) -> ContextLookup | None:
         """The row's lookup index; None with lookup drafts off (then no step looks anything up)."""

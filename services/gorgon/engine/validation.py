@@ -26,6 +26,8 @@ def check_request(request: GenerationRequest, context_length: int) -> None:
     if not request.prompt_ids:
         raise GorgonError("the prompt is empty", param="prompt")
     check_sampling(request.params)
+    if not 0 <= request.params.min_tokens <= request.params.max_new_tokens + request.resumed_tokens:
+        raise GorgonError("min_tokens must lie in [0, max_tokens]", param="min_tokens")
     total = len(request.prompt_ids) + request.params.max_new_tokens
     if total > context_length:
         raise ContextOverflowError(
@@ -85,8 +87,6 @@ def _check_token_parameters(params: SamplingParams) -> None:
             raise GorgonError(
                 f"logit_bias maps token ids >= 0 to biases in [{low}, {high}]", param="logit_bias"
             )
-    if not 0 <= params.min_tokens <= params.max_new_tokens:
-        raise GorgonError("min_tokens must lie in [0, max_tokens]", param="min_tokens")
     if len(params.stop_token_ids) > MAX_STOP_TOKEN_IDS:
         raise GorgonError(f"at most {MAX_STOP_TOKEN_IDS} stop_token_ids", param="stop_token_ids")
     if any(token < 0 for token in params.stop_token_ids):

@@ -123,7 +123,12 @@ class InFlight:
             stop_token_ids=sampling.stop_token_ids,
             response_format=sampling.response_format,
         )
-        return GenerationRequest(self.request_id, tuple(prompt_ids) + self.prior_token_ids, params)
+        return GenerationRequest(
+            self.request_id,
+            tuple(prompt_ids) + self.prior_token_ids,
+            params,
+            resumed_tokens=len(self.prior_token_ids),
+        )
 
     def restart(self) -> None:
         """Start the request over in the engine from where it stands: its tokens so far join the prompt."""
@@ -131,7 +136,12 @@ class InFlight:
         if request is None:
             raise RuntimeError(f"request {self.request_id} restarted before it was prepared")
         params = replace(request.params, max_new_tokens=request.params.max_new_tokens - len(generated))
-        self.request = replace(request, prompt_ids=request.prompt_ids + generated, params=params)
+        self.request = replace(
+            request,
+            prompt_ids=request.prompt_ids + generated,
+            params=params,
+            resumed_tokens=request.resumed_tokens + len(generated),
+        )
         self.prior_token_ids += generated
         self.generated_ids = ()
 
