@@ -46,6 +46,11 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "gorgon next to vLLM and llama.cpp: same model, prompts and client, one server at a time",
     ),
     (("bench", "telemetry"), "gorgon.bench.telemetry", "cost of the API's per-request metrics and spans"),
+    (
+        ("bench", "features"),
+        "gorgon.bench.features",
+        "tokens/s of each request feature (logprobs, penalties, logit_bias, JSON output, n), speculation off and on",
+    ),
     (("train-heads",), "gorgon.training.cli", "train Medusa heads by self-distillation"),
     (
         ("autoscale", "simulate"),
