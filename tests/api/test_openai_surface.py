@@ -329,8 +329,9 @@ CHAT_400S: list[tuple[dict[str, Any], str]] = [
     ({"top_logprobs": 3}, "top_logprobs"),
     ({"extra_body": {"logprobs": 2}}, "logprobs"),
     ({"n": 0}, "n"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "yaml"}}, "response_format"),
     ({"tool_choice": "auto"}, "tool_choice"),
+    ({"extra_body": {"functions": [{"name": "f"}]}}, "functions"),
 ]
 
 

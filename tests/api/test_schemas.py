@@ -24,6 +24,7 @@ from gorgon.core.limits import (
     MAX_STOP_SEQUENCE_CHARS,
     MAX_STOP_TOKEN_IDS,
 )
+from gorgon.core.protocol import TOOL_DEFINITIONS_ROLE
 
 Request = type[CompletionRequest] | type[ChatCompletionRequest]
 Case = tuple[Request, dict[str, Any], str, Any]
@@ -32,30 +33,24 @@ COMPLETION: dict[str, Any] = {"prompt": "hi"}
 CHAT: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
 
 REFUSED: list[Case] = [
-    (ChatCompletionRequest, CHAT, "response_format", {"type": "json_object"}),
-    (ChatCompletionRequest, CHAT, "response_format", {"type": "json_schema", "json_schema": {"name": "x"}}),
     (CompletionRequest, COMPLETION, "suffix", " and so on"),
-    (ChatCompletionRequest, CHAT, "tool_choice", "auto"),
-    (ChatCompletionRequest, CHAT, "tool_choice", {"type": "function", "function": {"name": "f"}}),
     (ChatCompletionRequest, CHAT, "functions", [{"name": "f", "parameters": {}}]),
     (ChatCompletionRequest, CHAT, "function_call", "auto"),
-    (ChatCompletionRequest, CHAT, "tools", [{"type": "function", "function": {"name": "f"}}]),
+    (ChatCompletionRequest, CHAT, "function_call", {"name": "f"}),
     (CompletionRequest, COMPLETION, "echo", True),
 ]
 
 NEUTRAL: list[Case] = [
-    (ChatCompletionRequest, CHAT, "response_format", {"type": "text"}),
-    (ChatCompletionRequest, CHAT, "response_format", None),
     (CompletionRequest, COMPLETION, "suffix", ""),
     (CompletionRequest, COMPLETION, "suffix", None),
-    (ChatCompletionRequest, CHAT, "tool_choice", "none"),
-    (ChatCompletionRequest, CHAT, "tool_choice", None),
     (ChatCompletionRequest, CHAT, "functions", []),
     (ChatCompletionRequest, CHAT, "functions", None),
     (ChatCompletionRequest, CHAT, "function_call", "none"),
-    (ChatCompletionRequest, CHAT, "tools", []),
     (CompletionRequest, COMPLETION, "echo", False),
 ]
+
+SCHEMA: dict[str, Any] = {"type": "object", "properties": {"a": {"type": "integer"}}}
+FUNCTION: dict[str, Any] = {"type": "function", "function": {"name": "f", "parameters": SCHEMA}}
 
 ACCEPTED: list[Case] = [
     (CompletionRequest, COMPLETION, "logprobs", 0),
@@ -72,6 +67,16 @@ ACCEPTED: list[Case] = [
     (ChatCompletionRequest, CHAT, "n", MAX_CHOICES),
     (CompletionRequest, COMPLETION, "best_of", 1),
     (CompletionRequest, COMPLETION, "prompt", ["a", "b"]),
+    (ChatCompletionRequest, CHAT, "response_format", None),
+    (ChatCompletionRequest, CHAT, "response_format", {"type": "text"}),
+    (CompletionRequest, COMPLETION, "response_format", {"type": "json_object"}),
+    (
+        ChatCompletionRequest,
+        CHAT,
+        "response_format",
+        {"type": "json_schema", "json_schema": {"name": "a-b_1", "schema": SCHEMA, "strict": True}},
+    ),
+    (ChatCompletionRequest, CHAT, "parallel_tool_calls", False),
 ]
 
 INVALID: list[Case] = [
@@ -102,6 +107,24 @@ INVALID: list[Case] = [
     (CompletionRequest, COMPLETION, "prompt", []),
     (CompletionRequest, COMPLETION, "prompt", ["a", ""]),
     (CompletionRequest, COMPLETION, "prompt", ["p"] * (MAX_PROMPTS + 1)),
+    (ChatCompletionRequest, CHAT, "response_format", {"type": "yaml"}),
+    (ChatCompletionRequest, CHAT, "response_format", {"type": "json_schema", "json_schema": {"name": "x"}}),
+    (
+        ChatCompletionRequest,
+        CHAT,
+        "response_format",
+        {"type": "json_schema", "json_schema": {"schema": SCHEMA}},
+    ),
+    (CompletionRequest, COMPLETION, "response_format", {"type": "json_schema"}),
+    (ChatCompletionRequest, CHAT, "tools", [{"type": "function", "function": {"name": "f g"}}]),
+    (
+        ChatCompletionRequest,
+        CHAT,
+        "tools",
+        [{"type": "function", "function": {"name": "f", "parameters": 3}}],
+    ),
+    (ChatCompletionRequest, CHAT, "tool_choice", "always"),
+    (ChatCompletionRequest, CHAT, "parallel_tool_calls", "sometimes"),
 ]
 
 
@@ -174,6 +197,26 @@ def test_an_implemented_parameter_out_of_its_range_is_a_400_naming_it(
             "presence_penalty",
             "invalid_value",
         ),
+        (ChatCompletionRequest, {**CHAT, "tool_choice": "auto"}, "tool_choice", "invalid_value"),
+        (
+            ChatCompletionRequest,
+            {**CHAT, "tools": [], "tool_choice": "required"},
+            "tool_choice",
+            "invalid_value",
+        ),
+        (
+            ChatCompletionRequest,
+            {**CHAT, "tools": [FUNCTION], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+            "tool_choice",
+            "invalid_value",
+        ),
+        (ChatCompletionRequest, {**CHAT, "tools": [FUNCTION, FUNCTION]}, "tools", "invalid_value"),
+        (
+            ChatCompletionRequest,
+            {**CHAT, "tools": [FUNCTION], "response_format": {"type": "json_object"}},
+            "response_format",
+            "invalid_value",
+        ),
     ],
 )
 def test_checks_across_fields_name_the_parameter_at_fault(
@@ -227,3 +270,65 @@ def test_a_stop_sequence_longer_than_the_engines_take_is_refused_at_the_api() ->
         parse_body(CompletionRequest, json.dumps(too_long).encode())
     assert refused.value.status == 400
     assert refused.value.param == "stop"
+
+
+def test_tools_become_a_grammar_and_a_message_of_definitions_unless_tool_choice_is_none() -> None:
+    calling = _parse(ChatCompletionRequest, {**CHAT, "tools": [FUNCTION]})
+    assert json.loads(str(calling.wire_response_format()))["tool_call"]["free_text"] is True
+    assert calling.wire_messages() == (
+        (TOOL_DEFINITIONS_ROLE, json.dumps([FUNCTION])),
+        ("user", "hi"),
+    )
+    required = _parse(ChatCompletionRequest, {**CHAT, "tools": [FUNCTION], "tool_choice": "required"})
+    assert json.loads(str(required.wire_response_format()))["tool_call"]["free_text"] is False
+    silent = {**CHAT, "tools": [FUNCTION], "tool_choice": "none", "response_format": {"type": "json_object"}}
+    refrained = _parse(ChatCompletionRequest, silent)
+    assert refrained.tool_calling() is None and refrained.wire_messages() == (("user", "hi"),)
+    assert refrained.wire_response_format() == json.dumps({"type": "json_object"})
+
+
+def test_a_named_function_is_the_only_one_the_reply_may_call() -> None:
+    other = {"type": "function", "function": {"name": "g", "strict": True}}
+    named = {"type": "function", "function": {"name": "g"}}
+    request = _parse(ChatCompletionRequest, {**CHAT, "tools": [FUNCTION, other], "tool_choice": named})
+    calling = request.tool_calling()
+    assert calling is not None and list(calling.functions) == ["g"]
+    assert (calling.optional, calling.strict) == (False, True)
+    assert len(json.loads(request.wire_messages()[0][1])) == 2  # the model is shown every tool
+
+
+def test_assistant_tool_calls_and_tool_results_reach_the_model_as_text() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Let me see.", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "2"}]},
+    ]
+    request = _parse(ChatCompletionRequest, {"messages": messages})
+    assert request.wire_messages() == (
+        ("user", "hi"),
+        ("assistant", 'Let me see.\n{"name": "f", "arguments": {"a": 1}}'),
+        ("tool", "2"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "param"),
+    [
+        ({"role": "user", "tool_calls": []}, "messages.1"),
+        ({"role": "assistant"}, "messages.1"),
+        (
+            {"role": "tool", "content": "x", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]},
+            "messages.1",
+        ),
+        (
+            {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "not json"}}]},
+            "messages.1.tool_calls.0.function.arguments",
+        ),
+        ({"role": "function", "content": "x", "name": "f"}, "messages.1.role"),
+    ],
+)
+def test_malformed_tool_messages_are_400s_naming_them(message: dict[str, Any], param: str) -> None:
+    with pytest.raises(OpenAIError) as refused:
+        _parse(ChatCompletionRequest, {"messages": [CHAT["messages"][0], message]})
+    assert (refused.value.status, refused.value.param) == (400, param)

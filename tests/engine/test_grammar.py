@@ -1,5 +1,6 @@
 """Structured output: response_format parsing, the grammar processor's masks at committed positions and at tree
-nodes, and replies decoded under it from random logits (they parse and validate against their schema)."""
+nodes, and replies decoded under it from random logits (they parse and validate against their schema); the same
+for the tool-call format the API sends, and the engine speculating under it."""
 
 from __future__ import annotations
 
@@ -10,21 +11,23 @@ from collections.abc import Sequence
 import jsonschema
 import pytest
 import torch
-from engine_tiny import EOS_ID, VOCAB
+from engine_tiny import EOS_ID, VOCAB, random_heads
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from vicuna_tiny import write_sentencepiece_tokenizer
 
+from gorgon.api.tool_calls import NO_PARAMETERS, ToolCalling
 from gorgon.core.errors import GorgonError
 from gorgon.engine.grammar import (
     GrammarCompiler,
     GrammarProcessor,
     GrammarViolationError,
     JsonGrammar,
+    ToolCallGrammar,
     compiler_for,
     grammar_processors,
     parse_response_format,
 )
-from gorgon.engine.interface import SamplingParams
+from gorgon.engine.interface import FinishReason, GenerationRequest, SamplingParams, TokenEvent
 from gorgon.engine.loader import default_model_source
 from gorgon.engine.logits_processing import MinTokens, adjust_logits
 
@@ -432,3 +435,161 @@ def test_the_default_models_tokenizer() -> None:
         nodes=64,
         seed=6,
     )
+
+
+# --- tool calls (the API's tool-call format, api/tool_calls.py) ------------------------------------------------
+
+FORECAST = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 5},
+        "unit": {"$ref": "#/$defs/unit"},
+        "days": {"type": "integer", "minimum": 1, "maximum": 9},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+    "$defs": {"unit": {"enum": ["C", "F"]}},
+}
+SWITCH = {
+    "type": "object",
+    "properties": {"on": {"type": "boolean"}, "room": {"enum": ["hall", "den"]}},
+    "required": ["on", "room"],
+    "additionalProperties": False,
+}
+FUNCTIONS = {"forecast": FORECAST, "switch": SWITCH, "stop": NO_PARAMETERS}
+
+
+def tool_format(*, optional: bool, strict: bool = True, functions: dict | None = None) -> str:
+    return ToolCalling(functions or FUNCTIONS, optional=optional, strict=strict).wire_format()
+
+
+def check_call(text: str) -> str:
+    """The function a reply calls; its arguments validate against that function's own schema."""
+    call = json.loads(text)
+    assert list(call) == ["name", "arguments"], text
+    jsonschema.validate(call["arguments"], FUNCTIONS[call["name"]])
+    return call["name"]
+
+
+def test_tool_call_formats_parse_to_tool_call_grammars() -> None:
+    required = parse_response_format(tool_format(optional=False))
+    assert isinstance(required, ToolCallGrammar) and not required.free_text and not required.lenient
+    assert json.loads(required.call_schema) == ToolCalling(FUNCTIONS, optional=False).call_schema()
+    auto = parse_response_format(tool_format(optional=True, strict=False))
+    assert isinstance(auto, ToolCallGrammar) and auto.free_text and auto.lenient
+
+
+@pytest.mark.parametrize(
+    ("response_format", "complaint"),
+    [
+        (json.dumps({"type": "tool_call"}), "needs a `schema` object"),
+        (json.dumps({"type": "tool_call", "tool_call": {"schema": [1]}}), "needs a `schema` object"),
+        (tool_format(optional=True, functions={"f": {"type": "shape"}}), "Invalid type: shape"),
+        (tool_format(optional=False, functions={"f": {"type": "array", "uniqueItems": True}}), "uniqueItems"),
+    ],
+)
+def test_invalid_tool_formats_are_client_errors_naming_tools(
+    tokenizer: PreTrainedTokenizerBase, response_format: str, complaint: str
+) -> None:
+    with pytest.raises(GorgonError, match=complaint) as caught:
+        processor_for(tokenizer, response_format, vocab_size=VOCAB, eos=EOS_ID)
+    assert caught.value.param == "tools"
+    assert "\n" not in str(caught.value) and "%json" not in str(caught.value)  # not the grammar's text
+
+
+def test_replies_decoded_under_a_required_tool_call_are_calls_that_validate(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    generator = torch.Generator().manual_seed(7)
+    closing = [*byte_ids(tokenizer, '"}'), EOS_ID]
+    called = set()
+    for _ in range(30):
+        processor = processor_for(tokenizer, tool_format(optional=False), vocab_size=VOCAB, eos=EOS_ID)
+        text = decode_randomly(
+            processor, tokenizer, vocab_size=VOCAB, eos=EOS_ID, generator=generator, favoured=closing
+        )
+        called.add(check_call(text))
+    assert called == set(FUNCTIONS)
+
+
+def test_replies_decoded_with_tool_choice_auto_are_free_text_or_a_call(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """Free text never starts with `{` (the API reads a reply that does as a call), and may end anywhere."""
+    generator = torch.Generator().manual_seed(8)
+    brace = byte_ids(tokenizer, "{")[0]
+    kinds = set()
+    for _ in range(40):
+        processor = processor_for(tokenizer, tool_format(optional=True), vocab_size=VOCAB, eos=EOS_ID)
+        emitted: list[int] = []
+        while not emitted or emitted[-1] != EOS_ID:
+            logits = torch.randn(1, VOCAB, generator=generator)
+            logits[0, [brace, EOS_ID, *byte_ids(tokenizer, '"}')]] += 3.0
+            adjusted = processor.adjust(logits, [()])
+            token = int(torch.multinomial(torch.softmax(adjusted[0], dim=-1), 1, generator=generator))
+            processor.commit([token])
+            emitted.append(token)
+            assert len(emitted) < 600
+        text = tokenizer.decode(emitted[:-1])
+        assert text, "an empty reply is neither text nor a call"
+        kinds.add(check_call(text) if text.startswith("{") else "text")
+    assert "text" in kinds and len(kinds) > 1
+
+
+@pytest.mark.parametrize(
+    ("optional", "prefix"),
+    [(True, ""), (True, '{"name": "forecast", "arguments": {"city": "a'), (False, '{"name": "s')],
+)
+def test_tree_masks_under_a_tool_grammar_equal_masks_after_committing_the_path(
+    tokenizer: PreTrainedTokenizerBase, optional: bool, prefix: str
+) -> None:
+    assert_tree_masks_match_committed_masks(
+        tokenizer,
+        tool_format(optional=optional),
+        tokenizer.encode(prefix, add_special_tokens=False),
+        vocab_size=VOCAB,
+        eos=EOS_ID,
+        nodes=48,
+        seed=len(prefix),
+    )
+
+
+TOOL_PROMPTS = {"required": (3, 1, 4, 1, 5), "auto": (9, 8, 7, 6, 5, 4), "free": (15, 173, 63)}
+
+
+def tool_rows() -> dict[str, SamplingParams]:
+    return {
+        "required": SamplingParams(max_new_tokens=120, response_format=tool_format(optional=False)),
+        "auto": SamplingParams(max_new_tokens=40, response_format=tool_format(optional=True)),
+        "free": SamplingParams(max_new_tokens=30),
+    }
+
+
+def run_rows(engine, params: dict[str, SamplingParams]) -> dict[str, list[TokenEvent]]:
+    for name, row in params.items():
+        engine.add(GenerationRequest(name, TOOL_PROMPTS[name], row))
+    events: dict[str, list[TokenEvent]] = {}
+    while engine.num_active:
+        for event in engine.step():
+            events.setdefault(event.request_id, []).append(event)
+    return events
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_the_engine_speculating_writes_the_plain_tool_calls(make_engine, recurrent: bool) -> None:
+    """Greedy replies under tool-call grammars, beside a free row: every shape in turn (CyclingSelector) gives
+    the plain engine's tokens, the required row's reply is a call that validates, the auto row's is a call or
+    text not starting with `{`."""
+    plain = run_rows(make_engine(), tool_rows())
+    heads = random_heads(3, recurrent=recurrent)
+    speculative = run_rows(make_engine(heads, cycle_shapes=True, medusa_choices="cpu_12"), tool_rows())
+    tokens = {
+        name: [token for event in events for token in event.token_ids] for name, events in plain.items()
+    }
+    assert tokens == {
+        name: [token for event in events for token in event.token_ids] for name, events in speculative.items()
+    }
+    texts = {name: "".join(event.text for event in events) for name, events in plain.items()}
+    assert plain["required"][-1].finish_reason is FinishReason.STOP
+    check_call(texts["required"])
+    assert texts["auto"] and (not texts["auto"].startswith("{") or check_call(texts["auto"]))

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gorgon.api.tool_calls import ToolCalling, ToolCallReader, read_reply
 from gorgon.core.protocol import WireLogprob
 
 Kind = Literal["completion", "chat"]
@@ -77,7 +78,8 @@ class ChoiceResult:
 class ReplyShape:
     """Everything a response object needs besides the generated text. `logprobs`: whether the client asked for
     them (a reply carries them only then, whatever the chunks hold). `usage_in_chunks`: `stream_options.
-    include_usage` was set, so every chunk carries `"usage": null` and the last one the totals, as at OpenAI."""
+    include_usage` was set, so every chunk carries `"usage": null` and the last one the totals, as at OpenAI.
+    `tool_calling`: a chat's replies are read for a tool call (tool_calls.py)."""
 
     kind: Kind
     request_id: str
@@ -85,12 +87,24 @@ class ReplyShape:
     created: int
     logprobs: bool = False
     usage_in_chunks: bool = False
+    tool_calling: ToolCalling | None = None
 
     @classmethod
     def new(
-        cls, kind: Kind, request_id: str, model: str, *, logprobs: bool = False, usage_in_chunks: bool = False
+        cls,
+        kind: Kind,
+        request_id: str,
+        model: str,
+        *,
+        logprobs: bool = False,
+        usage_in_chunks: bool = False,
+        tool_calling: ToolCalling | None = None,
     ) -> ReplyShape:
-        return cls(kind, request_id, model, int(time.time()), logprobs, usage_in_chunks)
+        return cls(kind, request_id, model, int(time.time()), logprobs, usage_in_chunks, tool_calling)
+
+    def reader(self) -> ToolCallReader | None:
+        """A reader of one choice's tool call; None where replies are not read for one."""
+        return self.tool_calling.reader() if self.tool_calling is not None else None
 
     def whole(self, choices: Sequence[ChoiceResult], prompt_tokens: int, completion_tokens: int) -> dict:
         obj = "chat.completion" if self.kind == "chat" else "text_completion"
@@ -102,11 +116,12 @@ class ReplyShape:
     def _whole_choice(self, choice: ChoiceResult) -> dict[str, Any]:
         logprobs = self._logprobs(choice.logprobs, 0)
         if self.kind == "chat":
+            message, finish_reason = self._message(choice)
             return {
                 "index": choice.index,
-                "message": {"role": "assistant", "content": choice.text},
+                "message": message,
                 "logprobs": logprobs,
-                "finish_reason": choice.finish_reason,
+                "finish_reason": finish_reason,
             }
         return {
             "index": choice.index,
@@ -114,6 +129,17 @@ class ReplyShape:
             "logprobs": logprobs,
             "finish_reason": choice.finish_reason,
         }
+
+    def _message(self, choice: ChoiceResult) -> tuple[dict[str, Any], str | None]:
+        """A chat choice's message and finish_reason: its text, or the tool call the text makes."""
+        reader = self.reader()
+        if reader is None:
+            return {"role": "assistant", "content": choice.text}, choice.finish_reason
+        reply = read_reply(reader, choice.text, choice.finish_reason)
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if reply.tool_calls is not None:
+            message["tool_calls"] = reply.tool_calls
+        return message, reply.finish_reason
 
     def delta(
         self,
@@ -124,14 +150,14 @@ class ReplyShape:
         first: bool = False,
         logprobs: Sequence[WireLogprob] | None = None,
         text_offset: int = 0,
+        tool_call: dict[str, Any] | None = None,
     ) -> dict:
         """One stream chunk of choice `index`; `logprobs` are this chunk's tokens' (`text_offset`: the length
-        of the choice's text sent before this chunk)."""
+        of the choice's text sent before this chunk); `tool_call`: a piece of a chat choice's tool call (an
+        entry of `delta.tool_calls`), sent instead of text."""
         chosen = self._logprobs(logprobs, text_offset)
         if self.kind == "chat":
-            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
-            if finish_reason is not None and not text:
-                delta = {}
+            delta = _chat_delta(text, finish_reason, first=first, tool_call=tool_call)
             choice: dict[str, Any] = {
                 "index": index,
                 "delta": delta,
@@ -167,3 +193,16 @@ class ReplyShape:
             "model": self.model,
             "choices": choices,
         }
+
+
+def _chat_delta(
+    text: str, finish_reason: str | None, *, first: bool, tool_call: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A chat chunk's `delta`: the role in the first; text, or a piece of the tool call (content null); empty in
+    a final chunk with nothing more to say."""
+    if tool_call is not None:
+        calls = {"tool_calls": [tool_call]}
+        return {"role": "assistant", "content": None, **calls} if first else calls
+    if finish_reason is not None and not text:
+        return {}
+    return {"role": "assistant", "content": text} if first else {"content": text}

@@ -1,10 +1,15 @@
 """OpenAI request bodies (what a client may send). Unknown fields are ignored, as OpenAI clients send many;
 known fields are type-checked and range-checked (OpenAI's ranges, vLLM's for its extras), a 400 naming the field
 otherwise, and features gorgon does not implement are refused, never silently ignored: a request that sets one to
-anything but its neutral value gets a 400 naming it (`NOT_IMPLEMENTED`)."""
+anything but its neutral value gets a 400 naming it (`NOT_IMPLEMENTED`).
+
+`response_format` and `tools` are shape-checked here (the API has no grammar engine); the workers compile the
+schemas they carry and answer a 400 naming the parameter for one they cannot use."""
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -20,6 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from gorgon.api.errors import UNSUPPORTED_PARAMETER, validation_error
+from gorgon.api.tool_calls import NO_PARAMETERS, ToolCalling, call_text
 from gorgon.core.limits import (
     GREEDY_BELOW_TEMPERATURE,
     LOGIT_BIAS_RANGE,
@@ -31,6 +37,7 @@ from gorgon.core.limits import (
     MAX_STOP_TOKEN_IDS,
     PENALTY_RANGE,
 )
+from gorgon.core.protocol import TOOL_DEFINITIONS_ROLE
 
 MAX_CHOICES = 8
 """Most choices per prompt (`n`, and `best_of` candidates): each is a request of its own in the queue."""
@@ -40,15 +47,17 @@ MAX_TOKEN_ID = 2**31 - 1
 """Token ids (logit_bias keys, stop_token_ids) beyond any vocabulary; the engine checks its own vocabulary."""
 
 NOT_IMPLEMENTED: dict[str, tuple[tuple[Any, ...], str]] = {
-    "response_format": ((None, {"type": "text"}), '{"type": "text"} or null'),
     "echo": ((False,), "false"),
     "suffix": ((None, ""), '"" or null'),
-    "tools": ((None, []), "[] or null"),
-    "tool_choice": ((None, "none"), '"none" or null'),
-    "functions": ((None, []), "[] or null"),
-    "function_call": ((None, "none"), '"none" or null'),
+    "functions": ((None, []), "[] or null; use tools"),
+    "function_call": ((None, "none"), '"none" or null; use tool_choice'),
 }
-"""Parameters gorgon does not implement: the values that ask for nothing (accepted), described for the error."""
+"""Parameters gorgon does not implement: the values that ask for nothing (accepted), described for the error.
+The legacy `functions` and `function_call` are refused rather than mapped onto tools: their replies have a shape of
+their own (`message.function_call`, finish_reason `function_call`) that no current client needs."""
+RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""OpenAI's names of functions and response_format schemas."""
 
 
 def neutral_only(value: Any, info: ValidationInfo) -> Any:
@@ -113,8 +122,11 @@ class SamplingFields(BaseModel):
 
     @field_validator("response_format")
     @classmethod
-    def _not_implemented(cls, value: Any, info: ValidationInfo) -> Any:
-        return neutral_only(value, info)
+    def _response_format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        problem = None if value is None else response_format_problem(value)
+        if problem is not None:
+            raise PydanticCustomError("invalid_response_format", "{problem}", {"problem": problem})
+        return value
 
     @field_validator("logit_bias")
     @classmethod
@@ -173,6 +185,40 @@ class SamplingFields(BaseModel):
 
     def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
         return tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items())
+
+    def tool_calling(self) -> ToolCalling | None:
+        """The tool calls the reply may make; None where the reply is not read for them."""
+        return None
+
+    def wire_response_format(self) -> str | None:
+        """The grammar the workers hold the reply to (engine/grammar.py), as JSON text; None for free text."""
+        return self.structured_output()
+
+    def structured_output(self) -> str | None:
+        """The client's response_format as JSON text; None for free text."""
+        if self.response_format is None or self.response_format.get("type") == "text":
+            return None
+        return json.dumps(self.response_format)
+
+
+def response_format_problem(value: dict[str, Any]) -> str | None:
+    """What is wrong with a response_format's shape, None when nothing is (its schema is the workers' to check)."""
+    kind = value.get("type")
+    if kind not in RESPONSE_FORMAT_TYPES:
+        return f"type must be one of {', '.join(RESPONSE_FORMAT_TYPES)}, not {kind!r}"
+    if kind != "json_schema":
+        return None
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        return "json_schema must be an object with a name and a schema"
+    name = spec.get("name")
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        return "json_schema.name must be 1 to 64 letters, digits, underscores or dashes"
+    if not isinstance(spec.get("schema"), dict):
+        return "json_schema.schema must be a JSON schema (an object)"
+    if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+        return "json_schema.strict must be a boolean"
+    return None
 
 
 class CompletionRequest(SamplingFields):
@@ -236,14 +282,80 @@ class TextPart(BaseModel):
     text: str
 
 
-class ChatMessageIn(BaseModel):
+class FunctionCallIn(BaseModel):
+    name: str
+    arguments: str
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_arguments(cls, value: str) -> str:
+        json.loads(value)  # a JSONDecodeError is a ValueError: a 400 naming the field
+        return value
+
+
+class ToolCallIn(BaseModel):
+    """A tool call of an earlier assistant message."""
+
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
+class ChatMessageIn(BaseModel):
+    """A message of the conversation. An assistant's `tool_calls` and a tool's result (`role: "tool"`, its
+    `tool_call_id` accepted and not needed: one call per reply) go to the model as described in tool_calls.py."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _content_or_calls(self) -> ChatMessageIn:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.content is None and not self.tool_calls:
+            raise ValueError("content is required (an assistant message may have tool_calls instead)")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+    def wire_content(self) -> str:
+        """The message as the model reads it: its text, then each tool call as the JSON the model writes."""
+        calls = [call_text(call.function.name, call.function.arguments) for call in self.tool_calls or ()]
+        return "\n".join(part for part in (self.text(), *calls) if part)
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(pattern=NAME_PATTERN.pattern)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: FunctionName
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -251,25 +363,73 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: Annotated[bool, Strict()] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
-    tools: list[Any] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = Field(
+        default=None, description="Accepted; a reply makes at most one tool call either way."
+    )
     functions: list[Any] | None = None
     function_call: str | dict[str, Any] | None = None
 
-    @field_validator("tools", "tool_choice", "functions", "function_call")
+    @field_validator("functions", "function_call")
     @classmethod
     def _not_implemented_here(cls, value: Any, info: ValidationInfo) -> Any:
         return neutral_only(value, info)
 
     @model_validator(mode="after")
     def _checks(self) -> ChatCompletionRequest:
-        if not any(message.text() for message in self.messages):
+        if not any(message.wire_content() for message in self.messages):
             raise ValueError("the messages must not all be empty")
         if self.top_logprobs and not self.logprobs:
             raise PydanticCustomError(
                 "top_logprobs_without_logprobs", "needs logprobs: true", {"param": "top_logprobs"}
             )
+        self._check_tools()
         return self
+
+    def _check_tools(self) -> None:
+        names = [tool.function.name for tool in self.tools or ()]
+        if len(set(names)) < len(names):
+            raise PydanticCustomError("duplicate_tool", "the tools' names must differ", {"param": "tools"})
+        choice = self.tool_choice
+        if choice not in (None, "none") and not names:
+            raise PydanticCustomError("tool_choice_without_tools", "needs tools", {"param": "tool_choice"})
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise PydanticCustomError(
+                "unknown_tool", "names a function that is not among the tools", {"param": "tool_choice"}
+            )
+        if self.tool_calling() is not None and self.structured_output() is not None:
+            raise PydanticCustomError(
+                "response_format_with_tools",
+                'cannot be combined with tools unless tool_choice is "none"',
+                {"param": "response_format"},
+            )
+
+    def tool_calling(self) -> ToolCalling | None:
+        """tool_choice `none` (the default without tools): None, the tools are neither shown nor called."""
+        choice = self.tool_choice or ("auto" if self.tools else "none")
+        if choice == "none" or not self.tools:
+            return None
+        functions = [tool.function for tool in self.tools]
+        if isinstance(choice, NamedToolChoice):
+            functions = [function for function in functions if function.name == choice.function.name]
+        return ToolCalling(
+            {function.name: function.parameters or NO_PARAMETERS for function in functions},
+            optional=choice == "auto",
+            strict=any(function.strict for function in functions),
+        )
+
+    def wire_response_format(self) -> str | None:
+        calling = self.tool_calling()
+        return calling.wire_format() if calling is not None else self.structured_output()
+
+    def wire_messages(self) -> tuple[tuple[str, str], ...]:
+        """The conversation as the workers take it: the tool definitions first where the model is to see them."""
+        conversation = tuple((message.role, message.wire_content()) for message in self.messages)
+        if self.tool_calling() is None:
+            return conversation
+        tools = [tool.model_dump(exclude_none=True) for tool in self.tools or ()]
+        return ((TOOL_DEFINITIONS_ROLE, json.dumps(tools, ensure_ascii=False)), *conversation)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

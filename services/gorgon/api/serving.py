@@ -23,6 +23,7 @@ from gorgon.api.openai_format import ChoiceResult, Kind, ReplyShape
 from gorgon.api.registry import ServedModel
 from gorgon.api.schemas import SamplingFields
 from gorgon.api.telemetry import request_identified
+from gorgon.api.tool_calls import ReplyPiece, ToolCallReader
 from gorgon.core import tracing
 from gorgon.core.protocol import Chunk, RequestPayload, WireSampling
 
@@ -71,6 +72,7 @@ async def serve_generation(
         model.name,
         logprobs=body.logprobs_asked() is not None,
         usage_in_chunks=body.wants_usage_chunk(),
+        tool_calling=body.tool_calling(),
     )
     try:
         if body.stream:
@@ -130,6 +132,7 @@ def wire_sampling(body: SamplingFields, max_tokens: int) -> WireSampling:
         min_tokens=_checked_min_tokens(body.min_tokens, max_tokens),
         ignore_eos=body.ignore_eos,
         stop_token_ids=tuple(body.stop_token_ids or ()),
+        response_format=body.wire_response_format(),
     )
 
 
@@ -182,31 +185,45 @@ async def _streaming_reply(
 
 @dataclass
 class _StreamedChoice:
-    """What a stream has sent of one choice."""
+    """What a stream has sent of one choice; `reader` reads a chat choice's tool call (tool_calls.py)."""
 
+    reader: ToolCallReader | None = None
     opened: bool = False
     text_sent: int = 0
     final: Chunk | None = None
 
     def event(self, shape: ReplyShape, index: int, chunk: Chunk) -> dict[str, Any] | None:
-        """The choice's event for `chunk`, None when it has nothing to say: no text, not final, and no logprobs
-        asked. Tokens whose text is held back (it may begin a stop sequence) still get an event of empty text
-        when their logprobs were asked, as vLLM sends them, so the logprobs cover every token."""
+        """The choice's event for `chunk`, None when it has nothing to say: nothing said, not final, and no
+        logprobs asked. Tokens whose text is held back (it may begin a stop sequence, or be part of a tool call
+        not yet sent) still get an event of empty text when their logprobs were asked, as vLLM sends them, so
+        the logprobs cover every token."""
         if chunk.final:
             self.final = chunk
-        if not (chunk.text or chunk.final or (shape.logprobs and chunk.logprobs)):
+        said, finish_reason = self._said(chunk)
+        if said.is_empty() and not chunk.final and not (shape.logprobs and chunk.logprobs):
             return None
         data = shape.delta(
             index,
-            chunk.text,
-            chunk.finish_reason if chunk.final else None,
+            said.content,
+            finish_reason,
             first=not self.opened,
             logprobs=chunk.logprobs,
             text_offset=self.text_sent,
+            tool_call=said.call,
         )
         self.opened = True
         self.text_sent += len(chunk.text)
         return data
+
+    def _said(self, chunk: Chunk) -> tuple[ReplyPiece, str | None]:
+        """What `chunk` says, and the finish_reason (None before the final chunk)."""
+        if self.reader is None:
+            return ReplyPiece(chunk.text), chunk.finish_reason if chunk.final else None
+        said = self.reader.read(chunk.text)
+        if not chunk.final:
+            return said, None
+        last, finish_reason = self.reader.end(chunk.finish_reason)
+        return said.then(last), finish_reason
 
 
 async def _sse_events(
@@ -218,7 +235,7 @@ async def _sse_events(
     """The stream's events: a delta per chunk with something to say (choice index = candidate position: a
     stream has no `best_of`), a keep-alive comment per `Waiting` marker; after every choice's final chunk, the
     usage chunk if asked for."""
-    choices = [_StreamedChoice() for _ in candidates]
+    choices = [_StreamedChoice(shape.reader()) for _ in candidates]
     try:
         async for index, item in events:
             if isinstance(item, Waiting):

@@ -17,6 +17,13 @@ import orjson
 
 PROTOCOL_VERSION = 2
 PAYLOAD_FIELD = b"p"
+TOOL_CALL_FORMAT = "tool_call"
+"""The wire `response_format` type of a tool-call grammar: sent by the API (api/tool_calls.py), which refuses it
+from clients, and compiled by the workers (engine/grammar.py)."""
+TOOL_DEFINITIONS_ROLE = "tool_definitions"
+"""The role of the message that carries a chat's tool definitions (the JSON text of OpenAI's `tools` list), first
+in `messages` when the model is to be shown them: the worker hands them to the chat template, or describes them
+in a system message where the template has no place for them (engine/chat.py)."""
 
 
 class ProtocolError(ValueError):
@@ -63,6 +70,8 @@ class RequestPayload:
     `deadline` is a Unix time (seconds): past it the worker drops the job and reports a timeout.
     `reply_to` is the pub/sub channel of the API process waiting for the chunks.
     `stream` tells the worker whether the client wants every step (else only the final result is published).
+    `messages` are (role, content) pairs: OpenAI's roles, `tool` for a tool's result, an assistant's tool calls as
+    the JSON text the model writes for them (api/tool_calls.py), and TOOL_DEFINITIONS_ROLE for the tools.
     """
 
     request_id: str

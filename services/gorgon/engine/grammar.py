@@ -13,6 +13,12 @@ complete reply. docs/benchmarks.md has the measurements behind the choice of eng
   object without one). With `strict: true` a keyword the grammar cannot enforce is a 400; without, such keywords
   are ignored (OpenAI's non-strict mode promises the schema on a best-effort basis) and every other one holds.
 
+A chat's tool calls come in the same field, in a format only the API sends (api/tool_calls.py builds it):
+- `{"type": "tool_call", "tool_call": {"schema": {...}, "free_text": bool, "strict": bool}}`: the reply is one
+  tool call, a JSON object that `schema` (an anyOf of `{"name": <const>, "arguments": <parameters>}`) validates;
+  with `free_text`, it may instead be text that does not start with `{` (tool_choice `auto`). A Lark grammar
+  with the schema embedded (`%json`) expresses the choice; `strict` as for json_schema.
+
 The JSON is laid out as `json.dumps` does (`", "` and `": "`, no other whitespace): a small model offered free
 whitespace can spend its whole budget on newlines, and a reply cut by max_tokens does not parse.
 """
@@ -21,13 +27,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import llguidance
 import llguidance.hf
@@ -36,12 +43,14 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from gorgon.core.errors import GorgonError
+from gorgon.core.protocol import TOOL_CALL_FORMAT
 from gorgon.engine.interface import SamplingParams
 from gorgon.engine.logits_processing import LogitsProcessor
 
 log = logging.getLogger(__name__)
 
 PARAM = "response_format"
+TOOLS_PARAM = "tools"
 GRAMMAR_CACHE_SIZE = 64
 """Compiled grammars kept per tokenizer (least recently used out). A request copies its cached matcher in about a
 microsecond instead of compiling it again (about a millisecond) and rebuilding the lexer states that earlier
@@ -52,6 +61,10 @@ JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separa
 ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
 ALL_ALLOWED = -1
 """A mask word with every bit set: at a position the grammar cannot reach every token is left as it is."""
+FREE_TEXT_TERMINAL = "TEXT: /[^{](?s:.)*/"
+"""Free text beside a tool call: anything not starting with `{`, so that the first character tells the two apart."""
+GRAMMAR_POSITION = re.compile(r"^at \d+\(\d+\): ")
+"""The `line(column):` prefix of a Lark compile error (the rest of its first line says what is wrong)."""
 
 
 class GrammarViolationError(RuntimeError):
@@ -65,9 +78,37 @@ class JsonGrammar:
 
     schema: str
     lenient: bool
+    param: ClassVar[str] = PARAM
+    subject: ClassVar[str] = "the JSON schema"
+
+    def compiled(self) -> str:
+        overrides: Any = {**JSON_LAYOUT, "lenient": self.lenient}
+        return llguidance.LLMatcher.grammar_from_json_schema(self.schema, overrides=overrides)
 
 
-def parse_response_format(response_format: str | None) -> JsonGrammar | None:
+@dataclass(frozen=True, slots=True)
+class ToolCallGrammar:
+    """A reply that is one tool call, a JSON object `call_schema` (JSON text) validates, or with `free_text` also
+    text that does not start with `{`; `lenient` as for JsonGrammar."""
+
+    call_schema: str
+    lenient: bool
+    free_text: bool
+    param: ClassVar[str] = TOOLS_PARAM
+    subject: ClassVar[str] = "the tools' parameters"
+
+    def compiled(self) -> str:
+        """A Lark grammar with the call's schema embedded; the JSON layout travels in the schema's `x-guidance`
+        options, where llguidance's JSON compiler reads them."""
+        schema = {**json.loads(self.call_schema), "x-guidance": {**JSON_LAYOUT, "lenient": self.lenient}}
+        start = "start: TEXT | call\n" + FREE_TEXT_TERMINAL if self.free_text else "start: call"
+        return llguidance.LLMatcher.grammar_from_lark(f"{start}\ncall: %json {json.dumps(schema)}\n")
+
+
+Grammar = JsonGrammar | ToolCallGrammar
+
+
+def parse_response_format(response_format: str | None) -> Grammar | None:
     """The grammar a request's response_format (JSON text) asks for; None for free text. GorgonError (400) when
     it is malformed."""
     if response_format is None:
@@ -85,6 +126,8 @@ def parse_response_format(response_format: str | None) -> JsonGrammar | None:
         return JsonGrammar(json.dumps(ANY_JSON_OBJECT), lenient=False)
     if kind == "json_schema":
         return _json_schema_grammar(spec.get("json_schema"))
+    if kind == TOOL_CALL_FORMAT:
+        return _tool_call_grammar(spec.get(TOOL_CALL_FORMAT))
     raise GorgonError(
         f"response_format type must be one of text, json_object, json_schema, not {kind!r}", param=PARAM
     )
@@ -100,6 +143,16 @@ def _json_schema_grammar(spec: object) -> JsonGrammar:
     if strict is not None and not isinstance(strict, bool):
         raise GorgonError("response_format.json_schema.strict must be a boolean", param=PARAM)
     return JsonGrammar(json.dumps(schema, separators=(",", ":")), lenient=not strict)
+
+
+def _tool_call_grammar(spec: object) -> ToolCallGrammar:
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        raise GorgonError("the tool-call format needs a `schema` object", param=TOOLS_PARAM)
+    return ToolCallGrammar(
+        json.dumps(spec["schema"], separators=(",", ":")),
+        lenient=not spec.get("strict", False),
+        free_text=bool(spec.get("free_text", False)),
+    )
 
 
 class GrammarCompiler:
@@ -119,17 +172,17 @@ class GrammarCompiler:
         self.vocab_size = vocab_size
         self.tokenizer = _token_table(tokenizer, max(vocab_size, len(tokenizer)), eos_token_ids)
         self.cache_size = cache_size
-        self._matchers: OrderedDict[JsonGrammar, llguidance.LLMatcher] = OrderedDict()
+        self._matchers: OrderedDict[Grammar, llguidance.LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
 
-    def processor(self, grammar: JsonGrammar) -> GrammarProcessor:
+    def processor(self, grammar: Grammar) -> GrammarProcessor:
         return GrammarProcessor(
             self.matcher(grammar),
             table_size=self.tokenizer.vocab_size,
             eos_token_ids=self.tokenizer.eos_tokens,
         )
 
-    def matcher(self, grammar: JsonGrammar) -> llguidance.LLMatcher:
+    def matcher(self, grammar: Grammar) -> llguidance.LLMatcher:
         """A matcher at the start of the reply, of its own (a copy of the cached one)."""
         with self._lock:
             pristine = self._matchers.get(grammar)
@@ -143,22 +196,27 @@ class GrammarCompiler:
                 self._matchers.popitem(last=False)
         return pristine.deep_copy()
 
-    def _compile(self, grammar: JsonGrammar) -> llguidance.LLMatcher:
+    def _compile(self, grammar: Grammar) -> llguidance.LLMatcher:
         started = time.perf_counter()
-        overrides: Any = {**JSON_LAYOUT, "lenient": grammar.lenient}
-        compiled = llguidance.LLMatcher.grammar_from_json_schema(grammar.schema, overrides=overrides)
+        compiled = grammar.compiled()
         failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(compiled, self.tokenizer)
         if failed:
-            raise GorgonError(f"response_format: the JSON schema cannot be used: {messages[0]}", param=PARAM)
+            raise _unusable(grammar, messages[0])
         if messages:
-            log.debug("response_format schema compiled with warnings: %s", "; ".join(messages))
+            log.debug("%s schema compiled with warnings: %s", grammar.param, "; ".join(messages))
         matcher = llguidance.LLMatcher(self.tokenizer, compiled, log_level=0)
         if matcher.is_error():
-            raise GorgonError(
-                f"response_format: the JSON schema cannot be used: {matcher.get_error()}", param=PARAM
-            )
-        log.debug("response_format grammar compiled in %.1f ms", (time.perf_counter() - started) * 1e3)
+            raise _unusable(grammar, matcher.get_error())
+        log.debug("%s grammar compiled in %.1f ms", grammar.param, (time.perf_counter() - started) * 1e3)
         return matcher
+
+
+def _unusable(grammar: Grammar, message: str) -> GorgonError:
+    """The 400 for a schema the grammar engine refuses: the first line of its message (a Lark grammar's error
+    goes on with the grammar's text), without its position in the grammar."""
+    first_line = next(iter(message.strip().splitlines()), "")
+    reason = GRAMMAR_POSITION.sub("", first_line)
+    return GorgonError(f"{grammar.param}: {grammar.subject} cannot be used: {reason}", param=grammar.param)
 
 
 def _token_table(
@@ -200,7 +258,8 @@ def grammar_processors(
     vocab_size: int,
 ) -> list[LogitsProcessor]:
     """The processor params.response_format asks for (run it after the sampling processors: the grammar has the
-    last word); empty for free text. GorgonError (400, param response_format) for a malformed or unusable one."""
+    last word); empty for free text. GorgonError (400, param response_format, or tools for a tool-call format)
+    for a malformed or unusable one."""
     grammar = parse_response_format(params.response_format)
     if grammar is None:
         return []

@@ -17,5 +17,4 @@ async def create_chat_completion(request: Request) -> Response:
     state = get_state(request)
     await authorize(request, state)
     body = parse_body(ChatCompletionRequest, await request.body())
-    messages = tuple((message.role, message.text()) for message in body.messages)
-    return await serve_generation(request, state, body, "chat", messages=messages)
+    return await serve_generation(request, state, body, "chat", messages=body.wire_messages())
