@@ -10,7 +10,7 @@ import torch
 from engine_tiny import random_heads
 from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from gorgon.core.errors import ConfigurationError
+from gorgon.core.errors import ConfigurationError, ContextOverflowError
 from gorgon.engine.config import EngineSettings
 from gorgon.engine.drafting.heads import MedusaHeads
 from gorgon.engine.interface import GenerationRequest, SamplingParams
@@ -245,6 +245,16 @@ def test_engine_admits_under_the_smaller_of_its_budget_and_the_workers(engine_wi
     short = _request("short", 10, 10)
     assert engine.admits(short, None)  # 2 rows x 64 slots fit 400
     assert not engine.admits(short, 30)  # 20 + 20 tokens exceed the worker's 30
+
+
+def test_a_request_no_step_could_serve_is_refused_at_once_not_held(engine_with_room_for) -> None:
+    """Beyond the context window it will never fit: admitted, so that `add` refuses it while the batch runs."""
+    engine = engine_with_room_for(400)
+    engine.add(_request("first", 200, 40))
+    too_long = _request("too-long", 300, 40)  # the tiny model's context is 256 tokens
+    assert engine.admits(too_long, None)
+    with pytest.raises(ContextOverflowError):
+        engine.add(too_long)
 
 
 def test_engine_start_fails_when_memory_holds_less_than_a_context(

@@ -46,6 +46,19 @@ def test_greedy_tokens_are_the_argmax_with_the_first_of_equal_maxima() -> None:
     assert int(greedy_tokens(logits)[0, 0]) == 7
 
 
+def test_the_smallest_top_p_keeps_greedys_token_among_equal_maxima() -> None:
+    """bf16 logits tie exactly now and then; the nucleus of one token must be the one greedy decoding picks."""
+    torch.manual_seed(1)
+    for _ in range(20):
+        logits = (torch.randn(49152) * 3).round().to(torch.bfloat16)  # coarse values: many ties
+        top = logits.max()
+        tied = torch.randperm(49152)[:5]
+        logits[tied] = top + 1
+        probs = filtered_probabilities(logits, RowSampling(temperature=2.0, top_p=SMALLEST_FLOAT))
+        assert int(probs.argmax()) == int(greedy_tokens(logits)) == int(tied.min())
+        assert int((probs > 0).sum()) == 1
+
+
 SMALLEST_FLOAT = 5e-324  # the smallest positive double: the schema admits it as a temperature and as a top_p
 
 

@@ -162,7 +162,12 @@ class MedusaEngine:
         return encode_chat(self.prompt_tokenizer, self.info.name, prompt)
 
     def admits(self, request: GenerationRequest, token_budget: int | None) -> bool:
-        """The worker's `token_budget` and the engine's KV memory budget (engine/memory_budget.py) must both hold."""
+        """The worker's `token_budget` and the engine's KV memory budget (engine/memory_budget.py) must both hold.
+        A request no step could serve is admitted, so that `add` refuses it now instead of once the batch drains."""
+        try:
+            self._validate(request)
+        except GorgonError:
+            return True
         request_capacity = cache_capacity(budget_tokens(request), self.layout.spare_slots)
         fits_memory = fits_kv_budget(
             self.num_active, self._held_capacity(), request_capacity, self.kv_budget.tokens

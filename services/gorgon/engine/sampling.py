@@ -83,11 +83,14 @@ def sample_token(logits: torch.Tensor, sampling: RowSampling) -> int:
 
 
 def filtered_probabilities(logits: torch.Tensor, sampling: RowSampling) -> torch.Tensor:
-    """softmax(logits / T) with the tail beyond top_p cumulative mass removed (renormalised). [V] float32."""
+    """softmax(logits / T) with the tail beyond top_p cumulative mass removed (renormalised). [V] float32.
+
+    Of tokens with equal probability the lower id ranks first (a stable sort), as greedy decoding picks the first
+    of equal maxima: bf16 logits often tie exactly, and the smallest top_p must then keep greedy's token."""
     probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
     if sampling.top_p >= 1.0:
         return probs
-    sorted_probs, order = probs.sort(descending=True)
+    sorted_probs, order = probs.sort(descending=True, stable=True)
     outside = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p
     sorted_probs[outside] = 0.0
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs) / sorted_probs.sum()
