@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from gorgon.engine.drafting.heads import MedusaHeads
+from gorgon.engine.interface import Engine, GenerationRequest, TokenEvent
 from gorgon.engine.kernels.packed import can_pack, packed_copy, row_blocked_copy
 from gorgon.engine.kv import RowKVCache
 from gorgon.engine.shapes import ShapeSelector
@@ -128,3 +131,18 @@ class CyclingSelector(ShapeSelector):
             return self.plain
         self.calls += 1
         return self.shapes[(self.calls // 2) % len(self.shapes)]
+
+
+def run_to_completion(engine: Engine, requests: Sequence[GenerationRequest]) -> dict[str, list[TokenEvent]]:
+    """Add `requests` and step until the engine is empty: each request's events, in order."""
+    for request in requests:
+        engine.add(request)
+    collected: dict[str, list[TokenEvent]] = {}
+    while engine.num_active:
+        for event in engine.step():
+            collected.setdefault(event.request_id, []).append(event)
+    return collected
+
+
+def emitted_tokens(events: list[TokenEvent]) -> list[int]:
+    return [token for event in events for token in event.token_ids]

@@ -10,7 +10,15 @@ from collections.abc import Sequence
 
 import pytest
 import torch
-from engine_tiny import EOS_ID, VOCAB, empty_cache, looping_llama, random_heads
+from engine_tiny import (
+    EOS_ID,
+    VOCAB,
+    emitted_tokens,
+    empty_cache,
+    looping_llama,
+    random_heads,
+    run_to_completion,
+)
 
 from gorgon.core.errors import GorgonError
 from gorgon.engine.decode import StepOutcome, prefill, speculative_step
@@ -266,20 +274,6 @@ HEADS = {
 }
 
 
-def _run(engine, requests: Sequence[GenerationRequest]) -> dict[str, list[TokenEvent]]:
-    for request in requests:
-        engine.add(request)
-    collected: dict[str, list[TokenEvent]] = {}
-    while engine.num_active:
-        for event in engine.step():
-            collected.setdefault(event.request_id, []).append(event)
-    return collected
-
-
-def _tokens(events: list[TokenEvent]) -> list[int]:
-    return [token for event in events for token in event.token_ids]
-
-
 def _text(events: list[TokenEvent]) -> str:
     return "".join(event.text for event in events)
 
@@ -301,14 +295,16 @@ def test_the_engine_speculating_gives_the_plain_output_with_processors(
         "d": SamplingParams(max_new_tokens=25),
     }
     plain = {
-        name: _tokens(_run(make_engine(model=model), _requests({name: row}))[name])
+        name: emitted_tokens(run_to_completion(make_engine(model=model), _requests({name: row}))[name])
         for name, row in batch.items()
     }
     settings = HEADS[heads_name]
-    alone = _run(make_engine(cycle_shapes=True, model=model, **settings), _requests({"a": batch["a"]}))
-    assert _tokens(alone["a"]) == plain["a"]
-    batched = _run(make_engine(cycle_shapes=True, model=model, **settings), _requests(batch))
-    assert {name: _tokens(events) for name, events in batched.items()} == plain
+    alone = run_to_completion(
+        make_engine(cycle_shapes=True, model=model, **settings), _requests({"a": batch["a"]})
+    )
+    assert emitted_tokens(alone["a"]) == plain["a"]
+    batched = run_to_completion(make_engine(cycle_shapes=True, model=model, **settings), _requests(batch))
+    assert {name: emitted_tokens(events) for name, events in batched.items()} == plain
     processed_rows_accepted = sum(event.accepted_tokens for name in "ac" for event in batched[name])
     assert processed_rows_accepted > 0, "rows with processors accepted drafts"
 
@@ -319,8 +315,8 @@ def test_a_logit_bias_of_100_forces_its_token(make_engine, tokenizer, heads: str
     request = GenerationRequest(
         "a", ENGINE_PROMPTS["a"], SamplingParams(max_new_tokens=10, logit_bias=((42, 100.0),))
     )
-    events = _run(make_engine(cycle_shapes=heads is not None, **settings), [request])["a"]
-    assert _tokens(events) == [42] * 10
+    events = run_to_completion(make_engine(cycle_shapes=heads is not None, **settings), [request])["a"]
+    assert emitted_tokens(events) == [42] * 10
     assert _text(events) == tokenizer.decode([42]) * 10 and events[-1].finish_reason is FinishReason.LENGTH
 
 
@@ -337,9 +333,9 @@ def test_min_tokens_keeps_eos_away_until_enough_tokens_are_generated(make_engine
     held = GenerationRequest(
         "held", ENGINE_PROMPTS["b"], SamplingParams(max_new_tokens=20, logit_bias=EOS_FORCED, min_tokens=6)
     )
-    collected = _run(engine, [eager, held])
-    assert _tokens(collected["eager"]) == [EOS_ID] and _text(collected["eager"]) == ""
-    tokens = _tokens(collected["held"])
+    collected = run_to_completion(engine, [eager, held])
+    assert emitted_tokens(collected["eager"]) == [EOS_ID] and _text(collected["eager"]) == ""
+    tokens = emitted_tokens(collected["held"])
     assert len(tokens) == 7 and EOS_ID not in tokens[:6] and tokens[6] == EOS_ID
     assert collected["held"][-1].finish_reason is FinishReason.STOP
     assert collected["held"][-1].completion_tokens == 7
@@ -349,10 +345,10 @@ def test_min_tokens_keeps_eos_away_until_enough_tokens_are_generated(make_engine
 def test_ignore_eos_runs_to_max_tokens_and_eos_shows_no_text(make_engine, heads: str | None) -> None:
     settings = HEADS[heads] if heads else {}
     params = SamplingParams(max_new_tokens=9, logit_bias=EOS_FORCED, ignore_eos=True)
-    events = _run(
+    events = run_to_completion(
         make_engine(cycle_shapes=heads is not None, **settings), [GenerationRequest("a", (5, 6), params)]
     )["a"]
-    assert _tokens(events) == [EOS_ID] * 9
+    assert emitted_tokens(events) == [EOS_ID] * 9
     assert _text(events) == "" and events[-1].finish_reason is FinishReason.LENGTH
 
 
@@ -361,12 +357,16 @@ def test_a_stop_token_ends_the_row_and_its_text_is_not_shown(
     make_engine, tokenizer, heads: str | None
 ) -> None:
     settings = HEADS[heads] if heads else {}
-    free = _tokens(_run(make_engine(), _requests({"d": SamplingParams(max_new_tokens=20)}))["d"])
+    free = emitted_tokens(
+        run_to_completion(make_engine(), _requests({"d": SamplingParams(max_new_tokens=20)}))["d"]
+    )
     position = next(index for index in range(3, len(free)) if free[index] not in free[:index])
     stop = free[position]
     params = SamplingParams(max_new_tokens=20, stop_token_ids=(stop,))
-    events = _run(make_engine(cycle_shapes=heads is not None, **settings), _requests({"d": params}))["d"]
-    assert _tokens(events) == free[: position + 1]
+    events = run_to_completion(
+        make_engine(cycle_shapes=heads is not None, **settings), _requests({"d": params})
+    )["d"]
+    assert emitted_tokens(events) == free[: position + 1]
     assert _text(events) == tokenizer.decode(free[:position], skip_special_tokens=True)
     assert events[-1].finish_reason is FinishReason.STOP
 
@@ -376,8 +376,10 @@ def test_min_tokens_holds_a_stop_token_back_too(make_engine, tokenizer) -> None:
     stop, other = 42, 77
     bias = ((stop, 100.0), (other, 50.0))
     params = SamplingParams(max_new_tokens=20, stop_token_ids=(stop,), logit_bias=bias, min_tokens=4)
-    events = _run(make_engine(random_heads(NUM_HEADS), cycle_shapes=True), _requests({"c": params}))["c"]
-    assert _tokens(events) == [other] * 4 + [stop]
+    events = run_to_completion(
+        make_engine(random_heads(NUM_HEADS), cycle_shapes=True), _requests({"c": params})
+    )["c"]
+    assert emitted_tokens(events) == [other] * 4 + [stop]
     assert _text(events) == tokenizer.decode([other]) * 4
     assert events[-1].finish_reason is FinishReason.STOP
 
@@ -426,14 +428,14 @@ def test_a_response_formats_grammar_holds_speculating_or_not(make_engine, heads:
         ),
         "b": SamplingParams(max_new_tokens=20),
     }
-    plain = _run(make_engine(), _requests(batch))
-    speculative = _run(make_engine(cycle_shapes=True, **HEADS[heads]), _requests(batch))
-    assert {name: _tokens(events) for name, events in speculative.items()} == {
-        name: _tokens(events) for name, events in plain.items()
+    plain = run_to_completion(make_engine(), _requests(batch))
+    speculative = run_to_completion(make_engine(cycle_shapes=True, **HEADS[heads]), _requests(batch))
+    assert {name: emitted_tokens(events) for name, events in speculative.items()} == {
+        name: emitted_tokens(events) for name, events in plain.items()
     }
     reply = json.loads(_text(plain["a"]))
     assert set(reply) == {"ok", "tag"} and isinstance(reply["ok"], bool) and reply["tag"] in ("x", "y")
-    assert plain["a"][-1].finish_reason is FinishReason.STOP and _tokens(plain["a"])[-1] == EOS_ID
+    assert plain["a"][-1].finish_reason is FinishReason.STOP and emitted_tokens(plain["a"])[-1] == EOS_ID
     assert plain["a"][-1].completion_tokens < batch["a"].min_tokens
 
 
@@ -464,11 +466,11 @@ def test_a_row_whose_processors_refuse_its_tokens_ends_alone(make_engine, monkey
 
     monkeypatch.setattr(engine, "_row_processors", refusing_for_a)
     batch = {"a": SamplingParams(max_new_tokens=10), "b": SamplingParams(max_new_tokens=10)}
-    collected = _run(engine, _requests(batch))
+    collected = run_to_completion(engine, _requests(batch))
     (failed,) = collected["a"]
     assert failed.error == "logits processing failed: the reply left its grammar" and failed.token_ids == ()
-    alone = _run(make_engine(), _requests({"b": batch["b"]}))["b"]
-    assert _tokens(collected["b"]) == _tokens(alone)
+    alone = run_to_completion(make_engine(), _requests({"b": batch["b"]}))["b"]
+    assert emitted_tokens(collected["b"]) == emitted_tokens(alone)
 
 
 @pytest.mark.parametrize("params_name", ["presence-frequency", "min-tokens", "everything"])
@@ -477,7 +479,7 @@ def test_a_resumed_request_continues_as_if_never_interrupted(make_engine, params
     count it as output (penalties, min_tokens), so the continuation is the uninterrupted run's."""
     model = looping_llama()
     params = dataclasses.replace(PROCESSED_PARAMS[params_name], max_new_tokens=24)
-    whole = _tokens(_run(make_engine(model=model), _requests({"a": params}))["a"])
+    whole = emitted_tokens(run_to_completion(make_engine(model=model), _requests({"a": params}))["a"])
     done = 5
     resumed = GenerationRequest(
         "a",
@@ -485,8 +487,8 @@ def test_a_resumed_request_continues_as_if_never_interrupted(make_engine, params
         dataclasses.replace(params, max_new_tokens=params.max_new_tokens - done),
         resumed_tokens=done,
     )
-    assert _tokens(_run(make_engine(model=model), [resumed])["a"]) == whole[done:]
+    assert emitted_tokens(run_to_completion(make_engine(model=model), [resumed])["a"]) == whole[done:]
     as_prompt = dataclasses.replace(
         resumed, resumed_tokens=0, params=dataclasses.replace(resumed.params, min_tokens=0)
     )
-    assert _tokens(_run(make_engine(model=model), [as_prompt])["a"]) != whole[done:]
+    assert emitted_tokens(run_to_completion(make_engine(model=model), [as_prompt])["a"]) != whole[done:]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 import torch
-from engine_tiny import VOCAB, looping_llama, random_heads
+from engine_tiny import VOCAB, emitted_tokens, looping_llama, random_heads, run_to_completion
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -65,20 +65,6 @@ def test_a_sentencepiece_pieces_leading_space_is_kept() -> None:
     assert texts.text(1) == " Hello" and texts.text(2) == "world"
 
 
-def _run(engine, requests: Sequence[GenerationRequest]) -> dict[str, list[TokenEvent]]:
-    for request in requests:
-        engine.add(request)
-    collected: dict[str, list[TokenEvent]] = {}
-    while engine.num_active:
-        for event in engine.step():
-            collected.setdefault(event.request_id, []).append(event)
-    return collected
-
-
-def _tokens(events: list[TokenEvent]) -> list[int]:
-    return [token for event in events for token in event.token_ids]
-
-
 def _logprobs(events: list[TokenEvent]) -> list:
     entries = []
     for event in events:
@@ -102,8 +88,8 @@ def _request(name: str, count: int = 16, **params: object) -> GenerationRequest:
 def test_plain_decoding_reports_the_models_log_probabilities(
     make_engine, tiny_model, tokenizer, params
 ) -> None:
-    events = _run(make_engine(), [_request("b", logprobs=3, **params)])["b"]
-    tokens, entries = _tokens(events), _logprobs(events)
+    events = run_to_completion(make_engine(), [_request("b", logprobs=3, **params)])["b"]
+    tokens, entries = emitted_tokens(events), _logprobs(events)
     expected = _model_logprobs(tiny_model, PROMPTS["b"], tokens)
     for position, (token, entry) in enumerate(zip(tokens, entries, strict=True)):
         assert entry.logprob == pytest.approx(float(expected[position, token]), abs=LOGPROB_TOLERANCE)
@@ -119,8 +105,8 @@ def test_plain_decoding_reports_the_models_log_probabilities(
 
 def test_log_probabilities_are_the_raw_models_before_bias_and_penalties(make_engine, tiny_model) -> None:
     params = {"logprobs": 0, "logit_bias": ((42, 100.0),), "repetition_penalty": 1.5}
-    events = _run(make_engine(), [_request("a", 6, **params)])["a"]
-    assert _tokens(events) == [42] * 6
+    events = run_to_completion(make_engine(), [_request("a", 6, **params)])["a"]
+    assert emitted_tokens(events) == [42] * 6
     expected = _model_logprobs(tiny_model, PROMPTS["a"], [42] * 6)[:, 42]
     assert [entry.logprob for entry in _logprobs(events)] == pytest.approx(expected.tolist(), abs=1e-4)
     assert all(entry.top == () for entry in _logprobs(events))
@@ -128,7 +114,7 @@ def test_log_probabilities_are_the_raw_models_before_bias_and_penalties(make_eng
 
 
 def test_rows_that_do_not_ask_get_none(make_engine) -> None:
-    events = _run(make_engine(), [_request("a", 4)])["a"]
+    events = run_to_completion(make_engine(), [_request("a", 4)])["a"]
     assert all(event.logprobs is None for event in events)
 
 
@@ -142,13 +128,15 @@ def test_speculative_log_probabilities_equal_plain_ones_within_tolerance(make_en
         "c": _request("c", 20, logprobs=2, presence_penalty=0.5),
         "d": _request("d", 18, logprobs=0),
     }
-    plain = {name: _run(make_engine(model=model), [request])[name] for name, request in asking.items()}
+    plain = {
+        name: run_to_completion(make_engine(model=model), [request])[name] for name, request in asking.items()
+    }
     engine = make_engine(heads, cycle_shapes=True, medusa_choices="cpu_12", model=model)
-    batched = _run(engine, [*asking.values(), _request("b", 22)])
+    batched = run_to_completion(engine, [*asking.values(), _request("b", 22)])
     assert all(event.logprobs is None for event in batched["b"])
     accepted = 0
     for name, expected_events in plain.items():
-        assert _tokens(batched[name]) == _tokens(expected_events)
+        assert emitted_tokens(batched[name]) == emitted_tokens(expected_events)
         for got, expected in zip(_logprobs(batched[name]), _logprobs(expected_events), strict=True):
             assert got.token == expected.token
             assert got.logprob == pytest.approx(expected.logprob, abs=LOGPROB_TOLERANCE)

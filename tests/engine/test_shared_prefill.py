@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import pytest
 import torch
-from engine_tiny import empty_cache, random_heads
+from engine_tiny import emitted_tokens, empty_cache, random_heads, run_to_completion
 
 from gorgon.engine import decode
 from gorgon.engine.decode import distinct_prompts, prefill
-from gorgon.engine.interface import GenerationRequest, SamplingParams, TokenEvent
+from gorgon.engine.interface import GenerationRequest, SamplingParams
 from gorgon.engine.parts import ModelParts
 from gorgon.engine.sampling import RowSampling
 
@@ -58,20 +58,6 @@ def test_rows_of_one_prompt_get_the_cache_and_first_token_of_a_prefill_alone(
     assert torch.equal(outcome.draft_topk, expected.draft_topk[rows])
 
 
-def _run(engine, requests: Sequence[GenerationRequest]) -> dict[str, list[TokenEvent]]:
-    for request in requests:
-        engine.add(request)
-    collected: dict[str, list[TokenEvent]] = {}
-    while engine.num_active:
-        for event in engine.step():
-            collected.setdefault(event.request_id, []).append(event)
-    return collected
-
-
-def _tokens(events: list[TokenEvent]) -> list[int]:
-    return [token for event in events for token in event.token_ids]
-
-
 def _choices(prompt: tuple[int, ...], params: Sequence[SamplingParams]) -> list[GenerationRequest]:
     return [GenerationRequest(f"x-{index}", prompt, row) for index, row in enumerate(params)]
 
@@ -91,7 +77,7 @@ def test_n_choices_forward_their_prompt_once_and_decode_as_they_would_alone(
         GenerationRequest("other", OTHER, SamplingParams(max_new_tokens=9)),
     ]
     alone = {
-        request.request_id: _run(make_engine(heads, cycle_shapes=heads is not None), [request])[
+        request.request_id: run_to_completion(make_engine(heads, cycle_shapes=heads is not None), [request])[
             request.request_id
         ]
         for request in requests
@@ -103,14 +89,14 @@ def test_n_choices_forward_their_prompt_once_and_decode_as_they_would_alone(
     first = engine.step()
     assert forwarded_tokens == [2 * len(PROMPT)], "one forward, each distinct prompt once"
     assert len(first) == len(requests)
-    together = _run(engine, [])
+    together = run_to_completion(engine, [])
     for request in requests:
         events = [event for event in first if event.request_id == request.request_id] + together.get(
             request.request_id, []
         )
-        assert _tokens(events) == _tokens(alone[request.request_id]), request.request_id
+        assert emitted_tokens(events) == emitted_tokens(alone[request.request_id]), request.request_id
         assert [event.logprobs for event in events] == [event.logprobs for event in alone[request.request_id]]
-    sampled = [_tokens(alone[f"x-{index}"]) for index in (1, 2)]
+    sampled = [emitted_tokens(alone[f"x-{index}"]) for index in (1, 2)]
     assert sampled[0] != sampled[1], "the rows sampled apart"
 
 
@@ -118,7 +104,9 @@ def test_a_long_prompts_chunks_are_forwarded_once_for_all_its_choices(make_engin
     params = [SamplingParams(max_new_tokens=8), SamplingParams(max_new_tokens=8, temperature=1.0, seed=3)] * 2
     requests = _choices(LONG_PROMPT, params)
     alone = {
-        request.request_id: _tokens(_run(make_engine(prefill_chunk_tokens=16), [request])[request.request_id])
+        request.request_id: emitted_tokens(
+            run_to_completion(make_engine(prefill_chunk_tokens=16), [request])[request.request_id]
+        )
         for request in requests
     }
     forwarded_tokens.clear()
@@ -128,7 +116,7 @@ def test_a_long_prompts_chunks_are_forwarded_once_for_all_its_choices(make_engin
     while engine.partial or engine.scheduler.waiting:
         engine.step()
     assert forwarded_tokens == [16, 16, 16, 12]
-    collected = _run(engine, [])
-    assert {name: _tokens(events) for name, events in collected.items()} == {
+    collected = run_to_completion(engine, [])
+    assert {name: emitted_tokens(events) for name, events in collected.items()} == {
         name: tokens[1:] for name, tokens in alone.items()
     }

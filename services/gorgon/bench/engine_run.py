@@ -15,10 +15,9 @@ from typing import Any, Protocol, cast
 import torch
 from tqdm import tqdm
 
-from gorgon.bench.engine_setup import settings_from_args, untrained_heads
-from gorgon.engine.drafting.checkpoint import load_heads_for
+from gorgon.bench.engine_setup import plain_and_medusa_engines
 from gorgon.engine.interface import ChatMessage, GenerationRequest, SamplingParams
-from gorgon.engine.loader import LoadedModel, load_model_and_tokenizer
+from gorgon.engine.loader import LoadedModel
 from gorgon.engine.medusa_engine import MedusaEngine
 
 log = logging.getLogger(__name__)
@@ -194,14 +193,7 @@ def run_benchmark(
     args: argparse.Namespace, *, max_new_tokens: int, batch_sizes: Sequence[int], prompts: Sequence[str]
 ) -> EngineReport:
     """Load the model once, warm both engines up, then run the three modes on every batch size."""
-    settings = settings_from_args(args)
-    loaded = load_model_and_tokenizer(settings)
-    heads = load_heads_for(loaded, settings)
-    if heads is None:
-        log.warning("no Medusa heads for %s: benchmarking untrained heads (they accept little)", loaded.name)
-        heads = untrained_heads(loaded)
-    plain_engine = MedusaEngine(loaded, None, settings)
-    medusa_engine = MedusaEngine(loaded, heads, settings)
+    loaded, plain_engine, medusa_engine = plain_and_medusa_engines(args)
     encoded = [plain_engine.encode([ChatMessage("user", prompt)]) for prompt in prompts]
     for engine in (plain_engine, medusa_engine):
         run_engine(engine, encoded[:1], WARMUP_TOKENS)

@@ -1,14 +1,19 @@
 """The engine the engine benchmarks load: its settings from their flags, and stand-in heads when the model has
-no trained ones."""
+no trained ones; the model loaded once under a plain engine and a Medusa one."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from gorgon.engine.config import EngineSettings
+from gorgon.engine.drafting.checkpoint import load_heads_for
 from gorgon.engine.drafting.heads import MedusaHeads
-from gorgon.engine.loader import LoadedModel
+from gorgon.engine.loader import LoadedModel, load_model_and_tokenizer
+from gorgon.engine.medusa_engine import MedusaEngine
+
+log = logging.getLogger(__name__)
 
 UNTRAINED_HEADS = 4
 
@@ -32,3 +37,15 @@ def untrained_heads(loaded: LoadedModel) -> MedusaHeads:
     config = loaded.model.config
     heads = MedusaHeads(config.hidden_size, config.vocab_size, UNTRAINED_HEADS, own_lm_heads=False)
     return heads.to(device=loaded.device, dtype=loaded.dtype).eval().requires_grad_(False)
+
+
+def plain_and_medusa_engines(args: argparse.Namespace) -> tuple[LoadedModel, MedusaEngine, MedusaEngine]:
+    """The model the flags name, loaded once, under an engine without heads (plain) and one with them (Medusa);
+    untrained stand-in heads when the model has none."""
+    settings = settings_from_args(args)
+    loaded = load_model_and_tokenizer(settings)
+    heads = load_heads_for(loaded, settings)
+    if heads is None:
+        log.warning("no Medusa heads for %s: benchmarking untrained heads (they accept little)", loaded.name)
+        heads = untrained_heads(loaded)
+    return loaded, MedusaEngine(loaded, None, settings), MedusaEngine(loaded, heads, settings)

@@ -22,10 +22,9 @@ from typing import Any
 from tqdm import tqdm
 
 from gorgon.bench.engine_run import WARMUP_TOKENS, RunOutput, merged, prompt_groups
-from gorgon.bench.engine_setup import settings_from_args, untrained_heads
-from gorgon.engine.drafting.checkpoint import load_heads_for
+from gorgon.bench.engine_setup import plain_and_medusa_engines
 from gorgon.engine.interface import ChatMessage, GenerationRequest, SamplingParams
-from gorgon.engine.loader import LoadedModel, load_model_and_tokenizer
+from gorgon.engine.loader import LoadedModel
 from gorgon.engine.medusa_engine import MedusaEngine
 
 log = logging.getLogger(__name__)
@@ -216,18 +215,9 @@ def summarise(outputs: Mapping[RunKey, Sequence[RunOutput]]) -> list[FeatureResu
 
 
 def load_engines(args: argparse.Namespace) -> tuple[LoadedModel, dict[str, MedusaEngine]]:
-    """The model the flags name, loaded once, under an engine without heads (plain) and one with them (medusa);
-    untrained stand-in heads when the model has none."""
-    settings = settings_from_args(args)
-    loaded = load_model_and_tokenizer(settings)
-    heads = load_heads_for(loaded, settings)
-    if heads is None:
-        log.warning("no Medusa heads for %s: benchmarking untrained heads (they accept little)", loaded.name)
-        heads = untrained_heads(loaded)
-    return loaded, {
-        PLAIN: MedusaEngine(loaded, None, settings),
-        MEDUSA: MedusaEngine(loaded, heads, settings),
-    }
+    """The model the flags name, loaded once, under the plain engine and the Medusa one, by mode."""
+    loaded, plain, medusa = plain_and_medusa_engines(args)
+    return loaded, {PLAIN: plain, MEDUSA: medusa}
 
 
 def encode_prompts(

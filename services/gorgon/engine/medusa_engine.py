@@ -163,10 +163,9 @@ class MedusaEngine:
 
     def admits(self, request: GenerationRequest, token_budget: int | None) -> bool:
         """The worker's `token_budget` and the engine's KV memory budget (engine/memory_budget.py) must both hold.
-        A request no step could serve is admitted, so that `add` refuses it now instead of once the batch drains."""
-        try:
-            self._validate(request)
-        except GorgonError:
+        A request beyond the context window never fits: it is admitted, so that `add` refuses it now instead of
+        once the batch drains (the budget holds at least one context, checked at start)."""
+        if budget_tokens(request) > self.info.context_length:
             return True
         request_capacity = cache_capacity(budget_tokens(request), self.layout.spare_slots)
         fits_memory = fits_kv_budget(
