@@ -1,10 +1,8 @@
-"""Batch helpers (engine/batch.py): how admitted rows are grouped into prefill forwards."""
+"""Batch helpers (engine/batch.py): how long prompts are grouped into chunked prefills."""
 
 from __future__ import annotations
 
-import torch
-
-from gorgon.engine.batch import ActiveRequest, prefill_groups
+from gorgon.engine.batch import ActiveRequest, groups_by_length
 from gorgon.engine.detok import IncrementalDetokenizer, StopSequenceFilter
 from gorgon.engine.interface import GenerationRequest, SamplingParams
 from gorgon.engine.sampling import RowSampling
@@ -15,12 +13,9 @@ def _row(name: str, prompt_tokens: int, tokenizer) -> ActiveRequest:
     return ActiveRequest(request, RowSampling(), IncrementalDetokenizer(tokenizer), StopSequenceFilter(()))
 
 
-def test_cpu_prefills_one_forward_per_prompt_length_in_arrival_order(tokenizer) -> None:
-    rows = [_row(name, length, tokenizer) for name, length in (("a", 33), ("b", 42), ("c", 33), ("d", 7))]
-    groups = prefill_groups(rows, torch.device("cpu"))
+def test_long_prompts_are_chunked_together_by_length_in_arrival_order(tokenizer) -> None:
+    rows = [
+        _row(name, length, tokenizer) for name, length in (("a", 330), ("b", 420), ("c", 330), ("d", 700))
+    ]
+    groups = groups_by_length(rows)
     assert [[row.request_id for row in group] for group in groups] == [["a", "c"], ["b"], ["d"]]
-
-
-def test_gpus_prefill_every_admitted_row_in_one_padded_forward(tokenizer) -> None:
-    rows = [_row("a", 33, tokenizer), _row("b", 42, tokenizer)]
-    assert prefill_groups(rows, torch.device("cuda")) == [rows]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
-from engine_tiny import VOCAB, empty_cache, random_heads
+from engine_tiny import VOCAB, as_the_cpu_engine_runs_it, empty_cache, random_heads, smollm2_shaped_llama
 
-from gorgon.engine.decode import prefill, speculative_step
+from gorgon.engine import attention
+from gorgon.engine.decode import forward_prompts, prefill, speculative_step
 from gorgon.engine.drafting.heads import DRAFT_TOPK
+from gorgon.engine.kernels.lean import LeanLlamaDecoder
 from gorgon.engine.kv import RowKVCache
 from gorgon.engine.logits_processing import LogitBias
 from gorgon.engine.parts import ModelParts
@@ -69,6 +71,50 @@ def test_accepts_correct_drafts_and_kv_equals_fresh_prefill(tiny_model) -> None:
             torch.testing.assert_close(
                 layer.values[row, :, : len(text)], fresh_layer.values[row, :, : len(text)]
             )
+
+
+def test_prompts_of_any_lengths_prefilled_together_leave_what_each_leaves_alone() -> None:
+    """One padded prefill forward for prompts of several lengths, each row's attention a call of its own
+    (engine/attention.py): every row's hidden states, keys, values and first token are bit for bit those of its
+    prompt prefilled alone, in bf16 through the CPU engine's packed linears and lean forward. The lengths cross
+    SDPA's 32-query blocks, where a shared call rounds a short prompt's queries otherwise than a call of its own."""
+    model = smollm2_shaped_llama(torch.bfloat16)
+    decoder = LeanLlamaDecoder(as_the_cpu_engine_runs_it(model.get_decoder(), torch.bfloat16))
+    parts = ModelParts(
+        decoder, as_the_cpu_engine_runs_it(model.get_output_embeddings(), torch.bfloat16), None
+    )
+    prompts = [[(7 * index + 3) % VOCAB for index in range(length)] for length in (33, 42, 7, 36)]
+    together = empty_cache(model, len(prompts), 128)
+    hidden = forward_prompts(parts, together, prompts)
+    for row, prompt in enumerate(prompts):
+        alone = empty_cache(model, 1, 128)
+        hidden_alone = forward_prompts(parts, alone, [prompt])
+        assert torch.equal(hidden[row, : len(prompt)], hidden_alone[0])
+        for layer, layer_alone in zip(together.layers, alone.layers, strict=True):
+            assert torch.equal(layer.keys[row, :, : len(prompt)], layer_alone.keys[0, :, : len(prompt)])
+            assert torch.equal(layer.values[row, :, : len(prompt)], layer_alone.values[0, :, : len(prompt)])
+    rows = [RowSampling() for _ in prompts]
+    first = prefill(parts, empty_cache(model, len(prompts), 128), prompts, rows).next_tokens.tolist()
+    alone_first = [
+        prefill(parts, empty_cache(model, 1, 128), [prompt], rows[:1]).next_tokens.item()
+        for prompt in prompts
+    ]
+    assert first == alone_first
+
+
+def test_a_padded_prefill_attends_each_row_in_a_call_of_its_own_shape(tiny_model, monkeypatch) -> None:
+    """Each row's attention call has the shape of that prompt's prefill alone: its own queries, its own window."""
+    calls: list[tuple[int, int, int]] = []
+    real_sdpa = attention.sdpa_attention_forward
+
+    def recording(module, query, key, value, mask, **kwargs):
+        calls.append((query.shape[0], query.shape[2], key.shape[2]))
+        return real_sdpa(module, query, key, value, mask, **kwargs)
+
+    monkeypatch.setattr(attention, "sdpa_attention_forward", recording)
+    prompts = [list(range(1, 1 + length)) for length in (33, 7, 40)]
+    prefill(_parts(tiny_model), _cache(tiny_model, 3), prompts, [RowSampling() for _ in prompts])
+    assert calls == [(1, 33, 64), (1, 7, 32), (1, 40, 64)] * tiny_model.config.num_hidden_layers
 
 
 def test_a_path_through_a_second_sibling_is_moved_into_place(tiny_model) -> None:

@@ -353,13 +353,14 @@ def test_a_row_whose_detokenising_fails_ends_alone(make_engine, monkeypatch) -> 
     assert _tokens(collected["medium"]) == _tokens(_alone(make_engine, _request("medium", 10)))[1:]
 
 
-def test_a_failed_prefill_fails_its_group_alone(make_engine, monkeypatch) -> None:
-    """On CPU each prompt length is prefilled on its own: a failing one takes no other row with it."""
+def test_a_failed_prefill_fails_its_row_alone(make_engine, monkeypatch) -> None:
+    """The joining rows are prefilled in one forward; when it fails, each is prefilled alone, and only the row
+    that fails alone ends with an error."""
     engine = make_engine()
     real_prefill = engine._prefill_group
 
     def failing_for_long_prompts(rows):
-        if rows[0].request_id == "long":
+        if any(row.request_id == "long" for row in rows):
             raise RuntimeError("out of memory")
         return real_prefill(rows)
 

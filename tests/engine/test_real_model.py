@@ -99,8 +99,10 @@ def test_a_prompt_decodes_in_each_shape_at_batch_1_what_plain_decoding_gives() -
 
 @pytest.mark.slow
 def test_a_prompt_prefilled_beside_a_longer_one_leaves_the_cache_it_leaves_alone() -> None:
-    """A 33-token prompt padded to 42 queries left other KV values than alone on an AVX2-only AMD EPYC (a tail
-    of 1 query past a 32-query block): the engine prefills each prompt length in its own forward."""
+    """A 33-token prompt padded to 42 queries left other KV values than alone: its last token's query shared an
+    SDPA call past a 32-query block (an AVX2-only AMD EPYC), and it was a lone row of the down_proj product alone
+    (AVX512_BF16). Each row attends in a call of its own (engine/attention.py), and no product has a lone row
+    (engine/kernels/packed.row_blocks)."""
     from gorgon.bench.prompts import BENCH_PROMPTS
 
     settings = EngineSettings()

@@ -51,6 +51,19 @@ def test_a_step_with_joining_rows_prefills_them_and_decodes_nothing(make_engine)
     assert {event.request_id for event in engine.step()} == {"a", "b", "c"}
 
 
+def test_requests_arriving_together_are_prefilled_a_chunk_of_prompt_tokens_at_a_time(make_engine) -> None:
+    engine = make_engine(prefill_chunk_tokens=16, max_batch_size=8)
+    for name in "abcde":
+        engine.add(_request(name, 6, 8))
+    engine.add(_request("long", 40, 8))  # longer than a chunk: chunked over later steps, joins freely
+    assert [event.request_id for event in engine.step()] == ["a", "b"]  # 12 tokens; a third would make 18
+    assert [event.request_id for event in engine.step()] == ["c", "d"]
+    assert [event.request_id for event in engine.step()] == ["e"]
+    assert [row.request_id for row in engine.scheduler.chunked] == ["long"]
+    assert {event.request_id for event in engine.step()} == set()  # the long prompt's first chunk
+    assert {event.request_id for event in engine.step()} == set("abcde")
+
+
 def test_a_batch_without_drafts_decodes_plain(make_engine) -> None:
     engine = make_engine(max_batch_size=2)
     engine.add(_request("a", 4, 8))

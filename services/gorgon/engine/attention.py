@@ -68,6 +68,7 @@ def row_attention(
     scaling: float | None = None,
     key_slots: torch.Tensor | None = None,
     exact_queries: int = 0,
+    row_masks: tuple[torch.Tensor, ...] | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """With key_slots [B, T, W], query t of row b attends to the slots key_slots[b, t] in order; else with
@@ -92,6 +93,12 @@ def row_attention(
         return output.reshape(batch, nodes, heads, dim), None
     if exact_queries:
         return _exact_queries_as_rows(query, key, value, attention_mask, exact_queries, scaling)
+    if row_masks is not None:
+        return _rows_alone(module, query, key, value, row_masks, scaling, **kwargs), None
+    key, value = (
+        key.to(query.dtype),
+        value.to(query.dtype),
+    )  # a float32 cache (kv_cache_dtype) under a bf16 model
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )
@@ -116,6 +123,42 @@ def _exact_queries_as_rows(
         return output, None
     leaves = grouped_attention(query[:, :, alone:], key, value, _query_rows(mask, alone, nodes), scale)
     return torch.cat((output, leaves), dim=1), None
+
+
+def _rows_alone(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    row_masks: tuple[torch.Tensor, ...],
+    scaling: float | None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Each row's first queries in an SDPA call of its own, over its own window: the call that row's forward
+    alone would make. row_masks[b]: [1, 1, Q_b, W_b] bool, row b's Q_b real queries over its first W_b slots.
+    -> [B, T, H, D], zeros past each row's queries (padding the caller ignores).
+
+    SDPA on a CPU rounds a query by how many share its call (engine/kernels/cpu_attention.py): a prompt padded
+    to a longer one's length, in one call with it, would leave other keys and values in the cache than the same
+    prompt prefilled alone. Alone, every row's call has its own shape, so prompts of any lengths prefill in one
+    forward (its linear layers compute each row the same in any batch) and each row's cache holds what it would
+    hold alone."""
+    batch, heads, _, dim = query.shape
+    output = query.new_zeros(batch, query.shape[2], heads, dim)
+    for row, mask in enumerate(row_masks):
+        queries, window = mask.shape[2], mask.shape[3]
+        attended, _ = sdpa_attention_forward(
+            module,
+            query[row : row + 1, :, :queries],
+            key[row : row + 1, :, :window],
+            value[row : row + 1, :, :window],
+            mask,
+            dropout=0.0,
+            scaling=scaling,
+            **kwargs,
+        )
+        output[row, :queries] = attended[0]
+    return output
 
 
 def _query_rows(mask: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:

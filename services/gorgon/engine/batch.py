@@ -57,18 +57,6 @@ class ActiveRequest:
         return self.request.params.max_new_tokens - len(self.generated)
 
 
-def prefill_groups(rows: Sequence[ActiveRequest], device: torch.device) -> list[list[ActiveRequest]]:
-    """The prefill forwards for `rows`: on CPU one per prompt length (first seen first), elsewhere one for all.
-
-    A padded prefill gives a prompt more queries than it has tokens, and on some CPUs the SDPA kernel rounds a
-    query by how many share its call (engine/kernels/cpu_attention.py): on an AVX2-only CPU a prompt a few tokens
-    past a 32-query block, prefilled beside a longer prompt, left other KV-cache values than prefilled alone.
-    Prompts of one length are prefilled as they would be alone. GPUs keep one padded forward, for throughput."""
-    if device.type != "cpu":
-        return [list(rows)]
-    return groups_by_length(rows)
-
-
 def groups_by_length(rows: Sequence[ActiveRequest]) -> list[list[ActiveRequest]]:
     """`rows` grouped by prompt length, each group and the groups in arrival order."""
     by_length: dict[int, list[ActiveRequest]] = {}

@@ -21,10 +21,11 @@ DEFAULT_DEQUANTIZED_CACHE_DIR = Path.home() / ".cache" / "gorgon" / "dequantized
 DEFAULT_TYPICAL_EPSILON = 0.09
 DEFAULT_TYPICAL_ALPHA = 0.3
 
-# A chunk of a long prompt's prefill is one engine step, which the running streams wait for: on a CPU it should
-# cost a few decoding steps even deep into the context (its attention reads the whole context so far); a GPU
-# prefills far more tokens in a decoding step's time.
-DEFAULT_CPU_PREFILL_CHUNK_TOKENS = 64
+# A prefill step (whole prompts up to a chunk's tokens, or a chunk of a long prompt) is one engine step, which the
+# running streams wait for: on a CPU it should cost a few decoding steps even deep into the context (its attention
+# reads the whole context so far), and hold a few short prompts, so that requests arriving together start
+# streaming a few at a time; a GPU prefills far more tokens in a decoding step's time.
+DEFAULT_CPU_PREFILL_CHUNK_TOKENS = 128
 DEFAULT_CUDA_PREFILL_CHUNK_TOKENS = 1024
 
 # vLLM's default share of a GPU: the rest absorbs what the budget's estimates miss (allocator fragmentation).
@@ -105,9 +106,11 @@ class EngineSettings(BaseSettings):
     prefill_chunk_tokens: int | None = Field(
         default=None,
         ge=8,
-        description="A prompt longer than this is prefilled in chunks of this many tokens, one chunk per engine "
-        "step, taking turns with the running batch's decoding steps: a long prompt then holds the other streams "
-        "up by one chunk's forward at a time instead of its whole prefill. Unset: "
+        description="Prompt tokens of one prefill step. Whole prompts join the batch up to this many in all per step "
+        "(at least one), so requests arriving together start streaming a few at a time; a prompt longer than this "
+        "is prefilled in chunks of this many tokens, one chunk per engine step, taking turns with the running "
+        "batch's decoding steps: a long prompt then holds the other streams up by one chunk's forward at a time "
+        "instead of its whole prefill. Unset: "
         f"{DEFAULT_CPU_PREFILL_CHUNK_TOKENS} on CPU, {DEFAULT_CUDA_PREFILL_CHUNK_TOKENS} on CUDA.",
     )
     context_length: int | None = Field(

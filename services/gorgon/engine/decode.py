@@ -402,4 +402,6 @@ def _forward_padded(parts: ModelParts, cache: RowKVCache, prompts: Sequence[Sequ
     for row, prompt in enumerate(prompts):
         input_ids[row, : len(prompt)] = torch.tensor(list(prompt), dtype=torch.long)
     causal = torch.ones(longest, longest, dtype=torch.bool, device=device).tril()
-    return forward_tokens(parts, cache, input_ids, torch.arange(longest, device=device), causal)  # [B, S, H]
+    depths = torch.arange(longest, device=device)
+    counts = [len(prompt) for prompt in prompts]
+    return forward_tokens(parts, cache, input_ids, depths, causal, query_counts=counts)  # [B, S, H]

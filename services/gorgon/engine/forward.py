@@ -3,6 +3,8 @@ what each one sees, and logits that round the same for one row as for many."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -37,6 +39,7 @@ def forward_tokens(
     ancestors: torch.Tensor | None = None,
     exact_queries: int = 0,
     verification: VerificationAttention | None = None,
+    query_counts: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Run input_ids [B, T] written at slots lengths + arange(T), positions lengths + depths. -> hidden [B, T, H].
 
@@ -45,6 +48,8 @@ def forward_tokens(
     plain-decoding order, so accepted nodes round exactly as plain steps do; without, one masked window, whose first
     `exact_queries` tokens (those that may be emitted) attend as virtual rows of one query so that they round as a
     plain step's token does. With MASKED_CALL every layer attends in one call under the tree mask in slot order.
+    `query_counts` (a prefill of prompts padded to the longest): each row's real tokens; with VIRTUAL_ROWS each row
+    attends in a call of its own, as it would alone (engine/attention.py).
     """
     num_nodes = input_ids.shape[1]
     longest = int(cache.lengths.max()) + num_nodes
@@ -62,6 +67,7 @@ def forward_tokens(
         window,
         ancestors=ancestors,
         exact_queries=exact_queries,
+        query_counts=query_counts,
     )
     positions = cache.lengths[:, None] + depths[None, :]
     output = parts.decoder(
@@ -84,19 +90,34 @@ def _attention_inputs(
     *,
     ancestors: torch.Tensor | None,
     exact_queries: int,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor | int]]:
+    query_counts: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, dict[str, object]]:
     """The mask and row_attention's options of a forward (see forward_tokens): MASKED_CALL passes the window's
     mask alone; VIRTUAL_ROWS a branching tree's key slots and per-node mask, or the window's mask, and the count
-    of exact queries."""
-    options: dict[str, torch.Tensor | int] = {}
+    of exact queries, or with `query_counts` each row's own mask."""
+    options: dict[str, object] = {}
     if verification is VerificationAttention.MASKED_CALL:
         return attention_mask(lengths, tree_mask, window), options
+    if query_counts is not None:
+        options["row_masks"] = row_alone_masks(lengths, query_counts)
     if exact_queries:
         options["exact_queries"] = exact_queries
     if ancestors is None:
         return attention_mask(lengths, tree_mask, window), options
     options["key_slots"], mask = node_key_slots(lengths, ancestors, depths, window)
     return mask, options
+
+
+def row_alone_masks(lengths: torch.Tensor, query_counts: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """Per row b, the causal mask [1, 1, Q_b, W_b] of its query_counts[b] tokens written past its lengths[b]
+    slots, over the window a forward of that row alone attends (W_b = lengths[b] + Q_b rounded up)."""
+    masks = []
+    for length, count in zip(lengths.tolist(), query_counts, strict=True):
+        window = -(-(length + count) // WINDOW_ROUNDING) * WINDOW_ROUNDING
+        slots = torch.arange(window, device=lengths.device)
+        positions = torch.arange(length, length + count, device=lengths.device)
+        masks.append((slots[None, :] <= positions[:, None])[None, None])
+    return tuple(masks)
 
 
 def row_logits(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

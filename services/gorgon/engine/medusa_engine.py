@@ -31,7 +31,6 @@ from gorgon.engine.batch import (
     PartialPrefill,
     cache_capacity,
     groups_by_length,
-    prefill_groups,
 )
 from gorgon.engine.chat import encode_chat
 from gorgon.engine.config import (
@@ -95,10 +94,16 @@ class MedusaEngine:
         config = loaded.model.config
         geometry = ModelGeometry.from_config(config, loaded.dtype)
         self.parts = build_parts(loaded, heads, settings)
+        self.prefill_chunk_tokens = settings.prefill_chunk_tokens or (
+            DEFAULT_CPU_PREFILL_CHUNK_TOKENS
+            if loaded.device.type == "cpu"
+            else DEFAULT_CUDA_PREFILL_CHUNK_TOKENS
+        )
         self.scheduler = Scheduler(
             ShapeSelector(build_shapes(settings, heads, loaded.device)),
             max_batch_size=settings.max_batch_size,
             drafts=heads is not None,
+            prefill_tokens=self.prefill_chunk_tokens,
         )
         self.rule = TypicalAcceptance(settings.typical_epsilon, settings.typical_alpha)
         self.layout = CacheLayout(
@@ -116,11 +121,6 @@ class MedusaEngine:
             context_length=settings.context_length or int(getattr(config, "max_position_embeddings", 2048)),
             max_batch_size=settings.max_batch_size,
             speculative=heads is not None,
-        )
-        self.prefill_chunk_tokens = settings.prefill_chunk_tokens or (
-            DEFAULT_CPU_PREFILL_CHUNK_TOKENS
-            if loaded.device.type == "cpu"
-            else DEFAULT_CUDA_PREFILL_CHUNK_TOKENS
         )
         shapes = self.scheduler.selector.shapes
         largest_step = StepShape(
@@ -240,29 +240,40 @@ class MedusaEngine:
 
     @torch.inference_mode()
     def _prefill(self, rows: list[ActiveRequest]) -> list[TokenEvent]:
-        """The joining rows' prompts written into new batches' caches, which join the running batch; prompts
-        longer than a chunk start a partial prefill instead. A group whose prefill fails ends its rows with error
-        events; the running batch and the other groups go on."""
+        """The joining rows' prompts written in one forward into a new batch's cache, which joins the running
+        batch; prompts longer than a chunk start a partial prefill instead. If that forward fails, each row is
+        prefilled alone (it computes the same there), and only the rows that fail alone end with error events."""
         chunk = self.prefill_chunk_tokens
         for group in groups_by_length([row for row in rows if row.prompt_tokens > chunk]):
             self.partial.append(PartialPrefill(Batch.from_requests(group, self.layout)))
             self.scheduler.chunked += group
-        prefilled: list[tuple[list[ActiveRequest], tuple[Batch, StepOutcome]]] = []
-        failed: list[TokenEvent] = []
-        for group in prefill_groups([row for row in rows if row.prompt_tokens <= chunk], self.loaded.device):
-            try:
-                prefilled.append((group, self._prefill_group(group)))
-            except torch.OutOfMemoryError:
-                raise  # the batch is too big, not this group at fault: the worker retries the step smaller
-            except Exception as exc:
-                log.exception("prefill of %d requests failed; failing them alone", len(group))
-                failed += [_failure_event(row, f"prefill failed: {exc}") for row in group]
+        whole = [row for row in rows if row.prompt_tokens <= chunk]
+        prefilled, failed = self._prefill_groups([whole] if whole else [])
+        if len(whole) > 1 and failed:
+            log.warning("the prefill of %d requests failed; prefilling them one by one", len(whole))
+            prefilled, failed = self._prefill_groups([[row] for row in whole])
         running = [self.batch] if self.batch is not None else []
         if prefilled:
             self.batch = Batch.concatenate(running + [batch for _, (batch, _) in prefilled])
         return failed + [
             event for group, (_, outcome) in prefilled for event in self._emit(outcome, drafted=0, rows=group)
         ]
+
+    def _prefill_groups(
+        self, groups: list[list[ActiveRequest]]
+    ) -> tuple[list[tuple[list[ActiveRequest], tuple[Batch, StepOutcome]]], list[TokenEvent]]:
+        """Each group's prefill; the error events of the rows of groups whose prefill failed."""
+        prefilled: list[tuple[list[ActiveRequest], tuple[Batch, StepOutcome]]] = []
+        failed: list[TokenEvent] = []
+        for group in groups:
+            try:
+                prefilled.append((group, self._prefill_group(group)))
+            except torch.OutOfMemoryError:
+                raise  # the batch is too big, not this group at fault: the worker retries the step smaller
+            except Exception as exc:
+                log.exception("prefill of %d requests failed", len(group))
+                failed += [_failure_event(row, f"prefill failed: {exc}") for row in group]
+        return prefilled, failed
 
     def _prefill_group(self, rows: list[ActiveRequest]) -> tuple[Batch, StepOutcome]:
         """One forward writing `rows`' prompts into a new batch's cache."""

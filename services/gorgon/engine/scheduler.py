@@ -4,9 +4,11 @@ Admission: a request joins when its tokens (prompt + max_new_tokens) fit the tok
 already admitted and not finished; an empty batch always takes one. Admitted requests wait here for a step.
 
 Prefill first: a step with waiting requests and room in the batch prefills them (their first tokens come out) and
-decodes nothing; otherwise it decodes the running batch. A prompt longer than the prefill chunk is written a chunk
-per step instead (`chunked` rows), those steps taking turns with the others, so a long prompt holds the running
-batch up by one chunk at a time.
+decodes nothing; otherwise it decodes the running batch. A prefill step takes whole prompts, in arrival order, up to
+the prefill chunk's tokens in all (at least one prompt), so that when many requests arrive together the first of
+them start streaming after a fraction of the whole prefill. A prompt longer than the chunk is written a chunk per
+step instead (`chunked` rows), those steps taking turns with the others, so a long prompt holds the running batch
+up by one chunk at a time.
 
 Shape: a decoding step is plain, a chain or a tree, as the ShapeSelector picks for the batch from measured cost
 and acceptance (engine/shapes.py); plain while the batch has no drafts. A step drafts for the next one only when
@@ -68,9 +70,12 @@ class Decode:
 class Scheduler:
     """Admission, prefill first and the speculation shape of the Medusa engine's steps."""
 
-    def __init__(self, selector: ShapeSelector, *, max_batch_size: int, drafts: bool) -> None:
+    def __init__(
+        self, selector: ShapeSelector, *, max_batch_size: int, drafts: bool, prefill_tokens: int
+    ) -> None:
         self.selector = selector
         self.max_batch_size = max_batch_size
+        self.prefill_tokens = prefill_tokens  # prompt tokens of one prefill step (the prefill chunk)
         self.drafts = drafts  # whether the engine has heads to draft with
         self.waiting: list[ActiveRequest] = []
         self.chunked: list[ActiveRequest] = []  # rows whose long prompts are prefilled a chunk per step
@@ -95,14 +100,16 @@ class Scheduler:
 
     def next_step(self, running: Batch | None) -> Prefill | PrefillChunk | Decode | None:
         """A prefill chunk every other step while long prompts are being prefilled; else prefill the waiting rows
-        that fit, else decode the running batch; None when there is nothing to do."""
+        that fit the batch and the step (`joining`), else decode the running batch; None when there is nothing to
+        do."""
         if self.chunked and (running is None or self._chunk_turn):
             self._chunk_turn = False
             return PrefillChunk()
         self._chunk_turn = True
         room = self.max_batch_size - len(running or ()) - len(self.chunked)
         if self.waiting and room > 0:
-            joining, self.waiting = self.waiting[:room], self.waiting[room:]
+            joining = self.joining(room)
+            self.waiting = self.waiting[len(joining) :]
             return Prefill(joining)
         if running is None:
             return None
@@ -111,6 +118,19 @@ class Scheduler:
         if running.draft_topk is None:
             shape = self.selector.plain
         return Decode(running, shape, self._wants_drafts(len(running), speculative_rows))
+
+    def joining(self, room: int) -> list[ActiveRequest]:
+        """The first waiting rows, at most `room`, whose whole prompts fit one prefill step together (the first
+        always does); a prompt longer than a chunk joins freely, its prefill being chunked over later steps."""
+        joining: list[ActiveRequest] = []
+        tokens = 0
+        for row in self.waiting[:room]:
+            whole = row.prompt_tokens if row.prompt_tokens <= self.prefill_tokens else 0
+            if joining and tokens + whole > self.prefill_tokens:
+                break
+            joining.append(row)
+            tokens += whole
+        return joining
 
     def record(self, step: Decode, seconds: float, emitted: Sequence[Sequence[int]]) -> None:
         """A finished decoding step: its time and the tokens each speculative row gained, for the selector."""

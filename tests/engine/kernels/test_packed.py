@@ -18,6 +18,7 @@ from gorgon.engine.kernels.packed import (
     can_pack,
     packed_copy,
     row_blocked_copy,
+    row_blocks,
 )
 from gorgon.engine.loader import LoadedModel
 from gorgon.engine.medusa_engine import MedusaEngine
@@ -56,6 +57,30 @@ def test_every_row_of_a_packed_linear_is_what_it_is_in_a_two_row_product() -> No
     pairs = torch.cat([packed(pair)[:1] for pair in _two_row_products(x)])
     assert torch.equal(packed(x), pairs)
     assert torch.equal(packed(x.reshape(4, 32, 576)), pairs.reshape(4, 32, 1536))
+
+
+def test_no_product_is_left_a_lone_row() -> None:
+    assert row_blocks(1) == [
+        1
+    ]  # a one-row forward is padded by its caller (forward.forward_one_token_as_two)
+    assert row_blocks(32) == [32]
+    assert row_blocks(33) == [31, 2]
+    assert row_blocks(42) == [32, 10]
+    assert row_blocks(97) == [32, 32, 31, 2]
+
+
+@needs_packing
+def test_the_last_row_of_33_is_what_it_is_among_42() -> None:
+    """A prompt of 33 tokens prefilled alone puts its last token in row 33 of each product, beside a longer prompt
+    among more rows. As a lone row of a product it rounded otherwise now and then (down_proj's shape, 1536 wide)."""
+    generator = torch.Generator().manual_seed(0)
+    linear = nn.Linear(1536, 576, bias=False).to(torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(576, 1536, generator=generator) / 30)
+    packed = PackedLinear(linear)
+    for _ in range(40):
+        x = torch.randn(42, 1536, generator=generator).to(torch.bfloat16)
+        assert torch.equal(packed(x[:33]), packed(x)[:33])
 
 
 def test_rows_of_an_unpacked_engine_linear_do_not_depend_on_rows_past_a_block() -> None:

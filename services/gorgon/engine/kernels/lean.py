@@ -40,6 +40,7 @@ class AttentionOptions(NamedTuple):
 
     key_slots: torch.Tensor | None
     exact_queries: int
+    row_masks: tuple[torch.Tensor, ...] | None
 
 
 def supports_lean_forward(decoder: nn.Module) -> bool:
@@ -116,15 +117,16 @@ class LeanLlamaDecoder(nn.Module):
         use_cache: bool = True,
         key_slots: torch.Tensor | None = None,
         exact_queries: int = 0,
+        row_masks: tuple[torch.Tensor, ...] | None = None,
     ) -> BaseModelOutputWithPast:
         """input_ids [B, T], attention_mask [B or B * T, 1, T or 1, W] bool, position_ids [B, T] -> hidden [B, T, H]
-        (last_hidden_state); `key_slots` and `exact_queries` go to engine/attention.row_attention. `use_cache` is
+        (last_hidden_state); `key_slots`, `exact_queries` and `row_masks` go to engine/attention.row_attention. `use_cache` is
         transformers' argument: the cache is always written."""
         decoder = self.decoder
         hidden = decoder.embed_tokens(input_ids)
         cos, sin = decoder.rotary_emb(hidden, position_ids=position_ids)
         rotary = (cos[:, :, None], sin[:, :, None])  # broadcast over heads, token-major
-        attention_options = AttentionOptions(key_slots, exact_queries)
+        attention_options = AttentionOptions(key_slots, exact_queries, row_masks)
         for index, layer in enumerate(self._layers):
             attended = self._attention(
                 layer.self_attn,
@@ -168,6 +170,7 @@ class LeanLlamaDecoder(nn.Module):
             scaling=attention.scaling,
             key_slots=options.key_slots,
             exact_queries=options.exact_queries,
+            row_masks=options.row_masks,
         )
         return attention.o_proj(output.reshape(batch, tokens, -1).contiguous())
 

@@ -4,7 +4,8 @@
 row counts of decoding that reorder costs as much as the product. Reordering once at load removes it. The product
 itself is the same oneDNN kernel: outputs are bit-identical to `F.linear` for two rows or more (checked on every
 SmolLM2 linear shape, 1 to 40 rows; one row differs as it does unpacked, see forward.forward_one_token_as_two),
-and, split into blocks of ROW_BLOCK rows, independent of how many rows a forward holds.
+and, split into blocks of at most ROW_BLOCK rows and never a lone row (`row_blocks`), independent of how many
+rows a forward holds.
 
 The engine packs a structural copy of the decoder that shares every weight with the loaded model, so the HF model
 itself (HF `generate` in the benchmark, head training) keeps plain `nn.Linear` layers.
@@ -30,6 +31,17 @@ inputs into blocks of 32 keeps every row's value independent of how many rows sh
 prefill length), which greedy exactness needs."""
 
 
+def row_blocks(rows: int) -> list[int]:
+    """Sizes of the products `rows` rows are computed in: blocks of ROW_BLOCK, the last two made 31 + 2 where a lone
+    row would be left (33, 65, 97, ... rows). A product of one row takes oneDNN's matrix-vector path, which rounds
+    otherwise than a row of a larger product (seen on down_proj's 1536-wide input: the 33rd row of 33 differed
+    from the same row among 42)."""
+    full, tail = divmod(rows, ROW_BLOCK)
+    if tail == 1 and full:
+        return [ROW_BLOCK] * (full - 1) + [ROW_BLOCK - 1, 2]
+    return [ROW_BLOCK] * full + ([tail] if tail else [])
+
+
 class RowBlockedLinear(nn.Module):
     """y = x W^T + b computed in blocks of ROW_BLOCK rows with F.linear: the unpacked engine's linear on CPU, so
     that its rows too are independent of how many share a forward (GORGON_ENGINE_PREPACK_WEIGHTS=false)."""
@@ -45,7 +57,7 @@ class RowBlockedLinear(nn.Module):
             return nn.functional.linear(x, self.weight, self.bias)
         blocks = [
             nn.functional.linear(block, self.weight, self.bias)
-            for block in x.reshape(-1, x.shape[-1]).split(ROW_BLOCK)
+            for block in x.reshape(-1, x.shape[-1]).split(row_blocks(_rows(x)))
         ]
         return torch.cat(blocks).reshape(*x.shape[:-1], self.out_features)
 
@@ -65,7 +77,8 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _rows(x) <= ROW_BLOCK:
             return self._product(x)
-        blocks = [self._product(block) for block in x.reshape(-1, x.shape[-1]).split(ROW_BLOCK)]
+        rows = x.reshape(-1, x.shape[-1])
+        blocks = [self._product(block) for block in rows.split(row_blocks(rows.shape[0]))]
         return torch.cat(blocks).reshape(*x.shape[:-1], self.out_features)
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:
