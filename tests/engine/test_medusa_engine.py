@@ -353,6 +353,28 @@ def test_a_row_whose_detokenising_fails_ends_alone(make_engine, monkeypatch) -> 
     assert _tokens(collected["medium"]) == _tokens(_alone(make_engine, _request("medium", 10)))[1:]
 
 
+def test_rows_arriving_together_join_one_cache_and_leave_it_in_place(make_engine) -> None:
+    """The first prefill step keeps spare cache rows for the prompts still waiting; the next steps prefill into
+    them, and rows finishing at different steps close up in place: one pool, and every row's tokens as alone."""
+    engine = make_engine(random_heads(), cycle_shapes=True, prefill_chunk_tokens=10)
+    requests = [
+        _request(name, max_new_tokens=4 + 3 * index) for index, name in enumerate(PROMPTS) if name != "long"
+    ]
+    for request in requests:
+        engine.add(request)
+    collected: dict[str, list[TokenEvent]] = {}
+    for event in engine.step():  # "short" alone: 3 + 7 tokens would pass the 10 of a prefill step
+        collected.setdefault(event.request_id, []).append(event)
+    pool = engine.batch.cache.pool
+    assert engine.batch.cache.pool_rows == len(requests)
+    while engine.num_active:
+        for event in engine.step():
+            collected.setdefault(event.request_id, []).append(event)
+        assert engine.batch is None or engine.batch.cache.pool is pool
+    for request in requests:
+        assert _tokens(collected[request.request_id]) == _tokens(_alone(make_engine, request, random_heads()))
+
+
 def test_a_failed_prefill_fails_its_row_alone(make_engine, monkeypatch) -> None:
     """The joining rows are prefilled in one forward; when it fails, each is prefilled alone, and only the row
     that fails alone ends with an error."""

@@ -1,7 +1,9 @@
 """The running batch: per-request state plus the tensors one step needs, as a value (TGI-style).
 
-`from_requests` allocates a cache for new rows (the engine prefills them), `filter` keeps some rows, and
-`concatenate` joins batches between steps — that is how requests join and leave a running batch.
+`from_requests` allocates a cache for new rows (the engine prefills them), or `joining` takes the running batch's
+spare cache rows for them; `filter` keeps some rows and `concatenate` joins batches between steps — that is how
+requests join and leave a running batch. The cache's rows stay where they are (engine/kv.py): a filtered batch
+shares its cache with the batch it came from, which is not used again.
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ class ActiveRequest:
         return self.request.params.max_new_tokens - len(self.generated)
 
 
+def rows_capacity(rows: Sequence[ActiveRequest], spare_slots: int) -> int:
+    """KV slots a row for the longest of `rows`: prompt + max_new_tokens + a tree (cache_capacity)."""
+    longest = max(row.prompt_tokens + row.request.params.max_new_tokens for row in rows)
+    return cache_capacity(longest, spare_slots)
+
+
 def groups_by_length(rows: Sequence[ActiveRequest]) -> list[list[ActiveRequest]]:
     """`rows` grouped by prompt length, each group and the groups in arrival order."""
     by_length: dict[int, list[ActiveRequest]] = {}
@@ -103,10 +111,12 @@ class Batch:
     first_draft_by_model: torch.Tensor | None = None  # [B] bool: draft_topk[b, 0] from the model
 
     @classmethod
-    def from_requests(cls, rows: Sequence[ActiveRequest], layout: CacheLayout) -> Batch:
-        """A batch of new rows with an empty cache sized for their prompts + max_new_tokens + a tree."""
-        longest = max(row.prompt_tokens + row.request.params.max_new_tokens for row in rows)
-        capacity = cache_capacity(longest, layout.spare_slots)
+    def from_requests(
+        cls, rows: Sequence[ActiveRequest], layout: CacheLayout, coming: Sequence[ActiveRequest] = ()
+    ) -> Batch:
+        """A batch of new rows with an empty cache sized for their prompts + max_new_tokens + a tree, and spare
+        rows for the `coming` ones (sized for them too), which join it later without a copy."""
+        capacity = rows_capacity([*rows, *coming], layout.spare_slots)
         cache = RowKVCache.allocate(
             num_layers=layout.num_layers,
             batch=len(rows),
@@ -115,9 +125,21 @@ class Batch:
             capacity=capacity,
             dtype=layout.dtype,
             device=layout.device,
+            spare_rows=len(coming),
         )
-        next_tokens = torch.zeros(len(rows), dtype=torch.long, device=layout.device)
+        return cls.of_cache(rows, cache)
+
+    @classmethod
+    def of_cache(cls, rows: Sequence[ActiveRequest], cache: RowKVCache) -> Batch:
+        """New rows over `cache` (empty, to be prefilled)."""
+        next_tokens = torch.zeros(len(rows), dtype=torch.long, device=cache.lengths.device)
         return cls(list(rows), cache, next_tokens, None)
+
+    def joining(self, rows: Sequence[ActiveRequest], spare_slots: int) -> Batch | None:
+        """A batch of new rows over this batch's spare cache rows, which `concatenate` then joins to it without a
+        copy; None where it has too few spare rows or too few slots a row."""
+        cache = self.cache.spare_rows(len(rows), rows_capacity(rows, spare_slots))
+        return Batch.of_cache(rows, cache) if cache is not None else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -137,24 +159,26 @@ class Batch:
         index = torch.tensor(keep, dtype=torch.long, device=self.next_tokens.device)
         drafts = self.draft_topk.index_select(0, index) if self.draft_topk is not None else None
         by_model = self.first_draft_by_model
+        self.cache.keep_rows(keep)
         return Batch(
             [self.rows[position] for position in keep],
-            self.cache.select_rows(index),
+            self.cache,
             self.next_tokens.index_select(0, index),
             drafts,
             by_model.index_select(0, index) if by_model is not None else None,
         )
 
     @classmethod
-    def concatenate(cls, batches: Sequence[Batch]) -> Batch:
-        """All rows of `batches` in order. Drafts survive only when every batch has them."""
+    def concatenate(cls, batches: Sequence[Batch], spare_rows: int = 0) -> Batch:
+        """All rows of `batches` in order (a copy of their caches keeps `spare_rows` spare rows). Drafts survive
+        only when every batch has them."""
         if len(batches) == 1:
             return batches[0]
         drafts = [batch.draft_topk for batch in batches if batch.draft_topk is not None]
         have_drafts = len(drafts) == len(batches)
         return cls(
             [row for batch in batches for row in batch.rows],
-            RowKVCache.concatenate([batch.cache for batch in batches]),
+            RowKVCache.concatenate([batch.cache for batch in batches], spare_rows),
             torch.cat([batch.next_tokens for batch in batches]),
             torch.cat(drafts) if have_drafts else None,
             torch.cat([batch.drafts_by_model() for batch in batches]) if have_drafts else None,

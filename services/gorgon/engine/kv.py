@@ -2,7 +2,10 @@
 
 Every layer holds `[B, kv_heads, capacity, head_dim]` buffers, views into one tensor
 `[2 * layers, B, kv_heads, capacity, head_dim]` so that compaction, row selection and concatenation are one
-operation each instead of one per layer and buffer. A forward writes each row's new K/V at that row's
+operation each instead of one per layer and buffer. That tensor is the first B rows of a pool that may hold more:
+rows joining the batch are prefilled straight into the pool's spare rows (`spare_rows`, then `extend`), and rows
+leaving it are closed up in place (`keep_rows`, moving only the rows after the first that left), so a join or a
+leave does not copy the whole batch's cache. A forward writes each row's new K/V at that row's
 own slots (`write_slots`, set by the caller before the forward) and attends over the first `window` slots; the
 4D attention mask built by the caller hides slots a query must not see. After a Medusa step the accepted path is
 moved down to the row's next free slots (`compact`), so the cache always equals a prefill of the accepted text.
@@ -37,14 +40,18 @@ class RowKVLayer(CacheLayerMixin):
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, plan: SlotPlan) -> None:
         super().__init__()
-        self.keys = keys  # [B, kv_heads, capacity, head_dim]
+        self.bind(keys, values)
+        self.plan = plan
+        self.is_initialized = True
+        self.device = keys.device
+
+    def bind(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Read and write these buffers [B, kv_heads, capacity, head_dim] (the cache's rows changed)."""
+        self.keys = keys
         self.values = values
         # Slot-major views [B, capacity, kv_heads, head_dim]: a forward's keys are written by indexing these.
         self._keys_by_slot = keys.permute(0, 2, 1, 3)
         self._values_by_slot = values.permute(0, 2, 1, 3)
-        self.plan = plan
-        self.is_initialized = True
-        self.device = keys.device
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         raise RuntimeError("RowKVLayer buffers are allocated up front")
@@ -84,16 +91,20 @@ class RowKVLayer(CacheLayerMixin):
 class RowKVCache(Cache):
     """The per-row cache of one batch. `lengths[b]` = slots of row b that hold accepted tokens."""
 
-    def __init__(self, storage: torch.Tensor, lengths: torch.Tensor) -> None:
-        # storage: [2 * num_layers, B, kv_heads, capacity, head_dim]; layer l's keys at 2l, values at 2l + 1
+    def __init__(self, storage: torch.Tensor, lengths: torch.Tensor, *, first_row: int = 0) -> None:
+        """storage: the pool [2 * num_layers, R, kv_heads, capacity, head_dim] (layer l's keys at 2l, values at
+        2l + 1) whose rows first_row .. first_row + B - 1 this cache's B rows are (B = len(lengths))."""
         plan = SlotPlan()
+        self.pool = storage
+        self.first_row = first_row
+        self.lengths = lengths  # [B] long, on the cache's device
+        self.storage = self._rows_view()
         self.row_layers = tuple(
-            RowKVLayer(storage[index], storage[index + 1], plan) for index in range(0, storage.shape[0], 2)
+            RowKVLayer(self.storage[index], self.storage[index + 1], plan)
+            for index in range(0, storage.shape[0], 2)
         )
         super().__init__(layers=[*self.row_layers])
-        self.storage = storage
         self.plan = plan
-        self.lengths = lengths  # [B] long, on the cache's device
 
     @classmethod
     def allocate(
@@ -106,8 +117,11 @@ class RowKVCache(Cache):
         capacity: int,
         dtype: torch.dtype,
         device: torch.device,
+        spare_rows: int = 0,
     ) -> RowKVCache:
-        storage = torch.zeros(2 * num_layers, batch, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        """An empty cache of `batch` rows in a pool with `spare_rows` more, for rows that will join it."""
+        rows = batch + spare_rows
+        storage = torch.zeros(2 * num_layers, rows, kv_heads, capacity, head_dim, dtype=dtype, device=device)
         return cls(storage, torch.zeros(batch, dtype=torch.long, device=device))
 
     @property
@@ -118,11 +132,21 @@ class RowKVCache(Cache):
     def batch_size(self) -> int:
         return int(self.lengths.shape[0])
 
+    @property
+    def pool_rows(self) -> int:
+        """Rows the pool holds, this cache's and the spare ones after them."""
+        return int(self.pool.shape[1])
+
+    @property
+    def spare_row_count(self) -> int:
+        """Rows of the pool after this cache's, free for joining rows."""
+        return self.pool_rows - self.first_row - self.batch_size
+
     def usage(self) -> KVCacheUsage:
         """Bytes allocated and the fraction of slots holding accepted tokens."""
-        slots = self.batch_size * self.capacity
+        slots = self.pool_rows * self.capacity
         used = float(self.lengths.sum()) / slots if slots else 0.0
-        return KVCacheUsage(int(self.storage.nbytes), used)
+        return KVCacheUsage(int(self.pool.nbytes), used)
 
     def plan_forward(self, offsets: torch.Tensor, window: int) -> None:
         """Next forward writes query q of row b at slot lengths[b] + offsets[b, q]; attention sees `window`."""
@@ -155,22 +179,78 @@ class RowKVCache(Cache):
         self.plan.write_slots = None
 
     def select_rows(self, rows: torch.Tensor) -> RowKVCache:
-        """A cache holding only `rows` (in that order)."""
+        """A cache of its own holding copies of `rows` (in that order)."""
         return RowKVCache(self.storage.index_select(1, rows), self.lengths.index_select(0, rows))
 
     def copy_rows(self, source: RowKVCache, rows: torch.Tensor) -> None:
         """Row b becomes a copy of source's row rows[b] (its slots and length), in place: the layers' views stay
         valid. `source` has this cache's capacity (a select_rows of it)."""
-        torch.index_select(source.storage, 1, rows, out=self.storage)
+        self.storage.copy_(source.storage.index_select(1, rows))
         self.lengths = source.lengths.index_select(0, rows)
         self.plan.write_slots = None
 
+    def spare_rows(self, count: int, capacity: int) -> RowKVCache | None:
+        """An empty cache over the pool's next `count` spare rows, to prefill joining rows into; None where the
+        pool has fewer spare rows or less than `capacity` slots a row."""
+        if count > self.spare_row_count or capacity > self.capacity:
+            return None
+        lengths = torch.zeros(count, dtype=torch.long, device=self.lengths.device)
+        return RowKVCache(self.pool, lengths, first_row=self.first_row + self.batch_size)
+
+    @torch.inference_mode()  # the pool was written under inference mode; a cancel closes it up from outside
+    def keep_rows(self, rows: list[int]) -> None:
+        """Keep only `rows` (ascending), in place: the rows after the first that leaves move up, none other."""
+        first_moved = next((position for position, row in enumerate(rows) if row != position), len(rows))
+        if first_moved < len(rows):
+            start = self.first_row
+            moved = torch.tensor(rows[first_moved:], device=self.lengths.device) + start
+            self.pool[:, start + first_moved : start + len(rows)] = self.pool.index_select(1, moved)
+        self.lengths = self.lengths[rows] if len(rows) != self.batch_size else self.lengths
+        self._rebind()
+
+    def extend(self, joining: RowKVCache) -> bool:
+        """Take `joining`'s rows after this cache's, in place, where they are the pool's next rows (a
+        `spare_rows` cache); False, changing nothing, otherwise."""
+        if joining.pool is not self.pool or joining.first_row != self.first_row + self.batch_size:
+            return False
+        self.lengths = torch.cat([self.lengths, joining.lengths])
+        self._rebind()
+        return True
+
     @classmethod
-    def concatenate(cls, caches: list[RowKVCache]) -> RowKVCache:
-        """Rows of all caches in order; capacity = the largest (buffers zero-padded)."""
+    def concatenate(cls, caches: list[RowKVCache], spare_rows: int = 0) -> RowKVCache:
+        """Rows of all caches in order: in the first cache's pool where each next cache is made of that pool's next
+        rows, else copied into a new pool (capacity = the largest, buffers zero-padded) with `spare_rows` more."""
+        first = caches[0]
+        if _chained(caches):
+            for cache in caches[1:]:
+                first.extend(cache)
+            return first
         capacity = max(cache.capacity for cache in caches)
-        storage = torch.cat([_pad_slots(cache.storage, capacity) for cache in caches], dim=1)
-        return cls(storage, torch.cat([cache.lengths for cache in caches]))
+        parts = [_pad_slots(cache.storage, capacity) for cache in caches]
+        if spare_rows:
+            parts.append(parts[-1].new_zeros((*parts[-1].shape[:1], spare_rows, *parts[-1].shape[2:])))
+        return cls(torch.cat(parts, dim=1), torch.cat([cache.lengths for cache in caches]))
+
+    def _rows_view(self) -> torch.Tensor:
+        return self.pool[:, self.first_row : self.first_row + self.batch_size]
+
+    def _rebind(self) -> None:
+        """The layers' buffers after this cache's rows changed."""
+        self.storage = self._rows_view()
+        for index, layer in enumerate(self.row_layers):
+            layer.bind(self.storage[2 * index], self.storage[2 * index + 1])
+        self.plan.write_slots = None
+
+
+def _chained(caches: list[RowKVCache]) -> bool:
+    """Whether every cache is made of the rows of the first one's pool right after the previous cache's."""
+    next_row = caches[0].first_row
+    for cache in caches:
+        if cache.pool is not caches[0].pool or cache.first_row != next_row:
+            return False
+        next_row += cache.batch_size
+    return True
 
 
 def _pad_slots(storage: torch.Tensor, capacity: int) -> torch.Tensor:

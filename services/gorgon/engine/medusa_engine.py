@@ -169,7 +169,7 @@ class MedusaEngine:
             return True
         request_capacity = cache_capacity(budget_tokens(request), self.layout.spare_slots)
         fits_memory = fits_kv_budget(
-            self.num_active, self._held_capacity(), request_capacity, self.kv_budget.tokens
+            self._held_rows(), self._held_capacity(), request_capacity, self.kv_budget.tokens
         )
         return fits_memory and self.scheduler.admits(request, self.batch, token_budget)
 
@@ -226,6 +226,14 @@ class MedusaEngine:
         batch = self.batch
         return batch.cache.usage() if batch is not None else None
 
+    def _held_rows(self) -> int:
+        """Rows the held requests take in KV memory: the running batch's pool (its spare rows too), the partial
+        prefills' rows, and the waiting rows its spare rows do not hold."""
+        pool = self.batch.cache.pool_rows if self.batch is not None else 0
+        spare = self.batch.cache.spare_row_count if self.batch is not None else 0
+        waiting = max(0, len(self.scheduler.waiting) - spare)
+        return pool + len(self._partial_rows()) + waiting
+
     def _held_capacity(self) -> int:
         """KV slots per row the held rows will be padded to: the running and partial batches' capacities and the
         waiting rows' own (a filtered batch keeps its capacity after its longest row left)."""
@@ -252,18 +260,16 @@ class MedusaEngine:
         if len(whole) > 1 and failed:
             log.warning("the prefill of %d requests failed; prefilling them one by one", len(whole))
             prefilled, failed = self._prefill_groups([[row] for row in whole])
-        running = [self.batch] if self.batch is not None else []
-        if prefilled:
-            self.batch = Batch.concatenate(running + [batch for _, (batch, _) in prefilled])
         return failed + [
-            event for group, (_, outcome) in prefilled for event in self._emit(outcome, drafted=0, rows=group)
+            event for group, outcome in prefilled for event in self._emit(outcome, drafted=0, rows=group)
         ]
 
     def _prefill_groups(
         self, groups: list[list[ActiveRequest]]
-    ) -> tuple[list[tuple[list[ActiveRequest], tuple[Batch, StepOutcome]]], list[TokenEvent]]:
-        """Each group's prefill; the error events of the rows of groups whose prefill failed."""
-        prefilled: list[tuple[list[ActiveRequest], tuple[Batch, StepOutcome]]] = []
+    ) -> tuple[list[tuple[list[ActiveRequest], StepOutcome]], list[TokenEvent]]:
+        """Each group's prefill, each joining the running batch; the error events of the rows of groups whose
+        prefill failed."""
+        prefilled: list[tuple[list[ActiveRequest], StepOutcome]] = []
         failed: list[TokenEvent] = []
         for group in groups:
             try:
@@ -275,9 +281,9 @@ class MedusaEngine:
                 failed += [_failure_event(row, f"prefill failed: {exc}") for row in group]
         return prefilled, failed
 
-    def _prefill_group(self, rows: list[ActiveRequest]) -> tuple[Batch, StepOutcome]:
-        """One forward writing `rows`' prompts into a new batch's cache."""
-        new_batch = Batch.from_requests(rows, self.layout)
+    def _prefill_group(self, rows: list[ActiveRequest]) -> StepOutcome:
+        """One forward writing `rows`' prompts into a new batch's cache, which then joins the running batch."""
+        new_batch = self._new_rows_batch(rows)
         outcome = prefill(
             self.parts,
             new_batch.cache,
@@ -286,7 +292,34 @@ class MedusaEngine:
         )
         self.forward_passes += 1
         new_batch.next_tokens, new_batch.draft_topk = outcome.next_tokens, outcome.draft_topk
-        return new_batch, outcome
+        self._join(new_batch)
+        return outcome
+
+    def _new_rows_batch(self, rows: list[ActiveRequest]) -> Batch:
+        """A batch for joining rows: in the running batch's spare cache rows where they fit, else in a new cache
+        with spare rows for the whole prompts still waiting (they join it without a copy)."""
+        if self.batch is not None:
+            joining = self.batch.joining(rows, self.layout.spare_slots)
+            if joining is not None:
+                return joining
+        return Batch.from_requests(rows, self.layout, coming=self._coming_rows(len(rows)))
+
+    def _coming_rows(self, joining: int) -> list[ActiveRequest]:
+        """The waiting rows that will join the running batch as whole prompts once `joining` more rows have."""
+        room = self.scheduler.max_batch_size - len(self.batch or ()) - len(self._partial_rows()) - joining
+        chunk = self.prefill_chunk_tokens
+        return [row for row in self.scheduler.waiting if row.prompt_tokens <= chunk][: max(0, room)]
+
+    def _partial_rows(self) -> list[ActiveRequest]:
+        """The rows whose long prompts are being prefilled a chunk per step."""
+        return [row for partial in self.partial for row in partial.rows]
+
+    def _join(self, batch: Batch) -> None:
+        """`batch`'s rows join the running batch (a copy of the caches keeps spare rows for the coming ones)."""
+        if self.batch is None:
+            self.batch = batch
+            return
+        self.batch = Batch.concatenate([self.batch, batch], spare_rows=len(self._coming_rows(0)))
 
     @torch.inference_mode()
     def _prefill_next_chunk(self) -> list[TokenEvent]:
@@ -315,7 +348,7 @@ class MedusaEngine:
         self._end_partial(partial)
         batch = partial.batch
         batch.next_tokens, batch.draft_topk = outcome.next_tokens, outcome.draft_topk
-        self.batch = Batch.concatenate(([self.batch] if self.batch is not None else []) + [batch])
+        self._join(batch)
         return self._emit(outcome, drafted=0, rows=list(batch.rows))
 
     def _end_partial(self, partial: PartialPrefill) -> None:
