@@ -608,6 +608,27 @@ def test_engine_settings_are_passed_only_when_set(default_manifests: list[Manife
     assert gpu_env["GORGON_ENGINE_DTYPE"] == "bfloat16"
 
 
+def _threads_env(manifests: list[Manifest]) -> list[dict]:
+    return [
+        item
+        for item in container(_worker(manifests), "worker")["env"]
+        if item["name"] == "GORGON_ENGINE_THREADS"
+    ]
+
+
+def test_worker_threads_follow_the_pods_cpu_limit_else_its_request(default_manifests: list[Manifest]) -> None:
+    (requested,) = _threads_env(default_manifests)
+    assert requested["valueFrom"]["resourceFieldRef"] == {
+        "containerName": "worker",
+        "resource": "requests.cpu",
+        "divisor": "1",
+    }
+    (limited,) = _threads_env(_render("default", **{"worker.resources.limits.cpu": "3"}))
+    assert limited["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    chosen = _render("default", **{"worker.env[0].name": "GORGON_ENGINE_THREADS", "worker.env[0].value": "5"})
+    assert [str(item.get("value")) for item in _threads_env(chosen)] == ["5"]  # the user's word, alone
+
+
 # --- Commands
 
 
