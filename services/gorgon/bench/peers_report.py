@@ -134,7 +134,8 @@ def write_plot(result: PeersResult, path: Path) -> Path:
         throughput_ax.plot(x, [level["output_tokens_per_s"] for level in levels], **style)
         ttft_ax.plot(x, [_milliseconds(level["ttft_p50_s"]) for level in levels], **style)
     throughput_ax.set(title="output tokens/s", xlabel="concurrency", ylabel="tokens/s")
-    ttft_ax.set(title="time to first token, p50", xlabel="concurrency", ylabel="ms")
+    ttft_ax.set(title="time to first token, p50", xlabel="concurrency", ylabel="ms (log scale)")
+    ttft_ax.set_yscale("log")  # a server that queues requests takes seconds, the others milliseconds
     for ax in (throughput_ax, ttft_ax):
         ax.set_xscale("log", base=2)
         ax.set_xticks(result.concurrencies, [str(c) for c in result.concurrencies])
