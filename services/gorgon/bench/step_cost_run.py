@@ -24,6 +24,7 @@ from gorgon.engine.batch import cache_capacity
 from gorgon.engine.decode import prefill, speculative_step
 from gorgon.engine.drafting.checkpoint import load_heads_for
 from gorgon.engine.drafting.heads import DRAFT_TOPK
+from gorgon.engine.forward import SMALL_STEP_ROWS
 from gorgon.engine.interface import ChatMessage
 from gorgon.engine.kv import RowKVCache
 from gorgon.engine.loader import load_model_and_tokenizer
@@ -119,7 +120,8 @@ def _step_timing(
         kv_heads=layout.kv_heads,
         head_dim=layout.head_dim,
         capacity=cache_capacity(
-            len(prompt) + (steps + WARMUP_STEPS + 1) * (tree.max_depth + 1), tree.num_nodes + 1
+            len(prompt) + (steps + WARMUP_STEPS + 1) * (tree.max_depth + 1),
+            max(tree.num_nodes, SMALL_STEP_ROWS) + 1,
         ),
         dtype=layout.dtype,
         device=layout.device,

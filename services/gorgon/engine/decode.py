@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gorgon.engine.drafting.heads import DRAFT_TOPK, draft
-from gorgon.engine.forward import forward_one_token_as_two, forward_tokens, row_logits
+from gorgon.engine.forward import forward_next_tokens, forward_tokens, row_logits
 from gorgon.engine.kv import RowKVCache
 from gorgon.engine.logprobs import EmittedLogprobs, emitted_logprobs
 from gorgon.engine.parts import ModelParts
@@ -301,13 +301,7 @@ def plain_step(
     want_drafts: bool,
 ) -> StepOutcome:
     """The one-node-tree step without the tree bookkeeping: feed each row's next token, choose the following."""
-    if next_tokens.shape[0] == 1:
-        hidden = forward_one_token_as_two(parts, cache, next_tokens)
-    else:
-        root_only = cache.lengths.new_zeros(1)  # depth 0; as a mask only its shape [1] matters
-        hidden = forward_tokens(
-            parts, cache, next_tokens[:, None], root_only, root_only, exact_queries=1
-        )  # [B, 1, H]
+    hidden = forward_next_tokens(parts, cache, next_tokens)  # [B, 1, H]
     logits = row_logits(parts.lm_head, hidden[:, 0])[:, None]  # [B, 1, V]
     new_next, failed = choose_first_tokens(logits, rows)
     cache.advance(1)

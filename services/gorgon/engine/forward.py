@@ -120,26 +120,34 @@ def row_alone_masks(lengths: torch.Tensor, query_counts: Sequence[int]) -> tuple
     return tuple(masks)
 
 
+SMALL_STEP_ROWS = 4
+"""Product rows a step of one or two single-token rows is padded to. One row is a matrix-vector product, which oneDNN
+rounds otherwise than a row of a larger product (greedy decoding would drift from what the same text gives inside a
+batch or a tree); and two rows took a slower kernel than three to six (SmolLM2's 120 linears, bf16, one thread on an
+AVX512_BF16 CPU: 17.6 ms at 2 rows, 13.3–13.8 ms at 3 to 6, 15.6 ms at 1)."""
+
+
 def row_logits(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """hidden [N, H] -> logits [N, V]; a single row is padded to two (see forward_one_token_as_two)."""
+    """hidden [N, H] -> logits [N, V]; a single row is padded (see SMALL_STEP_ROWS)."""
     if hidden.shape[0] != 1:
         return lm_head(hidden)
-    return lm_head(hidden.repeat(2, 1))[:1]
+    return lm_head(hidden.expand(SMALL_STEP_ROWS, -1))[:1]
 
 
-def forward_one_token_as_two(parts: ModelParts, cache: RowKVCache, next_tokens: torch.Tensor) -> torch.Tensor:
-    """A single-token forward, padded with a throwaway second token -> hidden [1, 1, H].
+def forward_next_tokens(parts: ModelParts, cache: RowKVCache, next_tokens: torch.Tensor) -> torch.Tensor:
+    """Each row's next token in one forward -> hidden [B, 1, H].
 
-    With one row of one token, every linear layer is a matrix-vector product, which oneDNN computes with another
-    accumulation order than a matrix-matrix product: now and then a bf16 value rounds the other way and greedy
-    decoding drifts from what the same text gives inside a batch or a tree. Two rows keep every forward on the
-    matrix-matrix path. The padding token sits after the real one (which cannot see it); its KV slot lies past
-    the row's length and is overwritten by the next step.
+    One or two rows are padded to SMALL_STEP_ROWS product rows, each row with copies of its token after it: a copy
+    sits past the real token (which cannot see it), its KV slot past the row's length, overwritten by the next
+    step, and its attention and outputs are never read.
     """
-    pair = next_tokens[:, None].expand(-1, 2)
-    depths = torch.arange(2, device=next_tokens.device)
-    hidden = forward_tokens(parts, cache, pair, depths, _CHAIN_OF_TWO.to(next_tokens.device), exact_queries=2)
+    batch = next_tokens.shape[0]
+    copies = SMALL_STEP_ROWS // batch if 2 * batch <= SMALL_STEP_ROWS else 1
+    device = next_tokens.device
+    if copies == 1:
+        root_only = cache.lengths.new_zeros(1)  # depth 0; as a mask only its shape [1] matters
+        return forward_tokens(parts, cache, next_tokens[:, None], root_only, root_only, exact_queries=1)
+    tokens = next_tokens[:, None].expand(-1, copies)
+    chain = torch.ones(copies, copies, dtype=torch.bool, device=device).tril()
+    hidden = forward_tokens(parts, cache, tokens, torch.arange(copies, device=device), chain, exact_queries=1)
     return hidden[:, :1]
-
-
-_CHAIN_OF_TWO = torch.ones(2, 2, dtype=torch.bool).tril()

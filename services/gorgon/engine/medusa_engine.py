@@ -42,6 +42,7 @@ from gorgon.engine.decode import StepOutcome, prefill, prefill_chunk, speculativ
 from gorgon.engine.detok import IncrementalDetokenizer, StopSequenceFilter
 from gorgon.engine.drafting.heads import MedusaHeads
 from gorgon.engine.drafting.lookup import ContextLookup, with_lookup_drafts
+from gorgon.engine.forward import SMALL_STEP_ROWS
 from gorgon.engine.grammar import grammar_processors
 from gorgon.engine.interface import (
     ChatMessage,
@@ -112,7 +113,8 @@ class MedusaEngine:
             head_dim=geometry.head_dim,
             dtype=loaded.dtype,
             device=loaded.device,
-            spare_slots=max(shape.num_nodes for shape in self.scheduler.selector.shapes) + 1,
+            spare_slots=max(SMALL_STEP_ROWS, *(shape.num_nodes for shape in self.scheduler.selector.shapes))
+            + 1,
         )
         self.eos_token_ids = _eos_token_ids(loaded)
         self.token_texts = TokenTexts(loaded.tokenizer)  # logprobs' token texts, decoded on the step thread

@@ -60,9 +60,7 @@ def test_every_row_of_a_packed_linear_is_what_it_is_in_a_two_row_product() -> No
 
 
 def test_no_product_is_left_a_lone_row() -> None:
-    assert row_blocks(1) == [
-        1
-    ]  # a one-row forward is padded by its caller (forward.forward_one_token_as_two)
+    assert row_blocks(1) == [1]  # a one-row forward is padded by its caller (forward.SMALL_STEP_ROWS)
     assert row_blocks(32) == [32]
     assert row_blocks(33) == [31, 2]
     assert row_blocks(42) == [32, 10]

@@ -3,7 +3,7 @@
 `F.linear` on a bf16 CPU tensor reorders the weight into oneDNN's blocked layout on every call; for the small
 row counts of decoding that reorder costs as much as the product. Reordering once at load removes it. The product
 itself is the same oneDNN kernel: outputs are bit-identical to `F.linear` for two rows or more (checked on every
-SmolLM2 linear shape, 1 to 40 rows; one row differs as it does unpacked, see forward.forward_one_token_as_two),
+SmolLM2 linear shape, 1 to 40 rows; one row differs as it does unpacked, see forward.SMALL_STEP_ROWS),
 and, split into blocks of at most ROW_BLOCK rows and never a lone row (`row_blocks`), independent of how many
 rows a forward holds.
 
