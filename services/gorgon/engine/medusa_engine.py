@@ -298,13 +298,13 @@ class MedusaEngine:
         return outcome
 
     def _new_rows_batch(self, rows: list[ActiveRequest]) -> Batch:
-        """A batch for joining rows: in the running batch's spare cache rows where they fit, else in a new cache
-        with spare rows for the whole prompts still waiting (they join it without a copy)."""
-        if self.batch is not None:
-            joining = self.batch.joining(rows, self.layout.spare_slots)
-            if joining is not None:
-                return joining
-        return Batch.from_requests(rows, self.layout, coming=self._coming_rows(len(rows)))
+        """A batch for joining rows: in the running batch's spare cache rows where they fit, else in a new cache,
+        which keeps spare rows for the whole prompts still waiting when it becomes the running batch (joining a
+        running batch, it is copied into a new pool that keeps them, `_join`)."""
+        if self.batch is None:
+            return Batch.from_requests(rows, self.layout, coming=self._coming_rows(len(rows)))
+        joining = self.batch.joining(rows, self.layout.spare_slots)
+        return joining if joining is not None else Batch.from_requests(rows, self.layout)
 
     def _coming_rows(self, joining: int) -> list[ActiveRequest]:
         """The waiting rows that will join the running batch as whole prompts once `joining` more rows have."""
