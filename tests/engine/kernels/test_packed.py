@@ -13,10 +13,12 @@ from gorgon.engine.config import EngineSettings
 from gorgon.engine.interface import GenerationRequest, SamplingParams
 from gorgon.engine.kernels import packed as packed_module
 from gorgon.engine.kernels.packed import (
+    ROW_BLOCK,
     PackedLinear,
     RowBlockedLinear,
     can_pack,
     packed_copy,
+    packed_row_block,
     row_blocked_copy,
     row_blocks,
 )
@@ -57,6 +59,32 @@ def test_every_row_of_a_packed_linear_is_what_it_is_in_a_two_row_product() -> No
     pairs = torch.cat([packed(pair)[:1] for pair in _two_row_products(x)])
     assert torch.equal(packed(x), pairs)
     assert torch.equal(packed(x.reshape(4, 32, 576)), pairs.reshape(4, 32, 1536))
+
+
+def test_bf16_products_are_split_into_blocks_only_where_amx_kernels_would_round_otherwise(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(packed_module, "amx_tiles", lambda: False)
+    assert packed_row_block(torch.bfloat16) is None
+    assert packed_row_block(torch.float32) == ROW_BLOCK
+    monkeypatch.setattr(packed_module, "amx_tiles", lambda: True)
+    assert packed_row_block(torch.bfloat16) == ROW_BLOCK
+
+
+@needs_packing
+def test_without_blocks_a_packed_linear_runs_one_product_of_every_row(monkeypatch) -> None:
+    monkeypatch.setattr(packed_module, "amx_tiles", lambda: False)
+    packed = PackedLinear(nn.Linear(576, 64, bias=False).to(torch.bfloat16))
+    products: list[int] = []
+    real_product = packed._product
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        products.append(x.shape[0])
+        return real_product(x)
+
+    monkeypatch.setattr(packed, "_product", counting)
+    packed(torch.randn(123, 576).to(torch.bfloat16))
+    assert products == [123]
 
 
 def test_no_product_is_left_a_lone_row() -> None:

@@ -73,9 +73,10 @@ class PackedLinear(nn.Module):
         self.register_buffer(
             "packed_weight", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach()), persistent=False
         )
+        self.row_block = packed_row_block(linear.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _rows(x) <= ROW_BLOCK:
+        if self.row_block is None or _rows(x) <= self.row_block:
             return self._product(x)
         rows = x.reshape(-1, x.shape[-1])
         blocks = [self._product(block) for block in rows.split(row_blocks(rows.shape[0]))]
@@ -83,6 +84,22 @@ class PackedLinear(nn.Module):
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+
+def packed_row_block(dtype: torch.dtype) -> int | None:
+    """Rows per packed product: None (one product, however many rows) for bf16 on a CPU without AMX, ROW_BLOCK
+    otherwise. Without AMX, every row of a packed bf16 product of 2 to 259 rows is its 2-row product's (SmolLM2's
+    linear shapes on an AVX512_BF16 CPU), and one product costs less than blocks (a 123-row prefill's linears:
+    124-127 ms in one product each, 144 ms in 32-row blocks); AMX kernels and fp32 products keep the blocks."""
+    return None if dtype == torch.bfloat16 and not amx_tiles() else ROW_BLOCK
+
+
+@functools.cache
+def amx_tiles() -> bool:
+    """Whether this CPU has AMX tiles (Sapphire Rapids and later), as torch sees it; where torch cannot tell, True
+    (blocks are exact on every CPU)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe()) if probe is not None else True
 
 
 def _rows(x: torch.Tensor) -> int:
