@@ -95,10 +95,6 @@ def row_attention(
         return _exact_queries_as_rows(query, key, value, attention_mask, exact_queries, scaling)
     if row_masks is not None:
         return _rows_alone(module, query, key, value, row_masks, scaling, **kwargs), None
-    key, value = (
-        key.to(query.dtype),
-        value.to(query.dtype),
-    )  # a float32 cache (kv_cache_dtype) under a bf16 model
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )

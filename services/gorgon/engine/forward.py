@@ -15,6 +15,11 @@ from gorgon.engine.parts import ModelParts
 WINDOW_ROUNDING = 32  # attention window rounded up so SDPA sees few distinct shapes
 
 
+def rounded_window(slots: int) -> int:
+    """The attention window of a forward whose rows reach `slots` slots: rounded up to WINDOW_ROUNDING."""
+    return -(-slots // WINDOW_ROUNDING) * WINDOW_ROUNDING
+
+
 def attention_mask(lengths: torch.Tensor, tree_mask: torch.Tensor, window: int) -> torch.Tensor:
     """[B, 1, T, window] bool: query i of row b sees the row's accepted slots and its tree ancestors."""
     num_nodes = tree_mask.shape[0]
@@ -53,7 +58,7 @@ def forward_tokens(
     """
     num_nodes = input_ids.shape[1]
     longest = int(cache.lengths.max()) + num_nodes
-    window = -(-longest // WINDOW_ROUNDING) * WINDOW_ROUNDING
+    window = rounded_window(longest)
     offsets = torch.arange(num_nodes, device=input_ids.device).expand(input_ids.shape[0], -1)
     cache.plan_forward(offsets, window)
     window = cache.plan.window
@@ -113,7 +118,7 @@ def row_alone_masks(lengths: torch.Tensor, query_counts: Sequence[int]) -> tuple
     slots, over the window a forward of that row alone attends (W_b = lengths[b] + Q_b rounded up)."""
     masks = []
     for length, count in zip(lengths.tolist(), query_counts, strict=True):
-        window = -(-(length + count) // WINDOW_ROUNDING) * WINDOW_ROUNDING
+        window = rounded_window(length + count)
         slots = torch.arange(window, device=lengths.device)
         positions = torch.arange(length, length + count, device=lengths.device)
         masks.append((slots[None, :] <= positions[:, None])[None, None])

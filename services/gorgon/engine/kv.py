@@ -3,7 +3,7 @@
 Every layer holds `[B, kv_heads, capacity, head_dim]` buffers, views into one tensor
 `[2 * layers, B, kv_heads, capacity, head_dim]` so that compaction, row selection and concatenation are one
 operation each instead of one per layer and buffer. That tensor is the first B rows of a pool that may hold more:
-rows joining the batch are prefilled straight into the pool's spare rows (`spare_rows`, then `extend`), and rows
+rows joining the batch are prefilled straight into the pool's spare rows (`spare_rows`, then `concatenate`), and rows
 leaving it are closed up in place (`keep_rows`, moving only the rows after the first that left), so a join or a
 leave does not copy the whole batch's cache. A forward writes each row's new K/V at that row's
 own slots (`write_slots`, set by the caller before the forward) and attends over the first `window` slots; the
@@ -205,26 +205,17 @@ class RowKVCache(Cache):
             start = self.first_row
             moved = torch.tensor(rows[first_moved:], device=self.lengths.device) + start
             self.pool[:, start + first_moved : start + len(rows)] = self.pool.index_select(1, moved)
-        self.lengths = self.lengths[rows] if len(rows) != self.batch_size else self.lengths
+        self.lengths = self.lengths[rows]
         self._rebind()
-
-    def extend(self, joining: RowKVCache) -> bool:
-        """Take `joining`'s rows after this cache's, in place, where they are the pool's next rows (a
-        `spare_rows` cache); False, changing nothing, otherwise."""
-        if joining.pool is not self.pool or joining.first_row != self.first_row + self.batch_size:
-            return False
-        self.lengths = torch.cat([self.lengths, joining.lengths])
-        self._rebind()
-        return True
 
     @classmethod
     def concatenate(cls, caches: list[RowKVCache], spare_rows: int = 0) -> RowKVCache:
         """Rows of all caches in order: in the first cache's pool where each next cache is made of that pool's next
         rows, else copied into a new pool (capacity = the largest, buffers zero-padded) with `spare_rows` more."""
         first = caches[0]
-        if _chained(caches):
-            for cache in caches[1:]:
-                first.extend(cache)
+        if _chained(caches):  # the joining rows were prefilled in place: they only need counting in
+            first.lengths = torch.cat([cache.lengths for cache in caches])
+            first._rebind()
             return first
         capacity = max(cache.capacity for cache in caches)
         parts = [_pad_slots(cache.storage, capacity) for cache in caches]

@@ -234,7 +234,7 @@ class MedusaEngine:
         pool = self.batch.cache.pool_rows if self.batch is not None else 0
         spare = self.batch.cache.spare_row_count if self.batch is not None else 0
         waiting = max(0, len(self.scheduler.waiting) - spare)
-        return pool + len(self._partial_rows()) + waiting
+        return pool + len(self.scheduler.chunked) + waiting
 
     def _held_capacity(self) -> int:
         """KV slots per row the held rows will be padded to: the running and partial batches' capacities and the
@@ -308,13 +308,9 @@ class MedusaEngine:
 
     def _coming_rows(self, joining: int) -> list[ActiveRequest]:
         """The waiting rows that will join the running batch as whole prompts once `joining` more rows have."""
-        room = self.scheduler.max_batch_size - len(self.batch or ()) - len(self._partial_rows()) - joining
+        room = self.scheduler.max_batch_size - len(self.batch or ()) - len(self.scheduler.chunked) - joining
         chunk = self.prefill_chunk_tokens
         return [row for row in self.scheduler.waiting if row.prompt_tokens <= chunk][: max(0, room)]
-
-    def _partial_rows(self) -> list[ActiveRequest]:
-        """The rows whose long prompts are being prefilled a chunk per step."""
-        return [row for partial in self.partial for row in partial.rows]
 
     def _join(self, batch: Batch) -> None:
         """`batch`'s rows join the running batch (a copy of the caches keeps spare rows for the coming ones)."""

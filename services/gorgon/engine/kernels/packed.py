@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -53,13 +54,10 @@ class RowBlockedLinear(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _rows(x) <= ROW_BLOCK:
-            return nn.functional.linear(x, self.weight, self.bias)
-        blocks = [
-            nn.functional.linear(block, self.weight, self.bias)
-            for block in x.reshape(-1, x.shape[-1]).split(row_blocks(_rows(x)))
-        ]
-        return torch.cat(blocks).reshape(*x.shape[:-1], self.out_features)
+        return in_row_blocks(self._product, x, self.out_features, ROW_BLOCK)
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
 
 
 class PackedLinear(nn.Module):
@@ -76,11 +74,7 @@ class PackedLinear(nn.Module):
         self.row_block = packed_row_block(linear.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.row_block is None or _rows(x) <= self.row_block:
-            return self._product(x)
-        rows = x.reshape(-1, x.shape[-1])
-        blocks = [self._product(block) for block in rows.split(row_blocks(rows.shape[0]))]
-        return torch.cat(blocks).reshape(*x.shape[:-1], self.out_features)
+        return in_row_blocks(self._product, x, self.out_features, self.row_block)
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
@@ -100,6 +94,18 @@ def amx_tiles() -> bool:
     (blocks are exact on every CPU)."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe()) if probe is not None else True
+
+
+def in_row_blocks(
+    product: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, out_features: int, block: int | None
+) -> torch.Tensor:
+    """product(x) [..., in] -> [..., out], computed in the products `row_blocks` sizes when x has more than
+    `block` rows (None: one product)."""
+    if block is None or _rows(x) <= block:
+        return product(x)
+    rows = x.reshape(-1, x.shape[-1])
+    blocks = [product(part) for part in rows.split(row_blocks(rows.shape[0]))]
+    return torch.cat(blocks).reshape(*x.shape[:-1], out_features)
 
 
 def _rows(x: torch.Tensor) -> int:
